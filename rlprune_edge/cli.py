@@ -1,0 +1,84 @@
+"""The `rlprune-edge` command: parses arguments, calls the API, prints results.
+
+Each subcommand lives in `rlprune_edge/commands/<name>.py` and exposes
+``register(subparsers) -> argparse.ArgumentParser`` whose parser sets ``func=run``.
+Bad input raises :class:`rlprune_edge.errors.UserError`; it is printed as one sentence
+on stderr with exit code 2. Anything else is a bug: exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from rlprune_edge.errors import UserError
+
+# subcommand name -> module under rlprune_edge.commands
+COMMAND_MODULES: dict[str, str] = {
+    "train": "train",
+    "inspect": "inspect",
+    "compress": "compress",
+    "bench": "bench",
+    "latency-check": "latency_check",
+    "export": "export",
+    "profiles": "profiles",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one sentence with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rlprune-edge", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module_name in COMMAND_MODULES.items():
+        try:
+            module = importlib.import_module(f"rlprune_edge.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"rlprune_edge.commands.{module_name}":
+                raise
+            p = sub.add_parser(name, help="(not built yet)")
+            p.set_defaults(func=_not_built, command_name=name)
+            continue
+        module.register(sub)
+    return parser
+
+
+def _not_built(args: argparse.Namespace) -> int:
+    raise UserError(f"`rlprune-edge {args.command_name}` is not built yet in this version.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"rlprune-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlprune-edge {args.command}: interrupted; outputs written so far are intact.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input
+        if args.debug or os.environ.get("RLPRUNE_EDGE_DEBUG"):
+            raise
+        print(
+            f"rlprune-edge {args.command}: unexpected failure: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
