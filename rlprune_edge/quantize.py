@@ -1,0 +1,142 @@
+"""INT8 post-training quantization for CPU boards (ONNX Runtime, QDQ) and calibration data for TensorRT."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlprune_edge.errors import UserError
+
+INPUT_NAME = "input"
+
+
+class ArrayCalibrationReader:
+    """onnxruntime `CalibrationDataReader` over an in-memory array of normalised images (N, C, H, W).
+
+    Yields batches of exactly `batch` images (the model's static batch), dropping a short tail when
+    the batch is static, so every feed matches the graph's input shape.
+    """
+
+    def __init__(self, images: np.ndarray, batch: int | None, input_name: str = INPUT_NAME) -> None:
+        self._images = np.ascontiguousarray(images, dtype=np.float32)
+        self._batch = batch
+        self._input_name = input_name
+        self._pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next feed dict, or None when the images are used up."""
+        step = self._batch or 32
+        if self._pos >= len(self._images):
+            return None
+        chunk = self._images[self._pos : self._pos + step]
+        if self._batch and len(chunk) < self._batch:
+            return None
+        self._pos += step
+        return {self._input_name: chunk}
+
+    def rewind(self) -> None:
+        """Start again from the first image."""
+        self._pos = 0
+
+    def __len__(self) -> int:
+        step = self._batch or 32
+        return len(self._images) // step if self._batch else -(-len(self._images) // step)
+
+
+def _reader_class() -> type:
+    """ArrayCalibrationReader registered as a subclass of onnxruntime's CalibrationDataReader."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    CalibrationDataReader.register(ArrayCalibrationReader)
+    return ArrayCalibrationReader
+
+
+def quantize_int8(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calib_images: np.ndarray,
+    per_channel: bool = True,
+    calibrate_method: str = "minmax",
+    preprocess: bool = True,
+) -> dict[str, Any]:
+    """Statically quantize an fp32 ONNX model to INT8 (QDQ, S8 weights, U8 activations) at `out_path`.
+
+    Calibrated on `calib_images` (normalised float32 NCHW, typically a few hundred training images).
+    Returns the settings used (for the manifest). Written atomically.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from rlprune_edge.export import onnx_input_batch
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if calibrate_method not in methods:
+        raise UserError(f"calibration method {calibrate_method!r} is not one of {', '.join(methods)}.")
+    calib_images = np.asarray(calib_images, dtype=np.float32)
+    if calib_images.ndim != 4 or len(calib_images) == 0:
+        raise UserError("INT8 calibration needs a non-empty (N, C, H, W) array of training images.")
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    batch = onnx_input_batch(fp32_path)
+    if batch and len(calib_images) < batch:
+        raise UserError(f"INT8 calibration needs at least {batch} images (the model's batch); got {len(calib_images)}.")
+    work = Path(tempfile.mkdtemp(prefix=".quant-", dir=out_path.parent))
+    try:
+        source = fp32_path
+        preprocessed = False
+        if preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            pre = work / "pre.onnx"
+            try:
+                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+                source, preprocessed = pre, True
+            except Exception:  # pre-processing is an optimisation; quantize the plain graph instead
+                source, preprocessed = fp32_path, False
+        reader = _reader_class()(calib_images, batch)
+        tmp_out = work / "int8.onnx"
+        quantize_static(
+            str(source),
+            str(tmp_out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[calibrate_method],
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        os.replace(tmp_out, out_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "format": "QDQ",
+        "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
+        "activations": "uint8 per-tensor",
+        "calibrate_method": calibrate_method,
+        "preprocessed": preprocessed,
+        "tool": "onnxruntime.quantization.quantize_static",
+    }
+
+
+def save_calibration(images: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save normalised calibration images (float32 NCHW) as .npy for the TensorRT INT8 calibrator."""
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if images.ndim != 4 or len(images) == 0:
+        raise UserError("TensorRT calibration needs a non-empty (N, C, H, W) array of training images.")
+    if not np.all(np.isfinite(images)):
+        raise UserError("calibration images contain NaN or infinity; check the data.")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=path.parent)
+    os.close(fd)
+    try:
+        np.save(tmp, images)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
