@@ -1,0 +1,340 @@
+"""The one checkpoint format: architecture record + state_dict, loadable with weights_only=True.
+
+A checkpoint file is a dict of plain types and tensors::
+
+    {"format": "rlprune-edge-checkpoint", "version": 1, "info": {...ModelInfo fields...},
+     "state_dict": {...}}
+
+For pruned models ``info["layer_shapes"]`` holds every module's constructor shape arguments
+(e.g. ``{"features.0": {"in_channels": 3, "out_channels": 12, "groups": 1}}``); loading builds the
+dense model by name/width/num_classes, rebuilds those modules to the recorded shapes and loads the
+weights strictly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rlprune_edge.errors import UserError
+
+FORMAT = "rlprune-edge-checkpoint"
+VERSION = 1
+DEFAULT_MODEL = "vgg19"
+DEFAULT_WIDTH = 0.25
+DEFAULT_DATA = "fashion-mnist"
+DEFAULT_EPOCHS = 15
+DEFAULT_FILENAME = "vgg19_w0.25_fashion-mnist.pt"
+
+
+@dataclass
+class ModelInfo:
+    """Everything needed to rebuild a model and feed it correctly."""
+
+    model: str
+    width: float
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+    layer_shapes: dict[str, dict[str, int]] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain-type dict (lists instead of tuples) for the checkpoint file."""
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelInfo:
+        """Inverse of :meth:`to_dict`; raises KeyError/TypeError/ValueError on malformed input."""
+        return cls(
+            model=str(d["model"]),
+            width=float(d["width"]),
+            num_classes=int(d["num_classes"]),
+            input_shape=tuple(int(v) for v in d["input_shape"]),  # type: ignore[arg-type]
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+            class_names=[str(c) for c in d["class_names"]],
+            layer_shapes=d.get("layer_shapes"),
+            meta=dict(d.get("meta") or {}),
+        )
+
+
+# --- per-module shape records -------------------------------------------------------------------
+
+def _conv_args(m: nn.Module) -> dict[str, int]:
+    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
+
+
+def _conv_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
+    kwargs = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                  groups=s["groups"], bias=m.bias is not None, padding_mode=m.padding_mode)
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        kwargs["output_padding"] = m.output_padding
+    return type(m)(s["in_channels"], s["out_channels"], **kwargs)
+
+
+def _bn_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
+    return type(m)(s["num_features"], eps=m.eps, momentum=m.momentum, affine=m.affine,
+                   track_running_stats=m.track_running_stats)
+
+
+def _linear_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
+    return type(m)(s["in_features"], s["out_features"], bias=m.bias is not None)
+
+
+def _groupnorm_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
+    return type(m)(s["num_groups"], s["num_channels"], eps=m.eps, affine=m.affine)
+
+
+def _layernorm_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
+    shape = tuple(m.normalized_shape[:-1]) + (s["normalized_size"],)
+    return type(m)(shape, eps=m.eps, elementwise_affine=m.elementwise_affine, bias=m.bias is not None)
+
+
+def _prelu_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
+    return type(m)(num_parameters=s["num_parameters"])
+
+
+# (types, shape-args getter, rebuild) — first match wins
+_SHAPED: list[tuple[tuple[type, ...], Callable[[nn.Module], dict[str, int]], Callable]] = [
+    ((nn.modules.conv._ConvNd,), _conv_args, _conv_rebuild),
+    ((nn.modules.batchnorm._BatchNorm,), lambda m: {"num_features": m.num_features}, _bn_rebuild),
+    ((nn.Linear,), lambda m: {"in_features": m.in_features, "out_features": m.out_features}, _linear_rebuild),
+    ((nn.GroupNorm,), lambda m: {"num_groups": m.num_groups, "num_channels": m.num_channels}, _groupnorm_rebuild),
+    ((nn.LayerNorm,), lambda m: {"normalized_size": int(m.normalized_shape[-1])}, _layernorm_rebuild),
+    ((nn.PReLU,), lambda m: {"num_parameters": m.num_parameters}, _prelu_rebuild),
+]
+
+
+def _shape_handler(m: nn.Module):
+    for types, getter, rebuild in _SHAPED:
+        if isinstance(m, types):
+            return getter, rebuild
+    return None
+
+
+def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Constructor shape args of every shaped module (Conv, BatchNorm, Linear, GroupNorm, LayerNorm, PReLU)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, m in model.named_modules():
+        handler = _shape_handler(m)
+        if handler is not None:
+            out[name] = {k: int(v) for k, v in handler[0](m).items()}
+    return out
+
+
+def apply_module_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> nn.Module:
+    """Replace (in place) each module named in `shapes` whose args differ by a fresh one of that shape.
+
+    Returns `model`. Raises UserError if a name is missing or a record doesn't fit the module type.
+    """
+    for name, record in shapes.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"layer {name!r} recorded in the checkpoint does not exist in this architecture.") from None
+        handler = _shape_handler(module)
+        if handler is None:
+            raise UserError(f"layer {name!r} ({type(module).__name__}) has no shape record support.")
+        getter, rebuild = handler
+        current = getter(module)
+        if set(current) != set(record):
+            raise UserError(f"layer {name!r}: recorded shape keys {sorted(record)} do not match {type(module).__name__}.")
+        if {k: int(v) for k, v in record.items()} == current:
+            continue
+        try:
+            new = rebuild(module, {k: int(v) for k, v in record.items()})
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise UserError(f"layer {name!r}: cannot rebuild with {record}: {exc}.") from None
+        new.train(module.training)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, new)
+    return model
+
+
+# --- save / load ---------------------------------------------------------------------------------
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file in the destination directory, then rename over `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early (UserError) if a file can't be created next to `path`; creates missing parent dirs."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"output path {path} is a directory; give a file name such as {path / 'model.pt'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> Path:
+    """Write model + info atomically; records layer_shapes when they differ from the dense build."""
+    from rlprune_edge.models import build_model
+
+    shapes = module_shapes(model)
+    dense = module_shapes(build_model(info.model, info.width, info.num_classes))
+    info.layer_shapes = shapes if shapes != dense else None
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "info": info.to_dict(), "state_dict": state}
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the model recorded in `path` (weights_only load); UserError naming the file on any problem."""
+    from rlprune_edge.models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; give the path of a .pt file written by rlprune-edge.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt zip, pickle error, unsupported global: all mean "not loadable"
+        raise UserError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}); "
+                        "re-create it with `rlprune-edge train`.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not an rlprune-edge checkpoint; create one with `rlprune-edge train`.")
+    if int(payload.get("version", 0)) > VERSION:
+        raise UserError(f"checkpoint {path} has format version {payload.get('version')}, newer than this "
+                        f"rlprune-edge supports ({VERSION}); upgrade rlprune-edge.")
+    try:
+        info = ModelInfo.from_dict(payload["info"])
+        state = payload["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} has a malformed header ({exc}); re-create it.") from None
+    try:
+        model = build_model(info.model, info.width, info.num_classes)
+        if info.layer_shapes:
+            apply_module_shapes(model, info.layer_shapes)
+    except UserError as exc:
+        raise UserError(f"checkpoint {path} cannot be rebuilt: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise UserError(f"checkpoint {path} does not match the {info.model} (width {info.width}) architecture "
+                        f"({detail[:200]}); it was saved from a different model.") from None
+    model.input_shape = info.input_shape
+    model.to(map_location)
+    model.eval()
+    return model, info
+
+
+# --- model specs (path or name) -----------------------------------------------------------------
+
+FASHION_MNIST_MEAN = (0.2190, 0.2190, 0.2190)
+FASHION_MNIST_STD = (0.3318, 0.3318, 0.3318)
+
+
+def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None, data=None) -> tuple[nn.Module, ModelInfo]:
+    """A checkpoint path, or a zoo/torchvision name built fresh (random init) with the data's stats.
+
+    `data` is an optional :class:`rlprune_edge.data.DataBundle` giving num_classes, mean, std and class
+    names for a fresh model; without it Fashion-MNIST statistics and 10 classes are assumed.
+    """
+    from rlprune_edge.models import (
+        TORCHVISION_PREFIX,
+        ZOO_NAMES,
+        build_model,
+        model_input_shape,
+        valid_names_sentence,
+    )
+
+    if spec in ZOO_NAMES or spec.startswith(TORCHVISION_PREFIX):
+        if num_classes is None:
+            num_classes = data.num_classes if data is not None else 10
+        model = build_model(spec, width, num_classes)
+        if data is not None:
+            mean, std, names = tuple(data.mean), tuple(data.std), list(data.class_names)
+        else:
+            mean, std, names = FASHION_MNIST_MEAN, FASHION_MNIST_STD, [str(i) for i in range(num_classes)]
+        if len(names) != num_classes:
+            names = [str(i) for i in range(num_classes)]
+        info = ModelInfo(spec, float(width), num_classes, model_input_shape(model), mean, std, names)
+        return model, info
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"model {spec!r} is neither an existing checkpoint file nor a model name; "
+                        f"give a .pt path or one of {valid_names_sentence()}.")
+    model, info = load_checkpoint(path)
+    if num_classes is not None and num_classes != info.num_classes:
+        raise UserError(f"checkpoint {path} predicts {info.num_classes} classes but the data has {num_classes}; "
+                        "use a checkpoint trained on this dataset.")
+    return model, info
+
+
+# --- the embedded default model -----------------------------------------------------------------
+
+def default_checkpoint_path() -> Path:
+    """Where the shipped default (VGG-19 width 0.25 on Fashion-MNIST) lives inside the package."""
+    return Path(__file__).resolve().parent / "assets" / DEFAULT_FILENAME
+
+
+def cache_dir() -> Path:
+    """The user cache dir for rlprune-edge ($XDG_CACHE_HOME or ~/.cache)/rlprune-edge."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rlprune-edge"
+
+
+def ensure_default_model(progress: bool = True) -> Path:
+    """Path of the default checkpoint: the shipped asset, else the cached one, else trained now into the cache."""
+    shipped = default_checkpoint_path()
+    if shipped.is_file():
+        return shipped
+    cached = cache_dir() / DEFAULT_FILENAME
+    if cached.is_file():
+        return cached
+    from rlprune_edge.data import load_data
+    from rlprune_edge.models import build_model
+    from rlprune_edge.train import evaluate, train_model
+
+    print(f"rlprune-edge: the default model is not shipped with this install; training {DEFAULT_MODEL} "
+          f"width {DEFAULT_WIDTH} on {DEFAULT_DATA} for {DEFAULT_EPOCHS} epochs into {cached} "
+          "(once; tens of minutes on a small CPU).", file=sys.stderr)
+    check_writable(cached)
+    data = load_data(DEFAULT_DATA)
+    model = build_model(DEFAULT_MODEL, DEFAULT_WIDTH, data.num_classes)
+    result = train_model(model, data, epochs=DEFAULT_EPOCHS, progress=progress)
+    test_acc = evaluate(model, data.loader("test", 256))
+    info = ModelInfo(DEFAULT_MODEL, DEFAULT_WIDTH, data.num_classes, data.input_shape, tuple(data.mean),
+                     tuple(data.std), list(data.class_names),
+                     meta={"val_acc": result["best_val_acc"], "test_acc": test_acc, "epochs": DEFAULT_EPOCHS,
+                           "wall_s": result["wall_s"], "data": DEFAULT_DATA})
+    save_checkpoint(cached, model, info)
+    return cached

@@ -1,0 +1,363 @@
+"""Dataset specs → whole datasets as uint8 tensors in memory, a seeded val split, fast batch loaders.
+
+Specs: ``fashion-mnist`` (Debian's IDX .gz files in /usr/share/datasets/fashion-mnist),
+``fashion-mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR`` (the python-pickle batches),
+``imagefolder:DIR`` (DIR/train/<class>/* and DIR/val/<class>/* or DIR/test/<class>/*).
+Images become 3x32x32 float tensors normalised with per-dataset mean/std; normalisation and
+augmentation (random crop 32 with padding 4 + horizontal flip) run on whole batches in torch.
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rlprune_edge.errors import UserError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+# Statistics of the 32x32 zero-padded training images (computed once from the 60 000 train images).
+FASHION_MNIST_MEAN = (0.2190, 0.2190, 0.2190)
+FASHION_MNIST_STD = (0.3318, 0.3318, 0.3318)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLITS = ("train", "val", "test")
+
+
+class TensorSplit(Dataset):
+    """One split: uint8 images [N, C, 32, 32] (C = 1 or 3) and int64 labels, normalised on access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError("images must be a uint8 tensor [N, C, H, W]")
+        self.images = images
+        self.labels = labels.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalize(self.images[index : index + 1])[0], self.labels[index]
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] → normalised float [B, 3, H, W] (grey replicated to 3 channels)."""
+        x = batch.float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    def take(self, index: torch.Tensor) -> TensorSplit:
+        """A new split holding the samples at `index`."""
+        return TensorSplit(self.images[index], self.labels[index], tuple(self.mean.flatten().tolist()),
+                           tuple(self.std.flatten().tolist()))
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding `pad`) and horizontal flip of a uint8 batch [B, C, H, W]."""
+    b, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+class BatchLoader:
+    """Re-iterable batches (x float, y long) over a split; reshuffles each pass from (seed, pass)."""
+
+    def __init__(self, split: TensorSplit, batch_size: int, shuffle: bool = False, augment: bool = False,
+                 limit: int | None = None, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}.")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.n = len(split) if limit is None else min(len(split), max(0, int(limit)))
+        self.seed = seed
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.passes)
+        self.passes += 1
+        total = len(self.split)
+        if self.shuffle:
+            order = torch.randperm(total, generator=gen)[: self.n]
+        else:
+            order = torch.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            images = self.split.images[idx]
+            if self.augment:
+                images = augment_batch(images, gen)
+            yield self.split.normalize(images), self.split.labels[idx]
+
+
+@dataclass
+class DataBundle:
+    """A dataset in memory: train/val/test splits plus what a model needs to know about it."""
+
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    spec: str = "fashion-mnist"
+    meta: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> TensorSplit:
+        """The split called `name` (train, val or test)."""
+        if name not in SPLITS:
+            raise UserError(f"unknown data split {name!r}; use one of {', '.join(SPLITS)}.")
+        return getattr(self, name)
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
+               limit: int | None = None, seed: int = 0) -> BatchLoader:
+        """Batches of (normalised float x [B,3,32,32], long y) from `split`."""
+        return BatchLoader(self.split(split), batch_size, shuffle, augment, limit, seed)
+
+    def subset(self, split: str, n: int, seed: int = 0) -> TensorSplit:
+        """`n` samples of `split` drawn without replacement with `seed` (all if n >= len)."""
+        s = self.split(split)
+        gen = torch.Generator().manual_seed(seed)
+        return s.take(torch.randperm(len(s), generator=gen)[: max(0, min(n, len(s)))])
+
+
+# --- readers ----------------------------------------------------------------------------------------
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return data.reshape(dims)
+    except (OSError, ValueError, struct.error, EOFError) as exc:
+        raise UserError(f"cannot read IDX file {path} ({exc}); expected the Fashion-MNIST *-idx?-ubyte[.gz] files.") from None
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _load_fashion_mnist(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if not directory.is_dir():
+        hint = " (install it with `sudo apt-get install dataset-fashion-mnist`)" if directory == FASHION_MNIST_DIR else ""
+        raise UserError(f"Fashion-MNIST directory {directory} does not exist{hint}; it must hold "
+                        f"{', '.join(s + '.gz' for s in stems)}.")
+    paths = [_find(directory, s) for s in stems]
+    missing = [s for s, p in zip(stems, paths, strict=True) if p is None]
+    if missing:
+        raise UserError(f"Fashion-MNIST directory {directory} lacks {', '.join(m + '[.gz]' for m in missing)}.")
+    xtr, ytr, xte, yte = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
+
+    def to32(x: np.ndarray) -> np.ndarray:
+        if x.ndim != 3:
+            raise UserError(f"Fashion-MNIST images in {directory} have shape {x.shape}; expected [N, 28, 28].")
+        ph, pw = 32 - x.shape[1], 32 - x.shape[2]
+        if ph < 0 or pw < 0:
+            raise UserError(f"Fashion-MNIST images in {directory} are larger than 32x32.")
+        x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+        return x[:, None]
+
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise UserError(f"Fashion-MNIST files in {directory} have mismatched image and label counts.")
+    return to32(xtr), ytr, to32(xte), yte
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that only allows what the CIFAR batches contain (dicts, lists, numpy arrays)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            obj = _CifarUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"cannot read CIFAR batch {path} ({exc}); expected the python-pickle version of the dataset.") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"CIFAR batch {path} does not hold a dict; expected the python-pickle version of the dataset.")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _cifar_images(batch: dict, path: Path) -> np.ndarray:
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        return data.reshape(-1, 3, 32, 32)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"CIFAR batch {path} has no valid 'data' array ({exc}).") from None
+
+
+def _load_cifar(directory: Path, hundred: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    kind = "cifar100" if hundred else "cifar10"
+    expect = "train, test and meta" if hundred else "data_batch_1..5, test_batch and batches.meta"
+    if not directory.is_dir():
+        raise UserError(f"{kind} directory {directory} does not exist; it must hold the python-pickle files {expect}.")
+    sub = directory / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    if sub.is_dir():
+        directory = sub
+    label_key = "fine_labels" if hundred else "labels"
+    train_files = [directory / "train"] if hundred else [directory / f"data_batch_{i}" for i in range(1, 6)]
+    test_file = directory / ("test" if hundred else "test_batch")
+    meta_file = directory / ("meta" if hundred else "batches.meta")
+    missing = [p.name for p in [*train_files, test_file] if not p.is_file()]
+    if missing:
+        raise UserError(f"{kind} directory {directory} lacks {', '.join(missing)}; it must hold the python-pickle files {expect}.")
+    xs, ys = [], []
+    for p in train_files:
+        b = _unpickle(p)
+        xs.append(_cifar_images(b, p))
+        ys.append(np.asarray(b.get(label_key, []), dtype=np.int64))
+    tb = _unpickle(test_file)
+    xte, yte = _cifar_images(tb, test_file), np.asarray(tb.get(label_key, []), dtype=np.int64)
+    num = 100 if hundred else 10
+    names = [str(i) for i in range(num)]
+    if meta_file.is_file():
+        meta = _unpickle(meta_file)
+        raw = meta.get("fine_label_names" if hundred else "label_names")
+        if raw is not None and len(raw) == num:
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+    xtr, ytr = np.concatenate(xs), np.concatenate(ys)
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise UserError(f"{kind} files in {directory} have mismatched image and label counts.")
+    return xtr, ytr, xte, yte, names
+
+
+def _load_image_dir(split_dir: Path, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    if classes is None:
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"{split_dir} has no class sub-directories; expected {split_dir}/<class>/<image files>.")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        cdir = split_dir / cls
+        if not cdir.is_dir():
+            continue
+        for f in sorted(cdir.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.uint8)
+            except (OSError, UnidentifiedImageError) as exc:
+                raise UserError(f"cannot read image {f} ({exc}); remove or fix it.") from None
+            images.append(arr.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise UserError(f"{split_dir} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders.")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    t = torch.from_numpy(x).float().div_(255.0)
+    mean = t.mean(dim=(0, 2, 3))
+    std = t.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+def parse_spec(spec: str) -> tuple[str, Path | None]:
+    """Split ``KIND[:DIR]`` into (kind, dir); UserError for unknown kinds or a missing DIR."""
+    kind, sep, rest = spec.partition(":")
+    kinds = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+    if kind not in kinds:
+        raise UserError(f"unknown data spec {spec!r}; use fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR or imagefolder:DIR.")
+    if sep and not rest:
+        raise UserError(f"data spec {spec!r} has an empty directory after ':'; give e.g. {kind}:/path/to/data.")
+    if kind != "fashion-mnist" and not rest:
+        raise UserError(f"data spec {spec!r} needs a directory: {kind}:DIR.")
+    return kind, Path(rest).expanduser() if rest else None
+
+
+def load_data(spec: str = "fashion-mnist", val_fraction: float = 0.1, seed: int = 0, limit: int | None = None) -> DataBundle:
+    """Load a dataset spec into memory; val is carved from train with `seed`; `limit` caps train pool and test."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    kind, directory = parse_spec(spec)
+    if kind == "fashion-mnist":
+        xtr, ytr, xte, yte = _load_fashion_mnist(directory or FASHION_MNIST_DIR)
+        names, mean, std = list(FASHION_MNIST_CLASSES), FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    elif kind in ("cifar10", "cifar100"):
+        xtr, ytr, xte, yte, names = _load_cifar(directory, kind == "cifar100")  # type: ignore[arg-type]
+        mean, std = (CIFAR100_MEAN, CIFAR100_STD) if kind == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
+    else:
+        assert directory is not None
+        if not directory.is_dir():
+            raise UserError(f"imagefolder directory {directory} does not exist; it must hold train/ and val/ or test/ "
+                            "sub-directories of class folders.")
+        if not (directory / "train").is_dir():
+            raise UserError(f"imagefolder directory {directory} has no train/ sub-directory of class folders.")
+        xtr, ytr, names = _load_image_dir(directory / "train", None)
+        held = [d for d in ("val", "test") if (directory / d).is_dir()]
+        if not held:
+            raise UserError(f"imagefolder directory {directory} has no val/ or test/ sub-directory of class folders.")
+        xte, yte, _ = _load_image_dir(directory / ("test" if "test" in held else "val"), names)
+        mean, std = _stats(xtr)
+
+    num_classes = len(names)
+    if ytr.size and (int(ytr.max()) >= num_classes or int(ytr.min()) < 0):
+        raise UserError(f"labels in {spec} fall outside 0..{num_classes - 1}.")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(xtr), generator=gen)
+    if limit is not None:
+        perm = perm[: max(2, int(limit))]
+    n_val = int(round(len(perm) * val_fraction))
+    if val_fraction > 0:
+        n_val = max(1, n_val)
+    images = torch.from_numpy(np.ascontiguousarray(xtr))
+    labels = torch.from_numpy(ytr.astype(np.int64))
+    full = TensorSplit(images, labels, mean, std)
+    val = full.take(perm[:n_val])
+    train = full.take(perm[n_val:])
+    test = TensorSplit(torch.from_numpy(np.ascontiguousarray(xte)), torch.from_numpy(yte.astype(np.int64)), mean, std)
+    if limit is not None:
+        test = test.take(torch.arange(min(len(test), max(1, int(limit)))))
+    return DataBundle(train, val, test, num_classes, names, tuple(mean), tuple(std), (3, 32, 32), spec)

@@ -1,0 +1,123 @@
+"""Model zoo: the RL-Pruner paper's CIFAR-style CNNs (32x32 input) and any torchvision classifier.
+
+    model = build_model("vgg19", width=0.25, num_classes=10)
+    model = build_model("torchvision:resnet18", num_classes=10)   # random init, no download
+
+Every built model carries ``model.input_shape`` (C, H, W), the input size it is meant for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rlprune_edge.errors import UserError
+from rlprune_edge.models.densenet import build_densenet
+from rlprune_edge.models.googlenet import build_googlenet
+from rlprune_edge.models.mobilenetv3 import build_mobilenetv3
+from rlprune_edge.models.resnet import build_resnet
+from rlprune_edge.models.vgg import build_vgg
+
+ZOO_NAMES: tuple[str, ...] = (
+    "vgg11", "vgg16", "vgg19", "resnet20", "resnet56",
+    "mobilenetv3_small", "mobilenetv3_large", "googlenet", "densenet121",
+)
+TORCHVISION_PREFIX = "torchvision:"
+CIFAR_INPUT_SHAPE: tuple[int, int, int] = (3, 32, 32)
+
+_BUILDERS: dict[str, Callable[[str, float, int], nn.Module]] = {
+    "vgg11": build_vgg, "vgg16": build_vgg, "vgg19": build_vgg,
+    "resnet20": build_resnet, "resnet56": build_resnet,
+    "mobilenetv3_small": build_mobilenetv3, "mobilenetv3_large": build_mobilenetv3,
+    "googlenet": build_googlenet, "densenet121": build_densenet,
+}
+# Candidate square input sizes tried, smallest first, for torchvision models that reject 32x32.
+_TORCHVISION_SIZES = (32, 64, 96, 128, 224, 299)
+
+
+def valid_names_sentence() -> str:
+    """Human-readable list of accepted model names."""
+    return ", ".join(ZOO_NAMES) + f", or {TORCHVISION_PREFIX}NAME for a torchvision classification model"
+
+
+def torchvision_names() -> list[str]:
+    """Names of torchvision's classification models (no weights involved)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def is_model_name(name: str) -> bool:
+    """True if `name` is a zoo name or a `torchvision:NAME` with a known classification model."""
+    if name in ZOO_NAMES:
+        return True
+    return name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX):] in torchvision_names()
+
+
+def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module:
+    """Build a randomly initialised model; raises UserError for an unknown name or bad width/classes."""
+    if not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+        raise UserError(f"width must be a positive number, got {width!r}; use e.g. --width 0.25 or --width 1.0.")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if name in _BUILDERS:
+        model = _BUILDERS[name](name, float(width), num_classes)
+        model.input_shape = CIFAR_INPUT_SHAPE
+        return model
+    if name.startswith(TORCHVISION_PREFIX):
+        return _build_torchvision(name[len(TORCHVISION_PREFIX):], float(width), num_classes)
+    raise UserError(f"unknown model {name!r}; choose one of {valid_names_sentence()}.")
+
+
+def _build_torchvision(tv_name: str, width: float, num_classes: int) -> nn.Module:
+    import torchvision
+
+    names = torchvision_names()
+    if tv_name not in names:
+        raise UserError(
+            f"unknown torchvision model {tv_name!r}; choose a classification model such as "
+            f"{', '.join(n for n in names if n in ('resnet18', 'mobilenet_v3_small', 'efficientnet_b0'))} "
+            f"(all {len(names)}: torchvision.models.list_models(module=torchvision.models))."
+        )
+    if width != 1.0:
+        raise UserError(f"--width applies only to the built-in zoo ({', '.join(ZOO_NAMES)}), not to torchvision:{tv_name}.")
+    kwargs: dict = {"weights": None, "num_classes": num_classes}
+    if tv_name in ("googlenet", "inception_v3"):
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = True
+    model = torchvision.models.get_model(tv_name, **kwargs)
+    model.input_shape = _torchvision_input_shape(model)
+    return model
+
+
+def _torchvision_input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """Smallest candidate square input the model accepts (many accept 32x32; ViTs need 224)."""
+    image_size = getattr(model, "image_size", None)
+    if isinstance(image_size, int):
+        return (3, image_size, image_size)
+    was_training = model.training
+    model.eval()
+    try:
+        for size in _TORCHVISION_SIZES:
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(1, 3, size, size))
+                return (3, size, size)
+            except (RuntimeError, ValueError, AssertionError):
+                continue
+    finally:
+        model.train(was_training)
+    return (3, 224, 224)
+
+
+def model_input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """The input shape recorded on a built model (CIFAR 3x32x32 when absent)."""
+    shape = getattr(model, "input_shape", None)
+    return tuple(shape) if shape is not None else CIFAR_INPUT_SHAPE  # type: ignore[return-value]
+
+
+__all__ = ["ZOO_NAMES", "build_model", "is_model_name", "model_input_shape", "torchvision_names",
+           "valid_names_sentence"]
