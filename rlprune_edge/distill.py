@@ -1,0 +1,203 @@
+"""Knowledge distillation from the original (teacher) model into the pruned (student) model.
+
+loss = α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·CE(student, y), T = 2, α = 0.75
+(RL-Pruner's choice). SGD with momentum and a cosine schedule. When launched under ``torchrun``
+(RANK / WORLD_SIZE in the environment) it runs data-parallel with torch.distributed (gloo on CPU,
+nccl on GPU) and DistributedDataParallel; every rank draws the same shuffled global batch and
+trains on its own slice of it (DistributedSampler-like sharding), so the effective batch is
+``batch_size × world_size`` and all ranks end with identical weights.
+
+Also runnable as ``torchrun --nproc_per_node N -m rlprune_edge.distill STUDENT.pt TEACHER.pt OUT.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation hyper-parameters (T, α from the paper; lr raised from 1e-3, see docs/compress.md)."""
+
+    epochs: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 2.0
+    alpha: float = 0.75
+    batch_size: int = 128
+    limit: int | None = None  # training images per epoch (None: the whole train split)
+    augment: bool = False
+    seed: int = 0
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.75,
+) -> torch.Tensor:
+    """α·T²·KL(teacher ‖ student at temperature T) + (1 − α)·CE(student, targets)."""
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(student_logits, targets)
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world_size) from the torchrun environment; (0, 1) when not distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return (rank, world) if world > 1 else (0, 1)
+
+
+def ensure_process_group() -> bool:
+    """Initialise torch.distributed from the environment if needed; True if this call created it."""
+    import torch.distributed as dist
+
+    _, world = dist_env()
+    if world <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def _num_batches(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _bn_recalibrate_mode(model: nn.Module) -> None:
+    model.train()
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Any,
+    config: DistillConfig | None = None,
+    progress: bool = True,
+    split: str = "train",
+) -> nn.Module:
+    """Fine-tune `student` in place from `teacher` on `data.loader(split, ...)`; returns `student`.
+
+    `data` needs ``loader(split, batch_size, shuffle=..., augment=..., limit=..., seed=...)`` yielding
+    (x, y) batches. Under torchrun the process group is created if missing (and destroyed again).
+    """
+    import torch.distributed as dist
+
+    config = config or DistillConfig()
+    if config.epochs <= 0:
+        return student
+    rank, world = dist_env()
+    created = ensure_process_group() if world > 1 else False
+    device = torch.device("cpu")
+    if world > 1 and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    teacher = teacher.to(device).eval()
+    student.to(device)
+    module: nn.Module = student
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.SGD(
+        student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    global_bs = config.batch_size * world
+    first = data.loader(split, batch_size=global_bs, shuffle=True, augment=config.augment, limit=config.limit, seed=config.seed)
+    per_epoch = _num_batches(first) or 1
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * per_epoch))
+    show = progress and rank == 0
+    try:
+        for epoch in range(config.epochs):
+            loader = first if epoch == 0 else data.loader(
+                split, batch_size=global_bs, shuffle=True, augment=config.augment,
+                limit=config.limit, seed=config.seed + epoch,
+            )
+            module.train()
+            batches: Iterable = loader
+            bar = None
+            if show:
+                from tqdm import tqdm
+
+                bar = tqdm(loader, total=_num_batches(loader), desc=f"distill {epoch + 1}/{config.epochs}",
+                           unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+                batches = bar
+            total, n = 0.0, 0
+            for x, y in batches:
+                if world > 1:  # this rank's slice of the shared global batch
+                    x, y = x[rank::world], y[rank::world]
+                    if len(x) == 0:
+                        continue
+                x, y = x.to(device), y.to(device)
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                loss = kd_loss(module(x), t_logits, y, config.temperature, config.alpha)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(x)
+                n += len(x)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{total / max(1, n):.3f}")
+            if bar is not None:
+                bar.close()
+                print(f"distill epoch {epoch + 1}/{config.epochs}: loss {total / max(1, n):.4f} "
+                      f"({bar.format_dict.get('elapsed', 0.0):.0f}s)", file=sys.stderr)
+    finally:
+        if created:
+            dist.destroy_process_group()
+    student.eval()
+    return student
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """`torchrun -m rlprune_edge.distill STUDENT TEACHER OUT [--data SPEC] [--epochs N]`."""
+    from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
+    from rlprune_edge.data import load_data
+
+    p = argparse.ArgumentParser(prog="python -m rlprune_edge.distill")
+    p.add_argument("student")
+    p.add_argument("teacher")
+    p.add_argument("out")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=DistillConfig.lr)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    student, info = load_checkpoint(args.student)
+    teacher, _ = load_checkpoint(args.teacher)
+    data = load_data(args.data, seed=args.seed)
+    start = time.perf_counter()
+    distill(student, teacher, data, DistillConfig(epochs=args.epochs, lr=args.lr, limit=args.limit, seed=args.seed))
+    rank, _ = dist_env()
+    if rank == 0:
+        save_checkpoint(args.out, copy.deepcopy(student), info)
+        print(f"distilled in {time.perf_counter() - start:.0f}s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
