@@ -1,0 +1,727 @@
+"""Measure on a remote board through the system OpenSSH client.
+
+Users' ``~/.ssh/config``, keys, agents and jump hosts work because the plain ``ssh`` binary does
+the connecting (``RLPRUNE_EDGE_SSH_CONFIG`` names an alternative config file, passed as ``ssh -F``).
+Host keys are always verified: ``BatchMode=yes`` never prompts, and options that disable checking
+are refused. The self-contained runner folder (``rlprune_edge/board``) and each model are copied
+content-addressed under the profile's work dir::
+
+    <work_dir>/runner-<hash of the runner files>/runner.py ...
+    <work_dir>/blobs/<sha256>.onnx
+
+and are not re-sent while unchanged. Every remote argument is quoted with :func:`shlex.quote`
+(the remote side runs a shell); locally only argument lists are used. A dropped connection or a
+runner killed mid-measurement is retried once; then a :class:`DeviceError` names the host, the
+step (connect / copy runner / copy model / measure / parse) and what to check. Successful
+single-model measurements are cached per (profile + runtime options + measurement settings,
+model sha256) under ``$RLPRUNE_EDGE_CACHE`` (default ``~/.cache/rlprune-edge``), written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlprune_edge.errors import DeviceError, UserError
+
+if TYPE_CHECKING:
+    from rlprune_edge.latency.backend import Measurement
+    from rlprune_edge.profiles import Profile
+
+SSH_CONFIG_ENV = "RLPRUNE_EDGE_SSH_CONFIG"
+CACHE_ENV = "RLPRUNE_EDGE_CACHE"
+MISSING_EXIT = 86  # our remote wrapper: the runner or a model is not on the board yet
+MISSING_MARK = "RLPRUNE_EDGE_MISSING"
+RUNTIME_MISSING_EXIT = 3  # runner.py: {"error": "missing_runtime", "package": ...}
+_REFUSED_OPTIONS = {"stricthostkeychecking": {"no", "off", "false"}, "userknownhostsfile": {"/dev/null"}}
+_UNREACHABLE = (
+    "connection refused",
+    "connection timed out",
+    "operation timed out",
+    "no route to host",
+    "network is unreachable",
+    "could not resolve hostname",
+    "name or service not known",
+    "temporary failure in name resolution",
+)
+_HOST_KEY = ("host key verification failed", "remote host identification has changed", "no ed25519 host key")
+_AUTH = ("permission denied", "too many authentication failures")
+
+# Runs on the board with the remote python: receive bytes on stdin, verify the sha256, then
+# publish atomically (a file via os.replace, a runner folder via rename of a fresh temp dir).
+_RECEIVE = r"""
+import hashlib, io, os, shutil, sys, tarfile, tempfile
+dest, sha, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+data = sys.stdin.buffer.read()
+got = hashlib.sha256(data).hexdigest()
+if got != sha:
+    sys.stderr.write("checksum mismatch: received %d bytes with sha256 %s, expected %s\n" % (len(data), got, sha))
+    sys.exit(1)
+parent = os.path.dirname(dest) or "."
+os.makedirs(parent, exist_ok=True)
+if kind == "file":
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".incoming-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, dest)
+else:
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".incoming-")
+    kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        tf.extractall(tmp, **kw)
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(dest, "runner.py")):
+            raise
+"""
+
+
+@dataclass(frozen=True)
+class SshResult:
+    """What one ssh invocation returned."""
+
+    rc: int
+    stdout: bytes
+    stderr: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A local file and where its content-addressed copy lives on the board."""
+
+    kind: str  # "model" or "file"
+    local: Path
+    sha256: str
+    remote_rel: str  # relative to the work dir, e.g. "blobs/<sha>.onnx"
+
+
+def board_dir() -> Path:
+    """The runner folder copied to boards (``rlprune_edge/board``)."""
+    return Path(__file__).resolve().parent.parent / "board"
+
+
+def runner_files(folder: Path | None = None) -> list[Path]:
+    """The files that make up the runner (every ``*.py`` in the board folder), sorted."""
+    folder = folder or board_dir()
+    return sorted(p for p in folder.glob("*.py") if p.is_file())
+
+
+def runner_hash(folder: Path | None = None) -> str:
+    """Short content hash of the runner files (names and bytes)."""
+    h = hashlib.sha256()
+    for p in runner_files(folder):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def runner_tarball(folder: Path | None = None) -> bytes:
+    """An uncompressed tar of the runner files with fixed metadata (same bytes for same files)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for p in runner_files(folder):
+            data = p.read_bytes()
+            info = tarfile.TarInfo(p.name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """The user cache dir: ``$RLPRUNE_EDGE_CACHE`` or ``~/.cache/rlprune-edge``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "rlprune-edge"
+
+
+def remote_path_expr(work_dir: str, rel: str = "") -> str:
+    """A shell expression for ``<work_dir>/<rel>`` on the board, quoted, with a leading ``~`` expanded."""
+    path = work_dir.rstrip("/") + ("/" + rel if rel else "") if work_dir.rstrip("/") else rel
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path or ".")
+
+
+def remote_command_expr(command: str) -> str:
+    """The profile's remote python (``python3``, ``~/venv/bin/python``, ``python3 -I``) as quoted words."""
+    words = shlex.split(command)
+    if not words:
+        raise UserError('[connection] python is empty; set it to the board\'s python3 (e.g. "python3").')
+    first = remote_path_expr(words[0]) if words[0].startswith("~") else shlex.quote(words[0])
+    return " ".join([first, *(shlex.quote(w) for w in words[1:])])
+
+
+def check_ssh_options(options: Sequence[str]) -> list[str]:
+    """Validate extra ``-o Key=Value`` options; refuse those that disable host-key checking."""
+    out: list[str] = []
+    for opt in options:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            key, _, value = opt.strip().partition(" ")
+        key, value = key.strip(), value.strip().strip('"')
+        if not key or not key.isalnum() or not value:
+            raise UserError(
+                f'[connection] ssh_options entry {opt!r} is not Key=Value; write e.g. "ServerAliveInterval=15".'
+            )
+        if value.lower() in _REFUSED_OPTIONS.get(key.lower(), set()):
+            raise UserError(
+                f"[connection] ssh_options {opt!r} would disable host-key checking, which rlprune-edge refuses; "
+                "add the board's key to known_hosts with a first manual `ssh` instead."
+            )
+        out.append(f"{key}={value}")
+    return out
+
+
+def runner_measure_args(profile: Profile) -> list[str]:
+    """Runtime options of `profile` as ``runner.py measure`` flags."""
+    rt, inp = profile.runtime, profile.input
+    args = [
+        "--runtime", rt.name,
+        "--threads", str(rt.threads),
+        "--inter-op-threads", str(rt.inter_op_threads),
+        "--provider", rt.provider,
+        "--graph-optimization", rt.graph_optimization,
+        "--precision", rt.precision,
+        "--batch", str(inp.batch),
+    ]  # fmt: skip
+    if inp.shape:
+        args += ["--shape", ",".join(str(d) for d in inp.shape)]
+    if rt.name == "tensorrt":
+        args += ["--workspace-mb", str(rt.workspace_mb)]
+        if rt.timing_cache:
+            args += ["--timing-cache", rt.timing_cache]
+    return args
+
+
+def _classify(stderr: str) -> str | None:
+    """'unreachable', 'host_key', 'auth' for ssh's own deterministic failures, else None."""
+    low = stderr.lower()
+    if any(s in low for s in _HOST_KEY):
+        return "host_key"
+    if any(s in low for s in _AUTH):
+        return "auth"
+    if any(s in low for s in _UNREACHABLE):
+        return "unreachable"
+    return None
+
+
+def _tail(text: str, n: int = 6) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RemoteBackend:
+    """The latency-backend protocol, measured on a board reached over ssh."""
+
+    def __init__(
+        self, profile: Profile, *, ssh_config: str | os.PathLike | None = None, use_cache: bool = True
+    ):
+        conn = profile.connection
+        if conn.kind != "ssh" or not conn.destination:
+            raise UserError(
+                f'profile {profile.name!r}: [connection] needs kind = "ssh" and a destination for a remote board.'
+            )
+        self.profile = profile
+        self.name = f"{profile.runtime.name}@ssh"
+        self.ssh_options = check_ssh_options(conn.ssh_options)
+        cfg = ssh_config if ssh_config is not None else os.environ.get(SSH_CONFIG_ENV, "")
+        self.ssh_config = Path(cfg).expanduser() if cfg else None
+        if self.ssh_config is not None and not self.ssh_config.is_file():
+            raise UserError(
+                f"ssh config file {self.ssh_config} (from {SSH_CONFIG_ENV}) does not exist; fix the path or unset it."
+            )
+        self.use_cache = use_cache
+        self.host = conn.destination + (f":{conn.port}" if conn.port else "")
+        self.runner_id = runner_hash()
+        self.transfers: list[tuple[str, str]] = []  # (kind, sha) of every copy actually sent
+        self.attempts: list[tuple[str, int]] = []  # (step, ssh exit code) of every ssh call
+
+    # ------------------------------------------------------------------ ssh plumbing
+    def ssh_argv(self, remote_command: str) -> list[str]:
+        """The local argument list that runs `remote_command` (a shell string) on the board."""
+        conn = self.profile.connection
+        argv = ["ssh"]
+        if self.ssh_config is not None:
+            argv += ["-F", str(self.ssh_config)]
+        argv += [
+            "-o", "BatchMode=yes",
+            "-o", f"ConnectTimeout={max(1, round(conn.connect_timeout_s))}",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=4",
+        ]  # fmt: skip
+        if conn.port:
+            argv += ["-p", str(conn.port)]
+        if conn.identity_file:
+            argv += ["-i", str(Path(conn.identity_file).expanduser())]
+        for opt in self.ssh_options:
+            argv += ["-o", opt]
+        argv += ["-T", "--", conn.destination, remote_command]
+        return argv
+
+    def _ssh(
+        self, remote_command: str, *, step: str, stdin: bytes | None = None, timeout: float | None = None
+    ) -> SshResult:
+        conn = self.profile.connection
+        timeout = timeout or conn.command_timeout_s
+        t0 = time.monotonic()
+        try:
+            done = subprocess.run(
+                self.ssh_argv(remote_command),
+                input=stdin if stdin is not None else b"",
+                capture_output=True,
+                timeout=timeout + conn.connect_timeout_s,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise DeviceError(
+                "the OpenSSH client `ssh` is not installed on this machine; install it "
+                "(Debian/Ubuntu: sudo apt install openssh-client) and retry."
+            ) from None
+        except subprocess.TimeoutExpired:
+            self.attempts.append((step, -1))
+            raise DeviceError(
+                f"host {self.host}: step '{step}' took longer than {timeout:g} s; check that the board is not "
+                "overloaded or raise [connection] command_timeout_s in the profile."
+            ) from None
+        result = SshResult(
+            done.returncode, done.stdout, done.stderr.decode(errors="replace"), time.monotonic() - t0
+        )
+        self.attempts.append((step, result.rc))
+        return result
+
+    def _connection_error(self, res: SshResult, step: str) -> DeviceError | None:
+        """A DeviceError for ssh's own deterministic failures (no retry), else None."""
+        kind = _classify(res.stderr) if res.rc == 255 else None
+        conn = self.profile.connection
+        if kind == "unreachable":
+            return DeviceError(
+                f"host {self.host}: cannot connect (step 'connect': {_tail(res.stderr, 2)}); check that the board "
+                f"is powered and on the network, the destination/port in the profile, and `ssh {conn.destination}` "
+                f"by hand (connect timeout {conn.connect_timeout_s:g} s)."
+            )
+        if kind == "host_key":
+            return DeviceError(
+                f"host {self.host}: the board's host key is not in known_hosts or has changed (step 'connect'); "
+                f"run `ssh {conn.destination}` once by hand, verify the fingerprint and accept it — "
+                "rlprune-edge never disables host-key checking."
+            )
+        if kind == "auth":
+            return DeviceError(
+                f"host {self.host}: ssh authentication failed (step 'connect'); install your key on the board "
+                f"(`ssh-copy-id {conn.destination}`), set identity_file in the profile or load it into ssh-agent."
+            )
+        return None
+
+    def _fail(self, res: SshResult, step: str, what: str) -> DeviceError:
+        err = self._connection_error(res, step)
+        if err is not None:
+            return err
+        detail = _tail(res.stderr) or _tail(res.stdout.decode(errors="replace")) or "no output"
+        if res.rc == 255:
+            hint = "the connection dropped; check the board's network and power supply"
+        elif res.rc >= 128:
+            hint = f"the remote process was killed by signal {res.rc - 128}; check the board's memory (dmesg) and temperature"
+        else:
+            hint = what
+        return DeviceError(f"host {self.host}: step '{step}' failed (exit {res.rc}: {detail}); {hint}.")
+
+    @staticmethod
+    def _retryable(res: SshResult) -> bool:
+        if res.rc == 255:
+            return _classify(res.stderr) is None
+        return res.rc >= 128  # killed by a signal (128 + signal number)
+
+    # ------------------------------------------------------------------ copying
+    def _path(self, rel: str = "") -> str:
+        return remote_path_expr(self.profile.connection.work_dir, rel)
+
+    @property
+    def runner_rel(self) -> str:
+        """The runner folder relative to the work dir."""
+        return f"runner-{self.runner_id}"
+
+    def _send(self, data: bytes, sha: str, rel: str, kind: str, step: str) -> None:
+        py = remote_command_expr(self.profile.connection.python)
+        cmd = f"{py} -c {shlex.quote(_RECEIVE)} {self._path(rel)} {shlex.quote(sha)} {shlex.quote(kind)}"
+        res = self._ssh(cmd, step=step, stdin=data)
+        if res.rc != 0 and self._retryable(res):
+            res = self._ssh(cmd, step=step, stdin=data)
+        if res.rc != 0:
+            raise self._fail(
+                res,
+                step,
+                f"check that the remote python ({self.profile.connection.python}) runs and that "
+                f"{self.profile.connection.work_dir} is writable and has free space",
+            )
+        self.transfers.append(("runner" if kind == "dir" else "model", sha))
+
+    def _send_runner(self) -> None:
+        data = runner_tarball()
+        self._send(data, hashlib.sha256(data).hexdigest(), self.runner_rel, "dir", "copy runner")
+
+    def _send_blob(self, blob: Blob) -> None:
+        self._send(blob.local.read_bytes(), blob.sha256, blob.remote_rel, "file", "copy model")
+
+    @staticmethod
+    def blob(path: str | os.PathLike, kind: str = "model") -> Blob:
+        """Describe a local file for content-addressed copying (``blobs/<sha256><suffix>``)."""
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p} does not exist or is not a file; give the path of an existing file.")
+        sha = file_sha256(p)
+        suffix = p.suffix if p.suffix and p.suffix[1:].isalnum() else ".bin"
+        return Blob(kind, p, sha, f"blobs/{sha}{suffix}")
+
+    # ------------------------------------------------------------------ running the runner
+    def run_runner(
+        self,
+        args: Sequence[str],
+        blobs: Sequence[Blob] = (),
+        *,
+        step: str,
+        timeout: float | None = None,
+        mkdirs: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Run ``runner.py <args>`` on the board (copying runner and blobs when absent); return its JSON.
+
+        ``{blob:i}`` in `args` becomes the remote path of ``blobs[i]``, ``{path:REL}`` the remote
+        ``<work_dir>/REL``; `mkdirs` (relative to the work dir) are created first. One retry on a dropped
+        connection or a killed runner; runner errors become DeviceError.
+        """
+        runner_dir = self._path(self.runner_rel)
+        checks = [f'[ -f {runner_dir}/runner.py ] || m="$m runner"']
+        for i, b in enumerate(blobs):
+            checks.append(f'[ -f {self._path(b.remote_rel)} ] || m="$m {i}"')
+        words = []
+        for a in args:
+            if a.startswith("{blob:") and a.endswith("}"):
+                words.append(self._path(blobs[int(a[6:-1])].remote_rel))
+            elif a.startswith("{path:") and a.endswith("}"):
+                words.append(self._path(a[6:-1]))
+            else:
+                words.append(shlex.quote(a))
+        py = remote_command_expr(self.profile.connection.python)
+        script = (
+            'm=""; ' + "; ".join(checks) + "; "
+            f'if [ -n "$m" ]; then echo "{MISSING_MARK}$m"; exit {MISSING_EXIT}; fi; '
+            + "".join(f"mkdir -p {self._path(d)} && " for d in mkdirs)
+            + f"cd {runner_dir} && {py} runner.py {' '.join(words)}"
+        )
+        copied = retried = False
+        while True:
+            res = self._ssh(script, step=step, timeout=timeout)
+            if res.rc == MISSING_EXIT and MISSING_MARK.encode() in res.stdout and not copied:
+                missing = res.stdout.decode(errors="replace").split(MISSING_MARK, 1)[1].split()
+                if "runner" in missing:
+                    self._send_runner()
+                for i in sorted(int(x) for x in missing if x.isdigit()):
+                    self._send_blob(blobs[i])
+                copied = True
+                continue
+            if res.rc == RUNTIME_MISSING_EXIT:
+                raise self._missing_runtime(res)
+            if res.rc == 0:
+                try:
+                    doc = json.loads(res.stdout.decode(errors="replace"))
+                    if not isinstance(doc, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:
+                    if not retried:
+                        retried = True
+                        continue
+                    raise DeviceError(
+                        f"host {self.host}: step 'parse' failed: the runner's output is not one JSON document ({exc}); "
+                        f"output starts {res.stdout[:200]!r}; check that nothing on the board prints to stdout at login."
+                    ) from None
+                return doc
+            if self._retryable(res) and not retried:
+                retried = True
+                continue
+            runner_error = self._runner_error(res)
+            if runner_error is not None:
+                raise runner_error
+            raise self._fail(
+                res, step, "see the runner's message above; run the same command on the board to debug"
+            )
+
+    def _parse_error_doc(self, res: SshResult) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(res.stdout.decode(errors="replace"))
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) and "error" in doc else None
+
+    def _missing_runtime(self, res: SshResult) -> DeviceError:
+        doc = self._parse_error_doc(res) or {}
+        package = str(doc.get("package") or "the runtime")
+        if package in ("tensorrt", "pycuda", "cuda-python") or self.profile.runtime.name == "tensorrt":
+            how = (
+                f"TensorRT ships with JetPack: `sudo apt install python3-libnvinfer` (and `pip install {package}` "
+                "for pycuda/cuda-python) on the board"
+                if package != "tensorrt"
+                else "TensorRT ships with JetPack: install it on the board with `sudo apt install python3-libnvinfer`"
+            )
+        elif package == "numpy":
+            how = "install it on the board with `sudo apt install python3-numpy` (or `pip install numpy`)"
+        else:
+            how = f"install it on the board with `pip install {package}` (see devices/README.md)"
+        py = self.profile.connection.python
+        return DeviceError(
+            f"host {self.host}: the remote python ({py}) lacks the package '{package}'; {how}."
+        )
+
+    def _runner_error(self, res: SshResult) -> DeviceError | None:
+        doc = self._parse_error_doc(res)
+        if doc is None:
+            return None
+        msg = doc.get("message") or doc.get("error")
+        return DeviceError(f"host {self.host}: the runner on the board reported: {msg}.")
+
+    # ------------------------------------------------------------------ cache
+    def cache_key(self, sha: str, *, warmup: int, runs: int, per_layer: bool) -> str:
+        """Key of a cached measurement: profile name + runtime/input options + settings + model sha256."""
+        p = self.profile
+        ident = {
+            "profile": p.name,
+            "destination": self.host,
+            "runtime": asdict(p.runtime),
+            "input": [p.input.batch, list(p.input.shape)],
+            "warmup": warmup,
+            "runs": runs,
+            "per_layer": bool(per_layer),
+            "runner": self.runner_id,
+            "model": sha,
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+    def cache_path(self, key: str) -> Path:
+        """Where a cached measurement lives."""
+        return cache_root() / "remote" / f"{key}.json"
+
+    def _cache_get(self, key: str) -> dict[str, Any] | None:
+        if not self.use_cache:
+            return None
+        try:
+            entry = json.loads(self.cache_path(key).read_text())
+        except (OSError, ValueError):
+            return None
+        return entry.get("measurement") if isinstance(entry, dict) else None
+
+    def _cache_put(self, key: str, doc: dict[str, Any]) -> None:
+        if not self.use_cache:
+            return
+        entry = {"profile": self.profile.name, "host": self.host, "created": time.time(), "measurement": doc}
+        try:
+            _write_atomic(self.cache_path(key), json.dumps(entry).encode())
+        except OSError:
+            pass  # a cache that cannot be written only costs a re-measurement
+
+    # ------------------------------------------------------------------ backend protocol
+    def measure(
+        self, onnx_path: str | os.PathLike, *, warmup: int, runs: int, per_layer: bool = False
+    ) -> Measurement:
+        """Measure one ONNX model on the board (cached per profile and model hash)."""
+        from rlprune_edge.latency.backend import Measurement
+
+        blob = self.blob(onnx_path)
+        key = self.cache_key(blob.sha256, warmup=warmup, runs=runs, per_layer=per_layer)
+        cached = self._cache_get(key)
+        if cached is not None:
+            return Measurement.from_json(cached)
+        args = ["measure", "--model", "{blob:0}", *runner_measure_args(self.profile)]
+        args += ["--warmup", str(warmup), "--runs", str(runs)]
+        if per_layer:
+            args.append("--per-layer")
+        doc = self.run_runner(args, [blob], step="measure")
+        try:
+            m = Measurement.from_json(doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DeviceError(
+                f"host {self.host}: step 'parse' failed: the runner's JSON lacks {exc}; the runner on the board may be "
+                "from another version — remove the board's work dir to force a fresh copy."
+            ) from None
+        self._cache_put(key, m.to_json())
+        return m
+
+    def compare(
+        self, onnx_paths: Sequence[str | os.PathLike], *, blocks: int, warmup: int, runs: int
+    ) -> list[Measurement]:
+        """Measure models in interleaved blocks in one window on the board (never cached)."""
+        from rlprune_edge.latency.backend import Measurement
+
+        if not onnx_paths:
+            raise UserError("compare needs at least one ONNX model.")
+        blobs = [self.blob(p) for p in onnx_paths]
+        args = ["measure", "--model", "{blob:0}", *runner_measure_args(self.profile)]
+        args += ["--warmup", str(warmup), "--runs", str(runs)]
+        if len(blobs) > 1:
+            args += ["--compare", *(f"{{blob:{i}}}" for i in range(1, len(blobs))), "--blocks", str(blocks)]
+        doc = self.run_runner(args, blobs, step="measure")
+        docs = doc.get("results") if isinstance(doc.get("results"), list) else [doc]
+        if len(docs) != len(blobs):
+            raise DeviceError(
+                f"host {self.host}: step 'parse' failed: asked for {len(blobs)} models, the runner returned {len(docs)}."
+            )
+        return [Measurement.from_json(d) for d in docs]
+
+    def facts(self) -> dict[str, Any]:
+        """Device facts reported by ``runner.py facts`` on the board."""
+        return self.run_runner(
+            ["facts"], step="facts", timeout=self.profile.connection.connect_timeout_s + 60
+        )
+
+    def self_test(self) -> dict[str, Any]:
+        """Reach the board, report its facts and runtime versions, and time a tiny model."""
+        return check_remote(self.profile, backend=self)
+
+    # ------------------------------------------------------------------ files and engines
+    def fetch_file(self, remote_rel: str, local_path: str | os.PathLike, *, step: str = "fetch") -> Path:
+        """Copy ``<work_dir>/<remote_rel>`` from the board to `local_path` (atomically)."""
+        res = self._ssh(f"cat {self._path(remote_rel)}", step=step)
+        if res.rc != 0 and self._retryable(res):
+            res = self._ssh(f"cat {self._path(remote_rel)}", step=step)
+        if res.rc != 0:
+            raise self._fail(res, step, f"check that {remote_rel} exists under the work dir on the board")
+        out = Path(local_path)
+        _write_atomic(out, res.stdout)
+        return out
+
+    def build_engine(
+        self,
+        onnx_path: str | os.PathLike,
+        out_path: str | os.PathLike,
+        precision: str,
+        calib: str | os.PathLike | None = None,
+    ) -> dict[str, Any]:
+        """Build a TensorRT engine on the board (``runner.py build-engine``) and bring it back to `out_path`.
+
+        Returns the runner's build report (TensorRT version, GPU, ...) plus ``engine`` (the local
+        path) and ``built_on`` (the host). `calib` is an optional calibration file copied along.
+        """
+        blobs = [self.blob(onnx_path)]
+        rt, inp = self.profile.runtime, self.profile.input
+        engine_rel = f"engines/{blobs[0].sha256[:32]}-{precision}-{self.runner_id}.engine"
+        args = [
+            "build-engine",
+            "--onnx",
+            "{blob:0}",
+            "--out",
+            f"{{path:{engine_rel}}}",
+            "--precision",
+            precision,
+        ]
+        args += ["--workspace-mb", str(rt.workspace_mb)]
+        if rt.timing_cache:
+            args += ["--timing-cache", rt.timing_cache]
+        if inp.shape:
+            args += ["--batch", str(inp.batch), "--shape", ",".join(map(str, inp.shape))]
+        if calib is not None:
+            blobs.append(self.blob(calib, kind="file"))
+            args += ["--calib", "{blob:1}"]
+        info = self.run_runner(args, blobs, step="build engine", mkdirs=["engines"])
+        out = self.fetch_file(engine_rel, out_path, step="fetch engine")
+        return {**info, "engine": str(out), "built_on": self.host}
+
+
+def tiny_onnx_model(path: str | os.PathLike) -> Path:
+    """Write a tiny ONNX CNN (Conv 3→8, Relu, GlobalAveragePool) built with onnx.helper; no torch."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(8, dtype=np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r"], ["y"], name="pool"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    out = Path(path)
+    _write_atomic(out, model.SerializeToString())
+    return out
+
+
+def check_remote(profile: Profile, *, backend: RemoteBackend | None = None) -> dict[str, Any]:
+    """For `profiles check`: reach the board, report facts and runtime versions, time a tiny model."""
+    backend = backend or RemoteBackend(profile)
+    t0 = time.monotonic()
+    facts = backend.facts()
+    with tempfile.TemporaryDirectory(prefix="rlprune-edge-check-") as tmp:
+        model = tiny_onnx_model(Path(tmp) / "tiny.onnx")
+        m = backend.compare([model], blocks=1, warmup=3, runs=10)[0]
+    smoke = m.to_json()
+    return {
+        "profile": profile.name,
+        "host": backend.host,
+        "reachable": True,
+        "facts": facts,
+        "runtime_versions": facts.get("packages", {}),
+        "smoke": {
+            "model": "tiny conv 3->8 16x16",
+            "median_ms": smoke.get("median_ms"),
+            "p90_ms": smoke.get("p90_ms"),
+        },
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
+
+
+def fetch_file(profile: Profile, remote_rel: str, local_path: str | os.PathLike) -> Path:
+    """Copy ``<work_dir>/<remote_rel>`` from the profile's board to `local_path`."""
+    return RemoteBackend(profile).fetch_file(remote_rel, local_path)
+
+
+def build_engine_remote(
+    profile: Profile,
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    precision: str,
+    calib: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Build a TensorRT engine on the profile's board, bring it back to `out_path`; returns the build report."""
+    return RemoteBackend(profile).build_engine(onnx_path, out_path, precision, calib)
