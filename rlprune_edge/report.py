@@ -63,7 +63,7 @@ def plot_pareto(
     pts = [(s["measured_latency_ms"], s["test_acc"]) for s in steps
            if s.get("test_acc") is not None and s.get("measured_latency_ms") is not None]
     if pts:
-        xs, ys = zip(*pts)
+        xs, ys = zip(*pts, strict=True)
         ax.plot(xs, [100 * y for y in ys], "o-", color="tab:blue", alpha=0.7, label="search steps (before KD)")
         for s in steps:
             if s.get("test_acc") is not None and s.get("measured_latency_ms") is not None:

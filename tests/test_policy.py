@@ -25,7 +25,7 @@ def test_init_proportional_to_channels_and_zero_for_unprunable():
 
 def test_samples_are_normalised_clamped_and_seeded():
     a, b = make(seed=3).sample(20), make(seed=3).sample(20)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
         assert x.sum() == pytest.approx(1.0)
         assert x[3] == 0.0
@@ -85,7 +85,7 @@ def test_state_roundtrip_through_json_continues_the_same_stream():
     b = make(seed=99)
     b.load_state_dict(state)
     np.testing.assert_array_equal(a.pd, b.pd)
-    for x, y in zip(a.sample(4), b.sample(4)):
+    for x, y in zip(a.sample(4), b.sample(4), strict=True):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError):
         PruneDistribution(["x"], [8], [True]).load_state_dict(state)

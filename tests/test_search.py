@@ -149,7 +149,7 @@ def test_sparsity_target_is_met_and_log_complete(tmp_path):
     state = json.loads((tmp_path / "state.json").read_text())
     assert len(state["steps"]) == len(res.steps)
     # the sensitive small group 'a' is pruned least (relative), the insensitive 'c' most
-    keep = dict(zip(["a", "b", "c", "fc"], last["keep"]))
+    keep = dict(zip(["a", "b", "c", "fc"], last["keep"], strict=True))
     assert keep["a"] / 16 >= keep["c"] / 64
 
 
@@ -166,7 +166,7 @@ def test_resume_reaches_same_result_as_uninterrupted(tmp_path):
     resumed = search(tmp_path / "part", Target.sparsity(0.6), resume=True)
     assert [s["keep"] for s in resumed.steps] == [s["keep"] for s in full.steps]
     assert [s["val_acc"] for s in resumed.steps] == [s["val_acc"] for s in full.steps]
-    for (k, a), (_, b) in zip(full.model.w.items(), resumed.model.w.items()):
+    for (k, a), (_, b) in zip(full.model.w.items(), resumed.model.w.items(), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -178,7 +178,7 @@ def test_ctrl_c_leaves_last_checkpoint_and_resume_matches(tmp_path):
     assert len(state["steps"]) == 2
     resumed = search(tmp_path / "cut", Target.sparsity(0.6), resume=True)
     assert [s["keep"] for s in resumed.steps] == [s["keep"] for s in full.steps]
-    for (_, a), (_, b) in zip(full.model.w.items(), resumed.model.w.items()):
+    for (_, a), (_, b) in zip(full.model.w.items(), resumed.model.w.items(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -149,13 +149,13 @@ def allocate_keep(
     m = max(1, int(multiple))
     ch = [int(c) for c in channels]
     floor_keep = [(c // m) * m if c >= m else c for c in ch]
-    cap = [max(0, (fk - m) // m) if p else 0 for fk, p in zip(floor_keep, prunable)]
+    cap = [max(0, (fk - m) // m) if p else 0 for fk, p in zip(floor_keep, prunable, strict=True)]
     units = int(round(remove / m))
     take = [0] * len(ch)
-    p = np.array([float(x) if c > 0 else 0.0 for x, c in zip(probs, cap)], dtype=np.float64)
+    p = np.array([float(x) if c > 0 else 0.0 for x, c in zip(probs, cap, strict=True)], dtype=np.float64)
     left = min(units, sum(cap))
     while left > 0:
-        open_ = np.array([t < c for t, c in zip(take, cap)])
+        open_ = np.array([t < c for t, c in zip(take, cap, strict=True)])
         w = np.where(open_, p, 0.0)
         if w.sum() <= 0:
             w = open_.astype(np.float64)
@@ -179,7 +179,7 @@ def allocate_keep(
 def max_prune_keep(channels: Sequence[int], prunable: Sequence[bool], multiple: int = 1) -> list[int]:
     """The smallest architecture the search may reach: every prunable group at `multiple` channels."""
     m = max(1, int(multiple))
-    return [min(c, m) if p else c for c, p in zip(channels, prunable)]
+    return [min(c, m) if p else c for c, p in zip(channels, prunable, strict=True)]
 
 
 # --- state ---------------------------------------------------------------------------------------
@@ -237,12 +237,12 @@ def run_search(
     names = [g.name for g in groups0]
     ch0 = [int(g.channels) for g in groups0]
     prunable = [bool(g.prunable) for g in groups0]
-    total0 = sum(c for c, p in zip(ch0, prunable) if p)
+    total0 = sum(c for c, p in zip(ch0, prunable, strict=True) if p)
     m = max(1, int(env.channel_multiple))
     policy = PruneDistribution(names, ch0, prunable, config.policy, seed=config.seed)
     base = Baseline(float(dense_figures["latency_ms"]), float(dense_figures["flops"]), float(dense_figures["params"]))
     fp = {"target": asdict(target), "weights": asdict(weights), "config": config.fingerprint(),
-          "groups": list(zip(names, ch0)), **(fingerprint or {})}
+          "groups": list(zip(names, ch0, strict=True)), **(fingerprint or {})}
     goal_ms = target.latency_goal_ms(base.latency_ms)
     if target.kind == "sparsity":
         planned = math.ceil(target.value / config.step_ratio)
@@ -269,7 +269,7 @@ def run_search(
         ref_acc = float(state["ref_acc"])
         base = Baseline(**state["baseline"])
         for s in steps:  # replay, don't re-measure: measurements must not change a resumed run
-            env.correct(dict(zip(names, s["keep"])), s["measured_latency_ms"])
+            env.correct(dict(zip(names, s["keep"], strict=True)), s["measured_latency_ms"])
         if steps:
             model = env.load_model(state_dir / steps[-1]["model_file"])
             if steps[-1].get("done"):
@@ -294,7 +294,7 @@ def run_search(
             groups = env.groups(model)
             by_name = {g.name: int(g.channels) for g in groups}
             ch = [by_name.get(n, 0) for n in names]
-            removed = total0 - sum(c for c, p in zip(ch, prunable) if p)
+            removed = total0 - sum(c for c, p in zip(ch, prunable, strict=True) if p)
             budget = int(round(config.step_ratio * total0))
             if target.kind == "sparsity":
                 budget = min(budget, int(round(target.value * total0)) - removed)
@@ -309,7 +309,7 @@ def run_search(
             for _ in range(config.rounds):
                 for action in policy.sample(config.candidates):
                     keep_list = allocate_keep(ch, prunable, action, budget, m)
-                    keep = dict(zip(names, keep_list))
+                    keep = dict(zip(names, keep_list, strict=True))
                     cand = env.candidate(model, keep, scores, groups)
                     acc = float(env.evaluate(cand))
                     pred = float(env.predict_ms(keep))
@@ -329,9 +329,9 @@ def run_search(
             model = chosen["model"]
             env.finetune(model, step)
             measured_ms, measured_ratio = env.measure(model)
-            keep = dict(zip(names, chosen["keep"]))
+            keep = dict(zip(names, chosen["keep"], strict=True))
             env.correct(keep, measured_ms)
-            sparsity = 1.0 - sum(k for k, p in zip(chosen["keep"], prunable) if p) / total0
+            sparsity = 1.0 - sum(k for k, p in zip(chosen["keep"], prunable, strict=True) if p) / total0
             reached = target.met(measured_ms=measured_ms, measured_ratio=measured_ratio, sparsity=sparsity,
                                  unit_fraction=m / total0)
             model_file = f"step_{step + 1:03d}.pt"
@@ -374,6 +374,6 @@ def _shrink_budget(
     units = max(1, int(round(budget / m)))
     for u in range(1, units):
         keep = allocate_keep(ch, prunable, pd, u * m, m)
-        if env.predict_ms(dict(zip(names, keep))) <= goal_ms:
+        if env.predict_ms(dict(zip(names, keep, strict=True))) <= goal_ms:
             return u * m
     return budget

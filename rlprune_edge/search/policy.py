@@ -46,7 +46,7 @@ class PruneDistribution:
             raise ValueError("names, channels and prunable must have the same length")
         self.names = list(names)
         self.config = config or PolicyConfig()
-        self.mask = np.array([bool(p) and c > 0 for p, c in zip(prunable, channels)], dtype=bool)
+        self.mask = np.array([bool(p) and c > 0 for p, c in zip(prunable, channels, strict=True)], dtype=bool)
         if not self.mask.any():
             raise ValueError("no prunable group to distribute pruning over")
         init = np.where(self.mask, np.asarray(channels, dtype=np.float64), 0.0)
