@@ -1,0 +1,1 @@
+../rlprune_edge/board/runner.py

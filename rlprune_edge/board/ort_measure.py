@@ -1,0 +1,202 @@
+"""ONNX Runtime measurement: end-to-end samples and per-node times from ORT's own profiler."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+
+try:
+    from . import nodemap, onnx_lite, protocol
+except ImportError:  # run as a plain script in a copied folder
+    import nodemap  # type: ignore[no-redef]
+    import onnx_lite  # type: ignore[no-redef]
+    import protocol  # type: ignore[no-redef]
+
+GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+def import_ort():
+    """Import onnxruntime or raise the runner's missing-runtime error."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise protocol.missing_runtime("onnxruntime", "install it with `python3 -m pip install onnxruntime`") from None
+    return ort
+
+
+def session_options(ort, *, threads: int, inter_op_threads: int, graph_optimization: str):
+    """SessionOptions from the profile's runtime options."""
+    if graph_optimization not in GRAPH_OPT_LEVELS:
+        raise protocol.BoardError("bad_arguments", f"unknown graph optimization {graph_optimization!r}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = int(inter_op_threads)
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[graph_optimization])
+    so.log_severity_level = 3
+    return so
+
+
+def open_session(ort, model: str, so, provider: str):
+    """An InferenceSession, with clear errors for a missing file, a non-ONNX file or an absent provider."""
+    if not os.path.isfile(model):
+        raise protocol.BoardError("bad_model", f"model file {model} does not exist")
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise protocol.BoardError(
+            "missing_provider",
+            f"execution provider {provider} is not available in this onnxruntime (available: {', '.join(available)})",
+            exit_code=3,
+            package="onnxruntime",
+            provider=provider,
+        )
+    try:
+        return ort.InferenceSession(model, so, providers=[provider])
+    except Exception as exc:  # ORT raises its own exception types (InvalidProtobuf, Fail, ...)
+        raise protocol.BoardError("bad_model", f"{model} could not be loaded as an ONNX model: {exc}") from None
+
+
+def make_feeds(session, batch: int | None = None, shape: list[int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for every model input; dynamic dims come from `batch`/`shape` (else an error)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i, inp in enumerate(session.get_inputs()):
+        dims = list(inp.shape)
+        if i == 0 and shape:
+            want = [batch or (dims[0] if isinstance(dims[0], int) else 1), *shape]
+            for d, w in zip(dims, want):  # noqa: B905 (boards may run Python 3.8)
+                if isinstance(d, int) and d != w:
+                    raise protocol.BoardError(
+                        "shape_mismatch", f"input {inp.name} has fixed shape {dims}, but shape {want} was asked for"
+                    )
+            dims = want if len(want) == len(dims) else dims
+        if dims and not isinstance(dims[0], int) and batch:
+            dims[0] = batch
+        if any(not isinstance(d, int) or d <= 0 for d in dims):
+            raise protocol.BoardError(
+                "dynamic_shape",
+                f"input {inp.name} has a dynamic shape {dims}; give the input shape (profile [input] shape)",
+            )
+        dtype = _NP_TYPES.get(inp.type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[inp.name] = np.zeros(dims, dtype=dtype)
+    return feeds
+
+
+def runtime_info(ort, provider: str, threads: int) -> dict[str, Any]:
+    """The `runtime` block of a result."""
+    return {"name": "onnxruntime", "version": ort.__version__, "provider": provider, "threads": int(threads)}
+
+
+class _Model:
+    def __init__(self, ort, model: str, opts: dict[str, Any], batch, shape) -> None:
+        so = session_options(ort, threads=opts["threads"], inter_op_threads=opts["inter_op_threads"],
+                             graph_optimization=opts["graph_optimization"])
+        self.session = open_session(ort, model, so, opts["provider"])
+        self.feeds = make_feeds(self.session, batch, shape)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self) -> None:
+        self.session.run(self.outputs, self.feeds)
+
+
+def parse_profile_events(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Node kernel times from an ORT profile: name -> {op, durations_us[]} (one entry per run)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        args = e.get("args", {})
+        entry = out.setdefault(name, {"op": args.get("op_name", ""), "durations_us": [], "provider": args.get("provider", "")})
+        entry["durations_us"].append(float(e.get("dur", 0)))
+    return out
+
+
+def per_layer_times(ort, model: str, opts: dict[str, Any], *, warmup: int, runs: int, batch=None, shape=None) -> list[dict[str, Any]]:
+    """Per executed node: median kernel time over profiled runs, mapped back to ONNX nodes."""
+    tmp = tempfile.mkdtemp(prefix="rlprune-ortprof-")
+    try:
+        so = session_options(ort, threads=opts["threads"], inter_op_threads=opts["inter_op_threads"],
+                             graph_optimization=opts["graph_optimization"])
+        optimized = os.path.join(tmp, "optimized.onnx")
+        so.optimized_model_filepath = optimized
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "profile")
+        sess = open_session(ort, model, so, opts["provider"])
+        feeds = make_feeds(sess, batch, shape)
+        for _ in range(warmup):
+            sess.run(None, feeds)
+        for _ in range(runs):
+            sess.run(None, feeds)
+        profile_path = sess.end_profiling()
+        with open(profile_path) as fh:
+            events = json.load(fh)
+        nodes = parse_profile_events(events)
+        total_runs = warmup + runs
+        mapping: dict[str, list[str]] = {}
+        if os.path.isfile(optimized):
+            try:
+                mapping = nodemap.map_nodes(onnx_lite.load_graph(model), onnx_lite.load_graph(optimized))
+            except (ValueError, IndexError):
+                mapping = {}
+        layers = []
+        for name, info in nodes.items():
+            durs = info["durations_us"]
+            if len(durs) >= total_runs:  # drop warm-up runs (events are in run order)
+                durs = durs[len(durs) - runs * (len(durs) // total_runs):]
+            layers.append({
+                "name": name,
+                "op": info["op"],
+                "median_ms": float(np.median(durs)) / 1e3 if durs else 0.0,
+                "onnx_nodes": mapping.get(name, []),
+            })
+        return layers
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(model: str, opts: dict[str, Any], *, warmup: int, runs: int, per_layer: bool = False,
+            batch: int | None = None, shape: list[int] | None = None) -> dict[str, Any]:
+    """End-to-end samples (and optionally per-layer times) of one model."""
+    ort = import_ort()
+    m = _Model(ort, model, opts, batch, shape)
+    for _ in range(warmup):
+        m()
+    result = protocol.summarize(protocol.time_runs(m, runs))
+    result["per_layer"] = (
+        per_layer_times(ort, model, opts, warmup=min(warmup, 10), runs=runs, batch=batch, shape=shape) if per_layer else []
+    )
+    result["runtime"] = runtime_info(ort, opts["provider"], opts["threads"])
+    return result
+
+
+def compare(models: list[str], opts: dict[str, Any], *, blocks: int, warmup: int, runs: int,
+            batch: int | None = None, shape: list[int] | None = None) -> dict[str, Any]:
+    """Several models measured in interleaved blocks in one window; ratios vs the first."""
+    ort = import_ort()
+    runners = [_Model(ort, m, opts, batch, shape) for m in models]
+    samples, ratios, block_ratios = protocol.interleaved(runners, blocks=blocks, runs=runs, warmup=warmup)
+    results = []
+    for s in samples:
+        r = protocol.summarize(s)
+        r["per_layer"] = []
+        r["runtime"] = runtime_info(ort, opts["provider"], opts["threads"])
+        results.append(r)
+    return {"results": results, "ratios": ratios, "block_ratios": block_ratios}

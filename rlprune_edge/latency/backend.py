@@ -1,0 +1,178 @@
+"""The latency backend interface: one `Measurement` shape for every runtime, local or remote.
+
+``get_backend(profile)`` returns the backend a profile names: ONNX Runtime, TensorRT or torch on
+this machine, or ``rlprune_edge.latency.remote.RemoteBackend`` when the profile's connection is
+ssh. Local backends run the same board code (``rlprune_edge.board``) the remote runner runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from rlprune_edge.errors import DeviceError, UserError
+from rlprune_edge.profiles import Profile, load_profile
+
+
+@dataclass
+class LayerTime:
+    """Time of one executed (possibly fused) layer and the ONNX nodes it computes."""
+
+    name: str
+    op: str
+    median_ms: float
+    onnx_nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Measurement:
+    """One model's latency: summary statistics, raw samples, per-layer times and device facts.
+
+    ``ratio`` is set by ``compare``: this model's latency over the first model's, from interleaved blocks.
+    """
+
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    samples_ms: list[float]
+    per_layer: list[LayerTime] = field(default_factory=list)
+    device: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    ratio: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able document (the runner's and `bench --json`'s shape)."""
+        d = asdict(self)
+        if d["ratio"] is None:
+            del d["ratio"]
+        return d
+
+    def to_json(self) -> str:
+        """Serialize to one JSON document."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        """Build from the runner's JSON document (unknown keys are ignored)."""
+        try:
+            layers = [
+                LayerTime(name=str(x["name"]), op=str(x.get("op", "")), median_ms=float(x["median_ms"]),
+                          onnx_nodes=list(x.get("onnx_nodes", [])))
+                for x in d.get("per_layer", [])
+            ]
+            return cls(
+                median_ms=float(d["median_ms"]),
+                p90_ms=float(d["p90_ms"]),
+                p99_ms=float(d["p99_ms"]),
+                samples_ms=[float(s) for s in d.get("samples_ms", [])],
+                per_layer=layers,
+                device=dict(d.get("device", {})),
+                runtime=dict(d.get("runtime", {})),
+                ratio=None if d.get("ratio") is None else float(d["ratio"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a measurement document: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Measurement:
+        """Parse `to_json()` output or a runner document."""
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def per_layer_sum_ms(self) -> float:
+        """Sum of per-layer medians (compare with `median_ms`)."""
+        return float(sum(layer.median_ms for layer in self.per_layer))
+
+
+def measurements_from_runner(doc: Any) -> list[Measurement]:
+    """Turn a runner document (single result, or ``{"results", "ratios"}`` from --compare) into Measurements."""
+    if isinstance(doc, dict) and "results" in doc:
+        out = [Measurement.from_dict(r) for r in doc["results"]]
+        for m, ratio in zip(out, doc.get("ratios", []), strict=False):
+            m.ratio = float(ratio)
+        return out
+    return [Measurement.from_dict(doc)]
+
+
+@runtime_checkable
+class LatencyBackend(Protocol):
+    """What every backend (local or remote) provides."""
+
+    name: str
+    profile: Profile
+
+    def measure(self, onnx_path: str | Path, *, warmup: int, runs: int, per_layer: bool = False) -> Measurement:
+        """Warm up, time `runs` inferences, optionally per-layer times."""
+        ...
+
+    def compare(self, onnx_paths: list[str | Path], *, blocks: int, warmup: int, runs: int) -> list[Measurement]:
+        """Measure models in interleaved blocks in one window; each result's ``ratio`` is vs the first."""
+        ...
+
+    def self_test(self) -> dict[str, Any]:
+        """Runtime versions and a smoke measurement of a tiny model."""
+        ...
+
+
+def board_options(profile: Profile) -> dict[str, Any]:
+    """The runner's option dict for a profile's runtime."""
+    rt = profile.runtime
+    if rt.name == "onnxruntime":
+        return {"provider": rt.provider, "threads": rt.threads, "inter_op_threads": rt.inter_op_threads,
+                "graph_optimization": rt.graph_optimization}
+    if rt.name == "tensorrt":
+        return {"precision": rt.precision, "workspace_mb": rt.workspace_mb, "timing_cache": rt.timing_cache}
+    return {"device": rt.device, "precision": rt.precision, "threads": rt.threads}
+
+
+def runner_args(profile: Profile) -> list[str]:
+    """Command-line options for ``runner.py measure`` that carry the profile's runtime and input settings."""
+    rt = profile.runtime
+    args = ["--runtime", rt.name, "--precision", rt.precision]
+    if rt.name == "onnxruntime":
+        args += ["--provider", rt.provider, "--threads", str(rt.threads), "--inter-op-threads",
+                 str(rt.inter_op_threads), "--graph-optimization", rt.graph_optimization]
+    elif rt.name == "tensorrt":
+        args += ["--workspace-mb", str(rt.workspace_mb)]
+        if rt.timing_cache:
+            args += ["--timing-cache", rt.timing_cache]
+    args += ["--batch", str(profile.input.batch)]
+    if profile.input.shape:
+        args += ["--shape", ",".join(str(d) for d in profile.input.shape)]
+    return args
+
+
+def board_error_to_user(exc: Exception, profile: Profile, where: str = "this machine") -> UserError:
+    """Convert a runner BoardError into a one-sentence UserError/DeviceError."""
+    kind = getattr(exc, "kind", "")
+    message = getattr(exc, "message", str(exc))
+    if kind in ("missing_runtime", "missing_provider"):
+        package = getattr(exc, "extra", {}).get("package", "")
+        return DeviceError(f"profile {profile.name}: {message} on {where}; install {package or 'the runtime'} there.")
+    if kind == "dynamic_shape":
+        return UserError(f"{message.rstrip('.')}; add `shape = [C, H, W]` under [input] in profile {profile.name}.")
+    return UserError(f"profile {profile.name}: {message}.")
+
+
+def get_backend(profile: Profile | str) -> LatencyBackend:
+    """The backend for a profile (name, path or Profile); remote profiles get the ssh backend."""
+    p = load_profile(profile) if not isinstance(profile, Profile) else profile
+    if p.connection.kind == "ssh":
+        try:
+            from rlprune_edge.latency.remote import RemoteBackend
+        except ImportError as exc:
+            raise UserError(f"profile {p.name} is reached over ssh, but the ssh transport is unavailable ({exc}).") from None
+        return RemoteBackend(p)
+    if p.runtime.name == "onnxruntime":
+        from rlprune_edge.latency.onnxruntime import OrtBackend
+
+        return OrtBackend(p)
+    if p.runtime.name == "tensorrt":
+        from rlprune_edge.latency.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(p)
+    from rlprune_edge.latency.torch_backend import TorchBackend
+
+    return TorchBackend(p)

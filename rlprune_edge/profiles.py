@@ -1,0 +1,344 @@
+"""Device profiles: one TOML file per named target, validated on load.
+
+A profile names the runtime and its options, the input shape, the channel multiple, the
+measurement protocol, how the device is reached (local or ssh) and optional reward weights.
+``load_profile("host-cpu")`` finds a shipped profile by name; a path to a ``.toml`` file works too.
+Extra profile directories can be listed in ``RLPRUNE_EDGE_PROFILES_DIR`` (os.pathsep-separated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from rlprune_edge.errors import UserError
+
+RUNTIMES = ("onnxruntime", "tensorrt", "torch")
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+PRECISIONS = ("fp32", "fp16", "int8")
+TORCH_DEVICES = ("cpu", "cuda")
+CONNECTION_KINDS = ("local", "ssh")
+REFUSED_SSH_OPTIONS = ("stricthostkeychecking=no", "userknownhostsfile=/dev/null")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Which runtime runs the model and with which options."""
+
+    name: str
+    provider: str = "CPUExecutionProvider"
+    threads: int = 0
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+    precision: str = "fp32"
+    device: str = "cpu"
+    timing_cache: str = ""
+    workspace_mb: int = 1024
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Batch size and optional per-sample input shape (C, H, W); empty = the model's own."""
+
+    batch: int = 1
+    shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    """Channel counts are rounded to this multiple."""
+
+    channel_multiple: int = 8
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """Measurement protocol: warm-up runs, timed runs, interleaved blocks for comparisons."""
+
+    warmup: int = 20
+    runs: int = 100
+    blocks: int = 5
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """How the device is reached: locally, or over the system OpenSSH client."""
+
+    kind: str = "local"
+    destination: str = ""
+    port: int = 0
+    identity_file: str = ""
+    ssh_options: tuple[str, ...] = ()
+    work_dir: str = "~/.cache/rlprune-edge"
+    python: str = "python3"
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Optional weights of the reward terms."""
+
+    latency: float = 1.0
+    flops: float = 0.0
+    params: float = 0.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated device profile."""
+
+    name: str
+    description: str
+    runtime: RuntimeSpec
+    input: InputSpec = field(default_factory=InputSpec)
+    pruning: PruningSpec = field(default_factory=PruningSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    connection: ConnectionSpec = field(default_factory=ConnectionSpec)
+    reward: RewardWeights = field(default_factory=RewardWeights)
+    path: Path | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the device is reached over ssh."""
+        return self.connection.kind == "ssh"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (for reports and `profiles show`)."""
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path) if self.path else ""
+        d["input"]["shape"] = list(self.input.shape)
+        d["connection"]["ssh_options"] = list(self.connection.ssh_options)
+        return d
+
+
+_SECTIONS: dict[str, type] = {
+    "runtime": RuntimeSpec,
+    "input": InputSpec,
+    "pruning": PruningSpec,
+    "measure": MeasureSpec,
+    "connection": ConnectionSpec,
+    "reward": RewardWeights,
+}
+
+_ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("runtime", "name"): RUNTIMES,
+    ("runtime", "graph_optimization"): GRAPH_OPTIMIZATIONS,
+    ("runtime", "precision"): PRECISIONS,
+    ("runtime", "device"): TORCH_DEVICES,
+    ("connection", "kind"): CONNECTION_KINDS,
+}
+
+_NON_NEGATIVE = {
+    ("runtime", "threads"),
+    ("runtime", "inter_op_threads"),
+    ("runtime", "workspace_mb"),
+    ("measure", "warmup"),
+    ("connection", "port"),
+}
+_POSITIVE = {
+    ("input", "batch"),
+    ("pruning", "channel_multiple"),
+    ("measure", "runs"),
+    ("measure", "blocks"),
+    ("connection", "connect_timeout_s"),
+    ("connection", "command_timeout_s"),
+}
+
+
+def shipped_profiles_dir() -> Path:
+    """The repository's `profiles/` directory (next to the package)."""
+    import rlprune_edge
+
+    return Path(rlprune_edge.__file__).resolve().parent.parent / "profiles"
+
+
+def profile_dirs() -> list[Path]:
+    """Directories searched for profiles by name: RLPRUNE_EDGE_PROFILES_DIR entries first, then shipped."""
+    dirs = [Path(p).expanduser() for p in os.environ.get("RLPRUNE_EDGE_PROFILES_DIR", "").split(os.pathsep) if p]
+    dirs.append(shipped_profiles_dir())
+    return dirs
+
+
+def _profile_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in profile_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.toml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def _where(file: str, section: str | None, key: str) -> str:
+    return f"{file}: [{section}] {key}" if section else f"{file}: {key}"
+
+
+def _type_name(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def _check_value(file: str, section: str, key: str, value: Any, default: Any) -> Any:
+    """Validate one value against the type of its default; return it converted."""
+    where = _where(file, section, key)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {_type_name(value)}; fix the profile.")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where} must be an integer, got {_type_name(value)}; fix the profile.")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {_type_name(value)}; fix the profile.")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be a string, got {_type_name(value)}; fix the profile.")
+    elif isinstance(default, tuple):
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list, got {_type_name(value)}; fix the profile.")
+        item_type = int if key == "shape" else str
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, item_type):
+                raise UserError(
+                    f"{where} must be a list of {'integers' if item_type is int else 'strings'}, "
+                    f"got item {_type_name(item)}; fix the profile."
+                )
+        value = tuple(value)
+    enum = _ENUMS.get((section, key))
+    if enum is not None and value not in enum:
+        close = difflib.get_close_matches(str(value), enum, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{where} must be one of {', '.join(enum)}, got {value!r}{hint}; fix the profile.")
+    if (section, key) in _NON_NEGATIVE and value < 0:
+        raise UserError(f"{where} must be >= 0, got {value!r}; fix the profile.")
+    if (section, key) in _POSITIVE and value <= 0:
+        raise UserError(f"{where} must be > 0, got {value!r}; fix the profile.")
+    return value
+
+
+def _build_section(file: str, section: str, raw: Any, cls: type) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: [{section}] must be a table, got {_type_name(raw)}; fix the profile.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(
+                f"{_where(file, section, key)} is not a known key{hint}; known keys: {', '.join(fields)}."
+            )
+        f = fields[key]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = ""  # required string (runtime.name)
+        kwargs[key] = _check_value(file, section, key, value, default)
+    return cls(**kwargs)
+
+
+def parse_profile(data: dict[str, Any], file: str, path: Path | None = None) -> Profile:
+    """Validate a parsed TOML document and build a :class:`Profile`; `file` names it in errors."""
+    allowed = {"name", "description", *_SECTIONS}
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{file}: {key} is not a known key{hint}; known keys: {', '.join(sorted(allowed))}.")
+    name = data.get("name")
+    if name is None:
+        raise UserError(f"{file}: name is missing; add `name = \"...\"` at the top of the profile.")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{file}: name must be a non-empty string, got {_type_name(name)}; fix the profile.")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{file}: description must be a string, got {_type_name(description)}; fix the profile.")
+    runtime_raw = data.get("runtime")
+    if runtime_raw is None or (isinstance(runtime_raw, dict) and "name" not in runtime_raw):
+        raise UserError(
+            f"{file}: [runtime] name is missing; add a [runtime] table with name = one of {', '.join(RUNTIMES)}."
+        )
+    built = {sec: _build_section(file, sec, data[sec], cls) for sec, cls in _SECTIONS.items() if sec in data}
+    profile = Profile(name=name, description=description, path=path, **built)
+    _check_consistency(file, profile)
+    return profile
+
+
+def _check_consistency(file: str, p: Profile) -> None:
+    if any(d <= 0 for d in p.input.shape):
+        raise UserError(f"{file}: [input] shape must hold positive integers, got {list(p.input.shape)}.")
+    c = p.connection
+    if c.kind == "ssh" and not c.destination:
+        raise UserError(
+            f"{file}: [connection] destination is required when kind = \"ssh\"; "
+            "set it to an alias from ~/.ssh/config or user@host."
+        )
+    for opt in c.ssh_options:
+        norm = opt.replace(" ", "").lower()
+        if any(norm == refused or norm.endswith(refused) for refused in REFUSED_SSH_OPTIONS):
+            raise UserError(
+                f"{file}: [connection] ssh_options contains {opt!r}, which disables host-key checking; "
+                "remove it and add the board's key with `ssh-keyscan` or a first manual `ssh` instead."
+            )
+        if "=" not in opt:
+            raise UserError(f"{file}: [connection] ssh_options entries must be Key=Value, got {opt!r}.")
+    if p.runtime.name == "tensorrt" and p.runtime.precision not in ("fp32", "fp16", "int8"):
+        raise UserError(f"{file}: [runtime] precision {p.runtime.precision!r} is not supported by tensorrt.")
+
+
+def _load_file(path: Path) -> Profile:
+    shown = _display(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{shown}: not valid TOML ({exc}); fix the syntax.") from None
+    except OSError as exc:
+        raise UserError(f"{shown}: cannot read the profile ({exc.strerror}).") from None
+    return parse_profile(data, shown, path.resolve())
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        try:
+            return str(Path("profiles") / path.resolve().relative_to(shipped_profiles_dir()))
+        except ValueError:
+            return str(path)
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile:
+    """Load a profile by name (shipped or in RLPRUNE_EDGE_PROFILES_DIR) or by path to a .toml file."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    text = str(name_or_path)
+    p = Path(text).expanduser()
+    looks_like_path = text.endswith(".toml") or os.sep in text or (os.altsep and os.altsep in text)
+    if looks_like_path:
+        if not p.is_file():
+            raise UserError(f"profile file {text} does not exist; give a profile name or a path to a .toml file.")
+        return _load_file(p)
+    files = _profile_files()
+    if text in files:
+        return _load_file(files[text])
+    known = sorted(files)
+    close = difflib.get_close_matches(text, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UserError(
+        f"unknown profile {text!r}.{hint} Known profiles: {', '.join(known) or '(none)'}; "
+        "or pass a path to your own .toml file."
+    )
+
+
+def list_profiles() -> list[Profile]:
+    """All profiles found by name, sorted by name (invalid files raise UserError naming the file)."""
+    return [_load_file(path) for _, path in sorted(_profile_files().items())]
