@@ -1,0 +1,181 @@
+"""The search environment for real models: groups, Taylor scores, pruning, BatchNorm recalibration,
+batched validation on a fixed subset, predicted and measured latency on the profile.
+
+Every data subset is drawn once from the seed (validation subset of the *val* split, calibration
+and BN batches of the train split), so a step's outcome depends only on the parent model and the
+action: the test split is never touched here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Sizes of the fixed subsets (speed knobs; see docs/compress.md for what each bought)."""
+
+    val_size: int = 1000  # validation images used for the reward
+    calib_size: int = 128  # train images for Taylor scores (once per step)
+    bn_batches: int = 2  # BatchNorm recalibration batches per candidate
+    bn_batch_size: int = 128
+    eval_batch: int = 500
+    step_kd_batches: int = 0  # optional short KD fine-tune of each step's chosen model
+    step_kd_lr: float = 0.01
+    seed: int = 0
+
+
+def tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of a TensorSplit as normalised (x, y) tensors."""
+    return split.normalize(split.images), split.labels
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
+    """Top-1 accuracy (fraction) of `model` in eval mode on tensors, batched."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+    model.train(was)
+    return correct / max(1, len(x))
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+    """Re-estimate BatchNorm running statistics from `batches` (cumulative average), in place."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return model
+    model.eval()
+    saved = []
+    for bn in bns:
+        saved.append(bn.momentum)
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    for x in batches:
+        model(x)
+    for bn, mom in zip(bns, saved, strict=True):
+        bn.momentum = mom
+    model.eval()
+    return model
+
+
+class PruneEnv:
+    """Implements :class:`rlprune_edge.search.loop.SearchEnv` with the project's graph/prune/latency stack."""
+
+    def __init__(
+        self,
+        dense: nn.Module,
+        info: ModelInfo,
+        data: Any,
+        profile: Any,
+        backend: Any,
+        latency_model: Any,
+        dense_onnx: Path,
+        work_dir: Path,
+        config: EnvConfig | None = None,
+    ) -> None:
+        from rlprune_edge.flops import count_flops, count_params
+
+        self.config = config or EnvConfig()
+        self.info = info
+        self.data = data
+        self.profile = profile
+        self.backend = backend
+        self.latency_model = latency_model
+        self.dense = dense.eval()
+        self.dense_onnx = Path(dense_onnx)
+        self.work_dir = Path(work_dir)
+        self.channel_multiple = max(1, int(profile.pruning.channel_multiple))
+        self.input_shape = tuple(info.input_shape)
+        self.example_inputs = torch.zeros(1, *self.input_shape)
+        c = self.config
+        self.val_x, self.val_y = tensors(data.subset("val", c.val_size, seed=c.seed))
+        tx, ty = tensors(data.subset("train", max(c.calib_size, c.bn_batches * c.bn_batch_size), seed=c.seed + 1))
+        self.calib = [(tx[i : i + 64], ty[i : i + 64]) for i in range(0, c.calib_size, 64)]
+        self.bn_batches = [tx[i * c.bn_batch_size : (i + 1) * c.bn_batch_size] for i in range(c.bn_batches)]
+        self._count_flops, self._count_params = count_flops, count_params
+
+    # --- structure ---------------------------------------------------------------------------------
+    def groups(self, model: nn.Module) -> list:
+        from rlprune_edge.graph import prunable_groups
+
+        return prunable_groups(model, self.example_inputs)
+
+    def scores(self, model: nn.Module, groups: list) -> Any:
+        from rlprune_edge.importance import channel_scores
+
+        return channel_scores(model, self.example_inputs, groups, method="taylor", calib=self.calib)
+
+    def candidate(self, model: nn.Module, keep: dict[str, int], scores: Any, groups: list) -> nn.Module:
+        from rlprune_edge.prune import prune
+
+        prunable = {g.name for g in groups if g.prunable}
+        keep = {k: v for k, v in keep.items() if k in prunable}
+        new = prune(model, self.example_inputs, keep=keep, importance="taylor", channel_multiple=1,
+                    scores=scores, groups=groups)
+        return recalibrate_bn(new, self.bn_batches)
+
+    # --- figures -----------------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module) -> float:
+        return accuracy(model, self.val_x, self.val_y, self.config.eval_batch)
+
+    def predict_ms(self, keep: dict[str, int]) -> float:
+        return float(self.latency_model.predict(keep))
+
+    def flops(self, model: nn.Module) -> int:
+        return int(self._count_flops(model, self.input_shape))
+
+    def params(self, model: nn.Module) -> int:
+        return int(self._count_params(model))
+
+    def measure(self, model: nn.Module) -> tuple[float, float]:
+        """(median ms, ratio vs dense) from interleaved blocks of dense and `model` on the profile."""
+        from rlprune_edge.export import export_onnx
+
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=self.work_dir)
+        os.close(fd)
+        try:
+            export_onnx(copy.deepcopy(model), tmp, self.input_shape, batch=int(self.profile.input.batch))
+            ms = self.backend.compare([self.dense_onnx, Path(tmp)], blocks=int(self.profile.measure.blocks),
+                                      warmup=int(self.profile.measure.warmup), runs=int(self.profile.measure.runs))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        ratio = ms[1].ratio if ms[1].ratio is not None else ms[1].median_ms / ms[0].median_ms
+        return float(ms[1].median_ms), float(ratio)
+
+    def correct(self, keep: dict[str, int], measured_ms: float) -> None:
+        self.latency_model.correct(keep, measured_ms)
+
+    def finetune(self, model: nn.Module, step: int) -> None:
+        """Optional short KD of the step's chosen model (`step_kd_batches` batches; 0 = off)."""
+        n = self.config.step_kd_batches
+        if n <= 0:
+            return
+        from rlprune_edge.distill import DistillConfig, distill
+
+        distill(model, self.dense, self.data,
+                DistillConfig(epochs=1, lr=self.config.step_kd_lr, batch_size=64, limit=64 * n,
+                              seed=self.config.seed + 1000 + step), progress=False)
+
+    # --- persistence -------------------------------------------------------------------------------
+    def save_model(self, path: Path, model: nn.Module) -> None:
+        save_checkpoint(path, model, self.info)
+
+    def load_model(self, path: Path) -> nn.Module:
+        model, _ = load_checkpoint(path)
+        return model.eval()
