@@ -86,10 +86,6 @@ def _num_batches(loader: Any) -> int | None:
         return None
 
 
-def _bn_recalibrate_mode(model: nn.Module) -> None:
-    model.train()
-
-
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -165,6 +161,10 @@ def distill(
                 bar.close()
                 print(f"distill epoch {epoch + 1}/{config.epochs}: loss {total / max(1, n):.4f} "
                       f"({bar.format_dict.get('elapsed', 0.0):.0f}s)", file=sys.stderr)
+        if world > 1:  # running BN stats were updated locally by the last forward: take rank 0's
+            with torch.no_grad():
+                for buf in student.buffers():
+                    dist.broadcast(buf, src=0)
     finally:
         if created:
             dist.destroy_process_group()
