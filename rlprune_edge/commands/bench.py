@@ -1,0 +1,77 @@
+"""`rlprune-edge bench MODEL.onnx --profile NAME`: end-to-end and per-layer latency on a profile's runtime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rlprune_edge.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="measure a model's latency on a device profile",
+                              description="Measure end-to-end (and per-layer) latency of an ONNX model on the "
+                                          "runtime a profile names (torch profiles also take a checkpoint or model name).")
+    p.add_argument("model", help="an .onnx file (torch profiles: a checkpoint path or model name)")
+    p.add_argument("--profile", default="host-cpu", help="profile name or path to a .toml file (default host-cpu)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs (default: the profile's)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: the profile's)")
+    p.add_argument("--per-layer", action="store_true", help="also per-layer times from the runtime's profiler")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.profiles import load_profile
+
+    if args.runs is not None and args.runs < 1:
+        raise UserError(f"--runs must be at least 1, got {args.runs}.")
+    if args.warmup is not None and args.warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {args.warmup}.")
+    profile = load_profile(args.profile)
+    backend = get_backend(profile)
+    runs = profile.measure.runs if args.runs is None else args.runs
+    warmup = profile.measure.warmup if args.warmup is None else args.warmup
+    target = args.model
+    if profile.runtime.name == "torch" and not args.model.endswith(".onnx"):
+        from rlprune_edge.checkpoint import resolve_model
+
+        target, _info = resolve_model(args.model)
+    m = backend.measure(target, warmup=warmup, runs=runs, per_layer=args.per_layer)
+    if args.json:
+        doc = m.to_dict()
+        doc["profile"] = profile.name
+        if args.per_layer:
+            doc["per_layer_sum_ms"] = m.per_layer_sum_ms
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return 0
+    print(format_table(m, profile.name, args.model))
+    return 0
+
+
+def format_table(m, profile_name: str, model: str) -> str:
+    """Readable summary and per-layer table."""
+    rt = m.runtime
+    dev = m.device
+    lines = [
+        f"{model} on {profile_name}: {rt.get('name', '?')} {rt.get('version', '')} "
+        f"{rt.get('provider', '') or rt.get('device', '')} threads={rt.get('threads', '')}".rstrip(),
+        f"device: {dev.get('cpu_model', dev.get('gpu', '?'))}, {dev.get('cpu_count', '?')} cores"
+        + (f", {dev['hostname']}" if dev.get("hostname") else ""),
+        f"latency: median {m.median_ms:.3f} ms   p90 {m.p90_ms:.3f} ms   p99 {m.p99_ms:.3f} ms   "
+        f"({len(m.samples_ms)} runs)",
+    ]
+    if m.per_layer:
+        total = m.per_layer_sum_ms
+        lines.append("")
+        lines.append(f"{'layer':<42} {'op':<18} {'ms':>9} {'%':>6}  onnx nodes")
+        for layer in m.per_layer:
+            share = 100.0 * layer.median_ms / total if total > 0 else 0.0
+            nodes = ", ".join(layer.onnx_nodes) if layer.onnx_nodes else "(inserted by the runtime)"
+            lines.append(f"{layer.name[:42]:<42} {layer.op[:18]:<18} {layer.median_ms:9.4f} {share:5.1f}%  {nodes}")
+        lines.append(f"{'sum of layers':<61} {total:9.4f}        "
+                     f"({100.0 * total / m.median_ms:.0f}% of the end-to-end median)")
+    return "\n".join(lines)

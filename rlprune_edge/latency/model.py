@@ -1,0 +1,468 @@
+"""Latency predictor for the reward, fitted from in-network per-layer profiles on the target.
+
+How it works:
+
+* A handful of randomly pruned variants (plus the dense model) are exported to ONNX and measured
+  on the profile's backend: per-layer times (the runtime's own profiler, mapped back to ONNX nodes)
+  and, in the same window, the variant/dense latency ratio from interleaved blocks. Each variant's
+  per-layer times are rescaled to ``ratio x dense latency`` so that drift between measurements
+  minutes apart cancels.
+* Every ONNX compute node is a *slot*. Its channel counts are linear in the groups' keep counts;
+  that map is learned exactly from the variants (each dimension equals one group's keep count, or a
+  constant, or, for concatenations, a small integer sum found greedily).
+* Per slot, time = a + b * x where x is the node's work with channels rounded up to the runtime's
+  blocking (ORT x86: output channels in blocks of 8, input channels in blocks of 4), so the
+  prediction moves in the same steps as the runtime. Time of layout nodes the runtime inserts
+  (e.g. NCHWc reorders) is charged to the neighbouring compute node.
+* ``predict(keep)`` sums the slots; ``correct(keep, measured_ms)`` updates a multiplicative
+  correction (EMA in log space) from a real measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlprune_edge.errors import UserError
+
+WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+OUT_BLOCK = 8
+IN_BLOCK = 4
+FORMAT_VERSION = 1
+
+
+def _ceil(x: float, m: int) -> float:
+    return float(math.ceil(x / m) * m) if m > 1 else float(x)
+
+
+# --- ONNX node dimensions ------------------------------------------------------------------------
+
+
+def onnx_node_dims(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Per ONNX node: op, channel counts and spatial sizes (from the weights and shape inference)."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    shapes: dict[str, list[int]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    inits = {t.name: list(t.dims) for t in g.initializer}
+    for t in g.initializer:
+        shapes.setdefault(t.name, list(t.dims))
+    del numpy_helper
+    out: dict[str, dict[str, Any]] = {}
+    for n in g.node:
+        in_shape = shapes.get(n.input[0], []) if n.input else []
+        out_shape = shapes.get(n.output[0], []) if n.output else []
+        d: dict[str, Any] = {"op": n.op_type}
+        if n.op_type in ("Conv", "ConvTranspose") and len(n.input) > 1 and n.input[1] in inits:
+            w = inits[n.input[1]]
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            cout = w[0] if n.op_type == "Conv" else w[1] * group
+            d.update(cin=int(in_shape[1]) if len(in_shape) > 1 else int(w[1] * group), cout=int(cout),
+                     groups=int(group), k=int(np.prod(w[2:])) if len(w) > 2 else 1,
+                     hw_out=int(np.prod(out_shape[2:])) if len(out_shape) > 2 else 1,
+                     hw_in=int(np.prod(in_shape[2:])) if len(in_shape) > 2 else 1)
+        elif n.op_type in ("Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits:
+            w = inits[n.input[1]]
+            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+            cout, cin = (w[0], w[1]) if (n.op_type == "Gemm" and trans_b) else (w[-1], w[-2])
+            d.update(cin=int(cin), cout=int(cout), groups=1, k=1, hw_out=1, hw_in=1)
+        else:
+            c = int(out_shape[1]) if len(out_shape) > 1 else int(np.prod(out_shape) or 1)
+            cin = int(in_shape[1]) if len(in_shape) > 1 else c
+            d.update(cin=cin, cout=c, groups=1, k=1, hw_out=int(np.prod(out_shape[2:])) if len(out_shape) > 2 else 1,
+                     hw_in=int(np.prod(in_shape[2:])) if len(in_shape) > 2 else 1)
+        out[n.name] = d
+    return out
+
+
+def slot_feature(d: dict[str, Any], cin: float, cout: float, align: bool = True) -> float:
+    """The work of one node with channels rounded up to the runtime's blocking."""
+    ob, ib = (OUT_BLOCK, IN_BLOCK) if align else (1, 1)
+    op = d["op"]
+    if op in WEIGHTED:
+        g = int(d.get("groups", 1))
+        if g == -1 or (g > 1 and g == int(d.get("cin", 0))):  # depthwise: groups follow the channels
+            return _ceil(cout, ob) * d["k"] * d["hw_out"]
+        g = max(1, g)
+        return _ceil(cout, ob) * _ceil(cin / g, ib) * d["k"] * d["hw_out"]
+    # memory-bound ops: elements read + written
+    return _ceil(cin, ob) * d["hw_in"] + _ceil(cout, ob) * d["hw_out"]
+
+
+# --- keep -> channel counts ----------------------------------------------------------------------
+
+
+@dataclass
+class DimMap:
+    """channels = const + sum(coef[g] * keep[g])."""
+
+    const: float
+    coefs: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, keep: dict[str, float]) -> float:
+        return self.const + sum(c * keep[g] for g, c in self.coefs.items())
+
+
+def fit_dim_map(values: Sequence[float], keeps: Sequence[dict[str, float]], names: Sequence[str]) -> DimMap | None:
+    """Explain one channel count across variants by the groups' keep counts (exactly), or None."""
+    y = np.asarray(values, dtype=np.float64)
+    if np.all(y == y[0]):
+        return DimMap(float(y[0]))
+    K = np.asarray([[k[n] for n in names] for k in keeps], dtype=np.float64)
+    for j, n in enumerate(names):  # one group, coefficient 1 (the common case)
+        if np.array_equal(K[:, j], y):
+            return DimMap(0.0, {n: 1.0})
+    for j, n in enumerate(names):  # one group times an integer (e.g. Flatten of a spatial map)
+        col = K[:, j]
+        if np.all(col > 0):
+            r = y / col
+            if np.allclose(r, r[0]) and abs(r[0] - round(r[0])) < 1e-9:
+                return DimMap(0.0, {n: float(round(r[0]))})
+    # greedy sum of groups (concatenations): add the group most correlated with the residual
+    chosen: list[int] = []
+    for _ in range(min(len(names), len(y) - 1)):
+        X = np.column_stack([np.ones(len(y))] + [K[:, c] for c in chosen]) if chosen else np.ones((len(y), 1))
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        resid = y - X @ coef
+        if np.max(np.abs(resid)) < 0.5:
+            break
+        scores = [abs(np.corrcoef(K[:, j], resid)[0, 1]) if j not in chosen and np.std(K[:, j]) > 0 else -1 for j in range(len(names))]
+        best = int(np.argmax(scores))
+        if scores[best] <= 0:
+            return None
+        chosen.append(best)
+    X = np.column_stack([np.ones(len(y))] + [K[:, c] for c in chosen])
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    if np.max(np.abs(y - X @ np.round(coef))) >= 0.5:
+        return None
+    return DimMap(float(round(coef[0])), {names[c]: float(round(coef[i + 1])) for i, c in enumerate(chosen)})
+
+
+# --- per-layer profile -> per-slot times ---------------------------------------------------------
+
+
+def slot_times(per_layer: Sequence[Any], compute_nodes: set[str]) -> dict[str, float]:
+    """Executed-layer times charged to ONNX compute nodes (layout nodes go to a neighbour)."""
+    times: dict[str, float] = {}
+    pending = 0.0
+    last: str | None = None
+    for layer in per_layer:
+        nodes = list(getattr(layer, "onnx_nodes", None) or (layer.get("onnx_nodes", []) if isinstance(layer, dict) else []))
+        ms = float(layer.median_ms if not isinstance(layer, dict) else layer["median_ms"])
+        primary = next((n for n in nodes if n in compute_nodes), None)
+        if primary is None and nodes:
+            primary = nodes[0]
+        if primary is None:  # a layout node the runtime inserted: charge the next compute node
+            name = str(getattr(layer, "name", "") if not isinstance(layer, dict) else layer.get("name", ""))
+            if last is not None and name.startswith("ReorderOutput"):
+                times[last] = times.get(last, 0.0) + ms
+            else:
+                pending += ms
+            continue
+        times[primary] = times.get(primary, 0.0) + ms + pending
+        pending = 0.0
+        last = primary
+    if pending and last is not None:
+        times[last] += pending
+    return times
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Slot:
+    """One ONNX node's time model: ms = a + b * feature(cin, cout)."""
+
+    node: dict[str, Any]
+    cin: DimMap
+    cout: DimMap
+    a: float
+    b: float
+
+    def predict(self, keep: dict[str, float]) -> float:
+        x = slot_feature(self.node, self.cin(keep), self.cout(keep))
+        return max(0.0, self.a + self.b * x)
+
+
+def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least squares y = a + b x with b >= 0 and a >= 0 fallbacks; constant x -> mean."""
+    if np.ptp(x) <= 1e-12 * max(1.0, float(np.max(np.abs(x)))):
+        return float(np.mean(y)), 0.0
+    b, a = np.polyfit(x, y, 1)
+    if b < 0:
+        return float(np.mean(y)), 0.0
+    if a < 0:  # through the origin
+        b = float(np.dot(x, y) / np.dot(x, x))
+        return 0.0, b
+    return float(a), float(b)
+
+
+def architecture_hash(model: Any, input_shape: Sequence[int]) -> str:
+    """A stable hash of a model's structure (module types, parameter shapes) and input shape."""
+    h = hashlib.sha256()
+    h.update(repr(tuple(input_shape)).encode())
+    for name, mod in model.named_modules():
+        h.update(f"{name}:{type(mod).__name__};".encode())
+    for name, p in model.named_parameters():
+        h.update(f"{name}:{tuple(p.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def random_keep(groups: Sequence[Any], rng: np.random.Generator, low: float = 0.25, multiple: int = 1) -> dict[str, int]:
+    """Random keep counts for the prunable groups (uniform fraction in [low, 1])."""
+    keep = {}
+    for g in groups:
+        if not getattr(g, "prunable", True):
+            continue
+        lo = max(1, int(math.ceil(low * g.channels)))
+        k = int(rng.integers(lo, g.channels + 1))
+        if multiple > 1:
+            k = min(g.channels, max(multiple, int(round(k / multiple)) * multiple))
+        keep[g.name] = k
+    return keep
+
+
+@dataclass
+class LatencyModel:
+    """Predicts end-to-end latency (ms) on one profile from per-group keep counts."""
+
+    profile: str
+    arch_hash: str
+    channels: dict[str, int]
+    slots: dict[str, Slot]
+    dense_ms: float
+    correction: float = 1.0
+    n_corrections: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- prediction ------------------------------------------------------------------------------
+    def _full(self, keep: dict[str, int]) -> dict[str, float]:
+        unknown = set(keep) - set(self.channels)
+        if unknown:
+            raise UserError(f"latency model for {self.profile} does not know group(s) {sorted(unknown)[:3]}; "
+                            "refit it for this architecture.")
+        return {g: float(keep.get(g, c)) for g, c in self.channels.items()}
+
+    def predict_raw(self, keep: dict[str, int]) -> float:
+        """Sum of slot predictions without the measurement correction."""
+        k = self._full(keep)
+        return float(sum(s.predict(k) for s in self.slots.values()))
+
+    def predict(self, keep: dict[str, int]) -> float:
+        """Predicted end-to-end latency in ms for a candidate with these keep counts."""
+        return self.predict_raw(keep) * self.correction
+
+    def predict_ratio(self, keep: dict[str, int]) -> float:
+        """Predicted latency relative to the dense model."""
+        return self.predict_raw(keep) / self.predict_raw({})
+
+    def correct(self, keep: dict[str, int], measured_ms: float, alpha: float = 0.5) -> float:
+        """Fold a real measurement into the multiplicative correction (EMA in log space); returns it."""
+        if not (measured_ms > 0 and math.isfinite(measured_ms)):
+            raise ValueError(f"measured latency must be a positive number, got {measured_ms}")
+        raw = self.predict_raw(keep)
+        target = measured_ms / raw
+        a = 1.0 if self.n_corrections == 0 else alpha
+        self.correction = float(math.exp((1 - a) * math.log(self.correction) + a * math.log(target)))
+        self.n_corrections += 1
+        return self.correction
+
+    # -- persistence -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "format": FORMAT_VERSION, "profile": self.profile, "arch_hash": self.arch_hash,
+            "channels": self.channels, "dense_ms": self.dense_ms, "correction": self.correction,
+            "n_corrections": self.n_corrections, "meta": self.meta,
+            "slots": {name: {"node": s.node, "cin": [s.cin.const, s.cin.coefs], "cout": [s.cout.const, s.cout.coefs],
+                             "a": s.a, "b": s.b} for name, s in self.slots.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyModel:
+        """Inverse of `to_dict`."""
+        if d.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported latency model format {d.get('format')!r}")
+        slots = {name: Slot(node=s["node"], cin=DimMap(s["cin"][0], s["cin"][1]), cout=DimMap(s["cout"][0], s["cout"][1]),
+                            a=float(s["a"]), b=float(s["b"])) for name, s in d["slots"].items()}
+        return cls(profile=d["profile"], arch_hash=d["arch_hash"], channels={k: int(v) for k, v in d["channels"].items()},
+                   slots=slots, dense_ms=float(d["dense_ms"]), correction=float(d.get("correction", 1.0)),
+                   n_corrections=int(d.get("n_corrections", 0)), meta=dict(d.get("meta", {})))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write JSON atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.to_dict(), fh)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyModel:
+        """Read a saved model."""
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh))
+
+    # -- fitting -----------------------------------------------------------------------------------
+    @classmethod
+    def fit_from_profiles(cls, profile_name: str, arch_hash: str, channels: dict[str, int],
+                          samples: Sequence[tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, float]]],
+                          dense_ms: float, meta: dict[str, Any] | None = None) -> LatencyModel:
+        """Fit from (keep, onnx node dims, slot times in ms) per variant; the first must be the dense model."""
+        names = sorted(channels)
+        keeps = [{g: float(k.get(g, channels[g])) for g in names} for k, _, _ in samples]
+        node_names = [n for n in samples[0][1] if all(n in dims for _, dims, _ in samples)]
+        slots: dict[str, Slot] = {}
+        unexplained = []
+        for n in node_names:
+            ys = [t.get(n) for _, _, t in samples]
+            if all(y is None for y in ys):
+                continue  # not executed (folded away by the runtime)
+            ys_arr = np.asarray([0.0 if y is None else y for y in ys])
+            node = dict(samples[0][1][n])
+            cin = fit_dim_map([d[n]["cin"] for _, d, _ in samples], keeps, names)
+            cout = fit_dim_map([d[n]["cout"] for _, d, _ in samples], keeps, names)
+            if cin is None or cout is None:
+                unexplained.append(n)
+                slots[n] = Slot(node, DimMap(node["cin"]), DimMap(node["cout"]), float(np.mean(ys_arr)), 0.0)
+                continue
+            if node["op"] in WEIGHTED and node.get("groups", 1) > 1 and node["groups"] == node["cin"]:
+                node["groups"] = -1  # depthwise marker: groups follow channels
+            x = np.asarray([slot_feature(_dw(node, d[n]), cin(k), cout(k)) for k, (_, d, _) in zip(keeps, samples, strict=True)])
+            a, b = _fit_line(x, ys_arr)
+            slots[n] = Slot(_dw(node, samples[0][1][n]), cin, cout, a, b)
+        m = {"unexplained_nodes": unexplained, "n_variants": len(samples) - 1, **(meta or {})}
+        model = cls(profile=profile_name, arch_hash=arch_hash, channels=dict(channels), slots=slots, dense_ms=dense_ms,
+                    meta=m)
+        model.correction = dense_ms / max(model.predict_raw({}), 1e-9)
+        return model
+
+    @classmethod
+    def fit(cls, model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
+            n_variants: int = 8, seed: int = 0, *, pruner: Callable[..., Any] | None = None,
+            runs: int | None = None, progress: Callable[[str], None] | None = None) -> LatencyModel:
+        """Measure the dense model and `n_variants` random pruned variants on `backend`; fit the slots."""
+        from rlprune_edge.export import export_onnx
+
+        if pruner is None:
+            from rlprune_edge.prune import prune as pruner
+        prunable = [g for g in groups if getattr(g, "prunable", True)]
+        if not prunable:
+            raise UserError("the model has no prunable channel groups, so there is no latency model to fit.")
+        channels = {g.name: int(g.channels) for g in prunable}
+        shape = tuple(example_inputs.shape[1:])
+        arch = architecture_hash(model, shape)
+        rng = np.random.default_rng(seed)
+        runs = runs or max(30, min(profile.measure.runs, 100))
+        warmup = min(profile.measure.warmup, 20)
+        samples = []
+        dense_ratios_ms: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="rlprune-latfit-") as tmp:
+            dense_path = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
+            keeps: list[dict[str, int]] = [{}]
+            keeps += [random_keep(prunable, rng) for _ in range(n_variants)]
+            dense_ms = None
+            for i, keep in enumerate(keeps):
+                if progress:
+                    progress(f"latency model: variant {i}/{n_variants}")
+                if i == 0:
+                    path = dense_path
+                else:
+                    pruned = pruner(model, example_inputs, keep, importance="l1")
+                    path = export_onnx(pruned, Path(tmp) / f"v{i}.onnx", shape, batch=profile.input.batch)
+                dims = onnx_node_dims(path)
+                prof = backend.measure(path, warmup=warmup, runs=runs, per_layer=True)
+                if i == 0:
+                    cmp = backend.compare([dense_path], blocks=profile.measure.blocks, warmup=warmup, runs=runs)
+                    dense_ms = cmp[0].median_ms
+                    ratio = 1.0
+                else:
+                    cmp = backend.compare([dense_path, path], blocks=profile.measure.blocks, warmup=warmup, runs=runs)
+                    ratio = float(cmp[1].ratio)
+                    dense_ratios_ms.append(cmp[0].median_ms)
+                compute = {n for n, d in dims.items() if d["op"] in WEIGHTED}
+                times = slot_times(prof.per_layer, compute)
+                total = sum(times.values())
+                scale = (ratio * dense_ms / total) if total > 0 else 1.0
+                samples.append(({g: keep.get(g, c) for g, c in channels.items()}, dims,
+                                {n: t * scale for n, t in times.items()}))
+        assert dense_ms is not None
+        dense_ref = float(np.median([dense_ms, *dense_ratios_ms]))
+        meta = {"n_variants": n_variants, "seed": seed, "runs": runs, "runtime": getattr(prof, "runtime", {})}
+        return cls.fit_from_profiles(getattr(profile, "name", str(profile)), arch, channels, samples, dense_ref, meta)
+
+
+def _dw(node: dict[str, Any], dims: dict[str, Any]) -> dict[str, Any]:
+    """Node description with the variant's spatial sizes; depthwise keeps its marker."""
+    out = dict(node)
+    for key in ("k", "hw_out", "hw_in"):
+        out[key] = dims.get(key, node.get(key))
+    if node.get("groups") == -1 or (dims.get("groups", 1) > 1 and dims.get("groups") == dims.get("cin")):
+        out["groups"] = -1
+    return out
+
+
+def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
+                n_variants: int, seed: int = 1, *, pruner: Callable[..., Any] | None = None, runs: int | None = None,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure `n_variants` random pruned variants for real and compare with the prediction.
+
+    Each variant is measured in interleaved blocks against the dense model in one window; its
+    measured latency is ``ratio x the dense latency the model was fitted with``, so the error is
+    the error in the predicted speed-up, which is what the reward uses, free of slow drift.
+    """
+    from rlprune_edge.export import export_onnx
+
+    if pruner is None:
+        from rlprune_edge.prune import prune as pruner
+    prunable = [g for g in groups if getattr(g, "prunable", True)]
+    shape = tuple(example_inputs.shape[1:])
+    rng = np.random.default_rng(seed)
+    runs = runs or max(30, min(profile.measure.runs, 100))
+    warmup = min(profile.measure.warmup, 20)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rlprune-latcheck-") as tmp:
+        dense_path = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
+        for i in range(n_variants):
+            if progress:
+                progress(f"latency check: variant {i + 1}/{n_variants}")
+            keep = random_keep(prunable, rng)
+            pruned = pruner(model, example_inputs, keep, importance="l1")
+            path = export_onnx(pruned, Path(tmp) / f"c{i}.onnx", shape, batch=profile.input.batch)
+            cmp = backend.compare([dense_path, path], blocks=profile.measure.blocks, warmup=warmup, runs=runs)
+            measured = float(cmp[1].ratio) * lm.dense_ms
+            predicted = lm.predict(keep)
+            rows.append({"predicted_ms": predicted, "measured_ms": measured, "rel_error": predicted / measured - 1.0,
+                         "measured_ratio": float(cmp[1].ratio), "predicted_ratio": lm.predict_ratio(keep),
+                         "dense_median_ms_this_window": cmp[0].median_ms, "keep": keep})
+            os.unlink(path)
+    errs = np.abs([r["rel_error"] for r in rows]) if rows else np.zeros(1)
+    return {
+        "profile": getattr(profile, "name", str(profile)),
+        "dense_ms": lm.dense_ms,
+        "variants": rows,
+        "median_abs_rel_error": float(np.median(errs)),
+        "p90_abs_rel_error": float(np.percentile(errs, 90)),
+        "max_abs_rel_error": float(np.max(errs)),
+    }
