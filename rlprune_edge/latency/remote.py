@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import subprocess
 import tarfile
@@ -43,6 +44,8 @@ SSH_CONFIG_ENV = "RLPRUNE_EDGE_SSH_CONFIG"
 CACHE_ENV = "RLPRUNE_EDGE_CACHE"
 MISSING_EXIT = 86  # our remote wrapper: the runner or a model is not on the board yet
 MISSING_MARK = "RLPRUNE_EDGE_MISSING"
+RECEIVE_FAILED_EXIT = 87  # copying the runner or a model onto the board failed
+RECEIVE_MARK = "RLPRUNE_EDGE_RECEIVE_FAILED"
 RUNTIME_MISSING_EXIT = 3  # runner.py: {"error": "missing_runtime", "package": ...}
 _REFUSED_OPTIONS = {"stricthostkeychecking": {"no", "off", "false"}, "userknownhostsfile": {"/dev/null"}}
 _UNREACHABLE = (
@@ -55,37 +58,44 @@ _UNREACHABLE = (
     "name or service not known",
     "temporary failure in name resolution",
 )
+_NO_MODULE = re.compile(r"No module named '([\w.]+)'")
 _HOST_KEY = ("host key verification failed", "remote host identification has changed", "no ed25519 host key")
 _AUTH = ("permission denied", "too many authentication failures")
 
-# Runs on the board with the remote python: receive bytes on stdin, verify the sha256, then
-# publish atomically (a file via os.replace, a runner folder via rename of a fresh temp dir).
+# Runs on the board with the remote python before the runner when something is missing: read a tar
+# stream from stdin into a temp dir under the work dir, verify each file's sha256, then publish
+# atomically (files with os.replace, the runner folder by renaming a complete temp dir).
+# argv: WORK_DIR ITEM...  with ITEM = "file:<rel>:<sha256>" or "dir:<rel>". Python >= 3.6, stdlib only.
 _RECEIVE = r"""
-import hashlib, io, os, shutil, sys, tarfile, tempfile
-dest, sha, kind = sys.argv[1], sys.argv[2], sys.argv[3]
-data = sys.stdin.buffer.read()
-got = hashlib.sha256(data).hexdigest()
-if got != sha:
-    sys.stderr.write("checksum mismatch: received %d bytes with sha256 %s, expected %s\n" % (len(data), got, sha))
-    sys.exit(1)
-parent = os.path.dirname(dest) or "."
-os.makedirs(parent, exist_ok=True)
-if kind == "file":
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".incoming-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, dest)
-else:
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".incoming-")
+import hashlib, os, shutil, sys, tarfile, tempfile
+work = sys.argv[1]
+os.makedirs(work, exist_ok=True)
+tmp = tempfile.mkdtemp(dir=work, prefix=".incoming-")
+try:
     kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+    with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tf:
         tf.extractall(tmp, **kw)
-    try:
-        os.rename(tmp, dest)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not os.path.isfile(os.path.join(dest, "runner.py")):
-            raise
+    for item in sys.argv[2:]:
+        parts = item.split(":", 2)
+        src, dst = os.path.join(tmp, parts[1]), os.path.join(work, parts[1])
+        if parts[0] == "file":
+            h = hashlib.sha256()
+            with open(src, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != parts[2]:
+                sys.stderr.write("checksum mismatch for %s\n" % parts[1])
+                sys.exit(1)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(src, dst)
+        else:
+            try:
+                os.rename(src, dst)
+            except OSError:
+                if not os.path.isfile(os.path.join(dst, "runner.py")):
+                    raise
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 """
 
 
@@ -126,18 +136,6 @@ def runner_hash(folder: Path | None = None) -> str:
     for p in runner_files(folder):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
-
-
-def runner_tarball(folder: Path | None = None) -> bytes:
-    """An uncompressed tar of the runner files with fixed metadata (same bytes for same files)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for p in runner_files(folder):
-            data = p.read_bytes()
-            info = tarfile.TarInfo(p.name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def file_sha256(path: Path) -> str:
@@ -193,27 +191,6 @@ def check_ssh_options(options: Sequence[str]) -> list[str]:
             )
         out.append(f"{key}={value}")
     return out
-
-
-def runner_measure_args(profile: Profile) -> list[str]:
-    """Runtime options of `profile` as ``runner.py measure`` flags."""
-    rt, inp = profile.runtime, profile.input
-    args = [
-        "--runtime", rt.name,
-        "--threads", str(rt.threads),
-        "--inter-op-threads", str(rt.inter_op_threads),
-        "--provider", rt.provider,
-        "--graph-optimization", rt.graph_optimization,
-        "--precision", rt.precision,
-        "--batch", str(inp.batch),
-    ]  # fmt: skip
-    if inp.shape:
-        args += ["--shape", ",".join(str(d) for d in inp.shape)]
-    if rt.name == "tensorrt":
-        args += ["--workspace-mb", str(rt.workspace_mb)]
-        if rt.timing_cache:
-            args += ["--timing-cache", rt.timing_cache]
-    return args
 
 
 def _classify(stderr: str) -> str | None:
@@ -375,27 +352,31 @@ class RemoteBackend:
         """The runner folder relative to the work dir."""
         return f"runner-{self.runner_id}"
 
-    def _send(self, data: bytes, sha: str, rel: str, kind: str, step: str) -> None:
-        py = remote_command_expr(self.profile.connection.python)
-        cmd = f"{py} -c {shlex.quote(_RECEIVE)} {self._path(rel)} {shlex.quote(sha)} {shlex.quote(kind)}"
-        res = self._ssh(cmd, step=step, stdin=data)
-        if res.rc != 0 and self._retryable(res):
-            res = self._ssh(cmd, step=step, stdin=data)
-        if res.rc != 0:
-            raise self._fail(
-                res,
-                step,
-                f"check that the remote python ({self.profile.connection.python}) runs and that "
-                f"{self.profile.connection.work_dir} is writable and has free space",
-            )
-        self.transfers.append(("runner" if kind == "dir" else "model", sha))
+    def _payload(
+        self, missing: Sequence[str], blobs: Sequence[Blob]
+    ) -> tuple[bytes, list[str], list[tuple[str, str]]]:
+        """A tar stream of the missing runner and blobs, the receive items, and (kind, id) per copy."""
+        buf = io.BytesIO()
+        items: list[str] = []
+        sent: list[tuple[str, str]] = []
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
 
-    def _send_runner(self) -> None:
-        data = runner_tarball()
-        self._send(data, hashlib.sha256(data).hexdigest(), self.runner_rel, "dir", "copy runner")
+            def add(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tf.addfile(info, io.BytesIO(data))
 
-    def _send_blob(self, blob: Blob) -> None:
-        self._send(blob.local.read_bytes(), blob.sha256, blob.remote_rel, "file", "copy model")
+            if "runner" in missing:
+                for f in runner_files():
+                    add(f"{self.runner_rel}/{f.name}", f.read_bytes())
+                items.append(f"dir:{self.runner_rel}")
+                sent.append(("runner", self.runner_id))
+            for i in sorted({int(x) for x in missing if x.isdigit()}):
+                b = blobs[i]
+                add(b.remote_rel, b.local.read_bytes())
+                items.append(f"file:{b.remote_rel}:{b.sha256}")
+                sent.append(("model", b.sha256))
+        return buf.getvalue(), items, sent
 
     @staticmethod
     def blob(path: str | os.PathLike, kind: str = "model") -> Blob:
@@ -442,19 +423,41 @@ class RemoteBackend:
             + "".join(f"mkdir -p {self._path(d)} && " for d in mkdirs)
             + f"cd {runner_dir} && {py} runner.py {' '.join(words)}"
         )
-        copied = retried = False
+        command, payload, retried = script, None, False
         while True:
-            res = self._ssh(script, step=step, timeout=timeout)
-            if res.rc == MISSING_EXIT and MISSING_MARK.encode() in res.stdout and not copied:
+            res = self._ssh(command, step=step, timeout=timeout, stdin=payload)
+            if res.rc == MISSING_EXIT and MISSING_MARK.encode() in res.stdout:
+                if payload is not None:
+                    raise DeviceError(
+                        f"host {self.host}: step 'copy' failed: files copied to {self.profile.connection.work_dir} "
+                        "vanished before the runner started; check that nothing else cleans that directory."
+                    )
                 missing = res.stdout.decode(errors="replace").split(MISSING_MARK, 1)[1].split()
-                if "runner" in missing:
-                    self._send_runner()
-                for i in sorted(int(x) for x in missing if x.isdigit()):
-                    self._send_blob(blobs[i])
-                copied = True
+                payload, items, sent = self._payload(missing, blobs)
+                self.transfers.extend(sent)
+                receive = f"{py} -c {shlex.quote(_RECEIVE)} {self._path()} " + " ".join(
+                    shlex.quote(x) for x in items
+                )
+                command = f"{receive} || {{ echo {RECEIVE_MARK} >&2; exit {RECEIVE_FAILED_EXIT}; }}; {script}"
                 continue
+            if res.rc == RECEIVE_FAILED_EXIT and RECEIVE_MARK in res.stderr:
+                copy_step = "copy runner" if "runner" in missing else "copy model"
+                raise self._fail(
+                    res,
+                    copy_step,
+                    f"check that the remote python ({self.profile.connection.python}) runs and that "
+                    f"{self.profile.connection.work_dir} on the board is writable and has free space",
+                )
             if res.rc == RUNTIME_MISSING_EXIT:
-                raise self._missing_runtime(res)
+                doc = self._parse_error_doc(res) or {}
+                if doc.get("error") == "missing_provider":
+                    raise DeviceError(
+                        f"host {self.host}: {doc.get('message')}; install an onnxruntime build with it."
+                    )
+                raise self._missing_runtime(str(doc.get("package") or "the runtime"))
+            unimportable = _NO_MODULE.search(res.stderr) if 0 < res.rc < 128 else None
+            if unimportable:  # the runner died importing a package (e.g. numpy) before it could report it
+                raise self._missing_runtime(unimportable.group(1).split(".")[0])
             if res.rc == 0:
                 try:
                     doc = json.loads(res.stdout.decode(errors="replace"))
@@ -486,9 +489,7 @@ class RemoteBackend:
             return None
         return doc if isinstance(doc, dict) and "error" in doc else None
 
-    def _missing_runtime(self, res: SshResult) -> DeviceError:
-        doc = self._parse_error_doc(res) or {}
-        package = str(doc.get("package") or "the runtime")
+    def _missing_runtime(self, package: str) -> DeviceError:
         if package in ("tensorrt", "pycuda", "cuda-python") or self.profile.runtime.name == "tensorrt":
             how = (
                 f"TensorRT ships with JetPack: `sudo apt install python3-libnvinfer` (and `pip install {package}` "
@@ -513,16 +514,15 @@ class RemoteBackend:
         return DeviceError(f"host {self.host}: the runner on the board reported: {msg}.")
 
     # ------------------------------------------------------------------ cache
-    def cache_key(self, sha: str, *, warmup: int, runs: int, per_layer: bool) -> str:
-        """Key of a cached measurement: profile name + runtime/input options + settings + model sha256."""
+    def cache_key(self, sha: str, *, args: Sequence[str], per_layer: bool) -> str:
+        """Key of a cached measurement: profile, host, runtime and measurement options, runner and model sha256."""
         p = self.profile
         ident = {
             "profile": p.name,
             "destination": self.host,
             "runtime": asdict(p.runtime),
             "input": [p.input.batch, list(p.input.shape)],
-            "warmup": warmup,
-            "runs": runs,
+            "args": list(args),
             "per_layer": bool(per_layer),
             "runner": self.runner_id,
             "model": sha,
@@ -552,52 +552,80 @@ class RemoteBackend:
             pass  # a cache that cannot be written only costs a re-measurement
 
     # ------------------------------------------------------------------ backend protocol
+    def _measure_args(self, warmup: int | None, runs: int | None) -> list[str]:
+        from rlprune_edge.latency.backend import runner_args
+
+        m = self.profile.measure
+        w = m.warmup if warmup is None else int(warmup)
+        r = m.runs if runs is None else int(runs)
+        return [*runner_args(self.profile), "--warmup", str(w), "--runs", str(r)]
+
+    def _model_blob(self, onnx_path: str | os.PathLike) -> Blob:
+        from rlprune_edge.latency.onnxruntime import check_onnx_file
+
+        return self.blob(check_onnx_file(onnx_path))
+
     def measure(
-        self, onnx_path: str | os.PathLike, *, warmup: int, runs: int, per_layer: bool = False
+        self,
+        onnx_path: str | os.PathLike,
+        *,
+        warmup: int | None = None,
+        runs: int | None = None,
+        per_layer: bool = False,
     ) -> Measurement:
-        """Measure one ONNX model on the board (cached per profile and model hash)."""
+        """Measure one ONNX model on the board (cached per profile, settings and model hash)."""
         from rlprune_edge.latency.backend import Measurement
 
-        blob = self.blob(onnx_path)
-        key = self.cache_key(blob.sha256, warmup=warmup, runs=runs, per_layer=per_layer)
+        blob = self._model_blob(onnx_path)
+        args = ["measure", "--model", "{blob:0}", *self._measure_args(warmup, runs)]
+        key = self.cache_key(blob.sha256, args=args, per_layer=per_layer)
         cached = self._cache_get(key)
         if cached is not None:
-            return Measurement.from_json(cached)
-        args = ["measure", "--model", "{blob:0}", *runner_measure_args(self.profile)]
-        args += ["--warmup", str(warmup), "--runs", str(runs)]
+            try:
+                return Measurement.from_dict(cached)
+            except ValueError:
+                pass  # an entry from another version: measure again and overwrite it
         if per_layer:
             args.append("--per-layer")
         doc = self.run_runner(args, [blob], step="measure")
-        try:
-            m = Measurement.from_json(doc)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DeviceError(
-                f"host {self.host}: step 'parse' failed: the runner's JSON lacks {exc}; the runner on the board may be "
-                "from another version — remove the board's work dir to force a fresh copy."
-            ) from None
-        self._cache_put(key, m.to_json())
+        m = self._parse(doc, 1)[0]
+        self._cache_put(key, m.to_dict())
         return m
 
     def compare(
-        self, onnx_paths: Sequence[str | os.PathLike], *, blocks: int, warmup: int, runs: int
+        self,
+        onnx_paths: Sequence[str | os.PathLike],
+        *,
+        blocks: int | None = None,
+        warmup: int | None = None,
+        runs: int | None = None,
     ) -> list[Measurement]:
-        """Measure models in interleaved blocks in one window on the board (never cached)."""
-        from rlprune_edge.latency.backend import Measurement
-
+        """Measure models in interleaved blocks in one window on the board; ``ratio`` vs the first (never cached)."""
         if not onnx_paths:
             raise UserError("compare needs at least one ONNX model.")
-        blobs = [self.blob(p) for p in onnx_paths]
-        args = ["measure", "--model", "{blob:0}", *runner_measure_args(self.profile)]
-        args += ["--warmup", str(warmup), "--runs", str(runs)]
-        if len(blobs) > 1:
+        blobs = [self._model_blob(p) for p in onnx_paths]
+        blocks = self.profile.measure.blocks if blocks is None else int(blocks)
+        args = ["measure", "--model", "{blob:0}", *self._measure_args(warmup, runs)]
+        if len(blobs) > 1:  # a single model is a plain measurement with the same settings
             args += ["--compare", *(f"{{blob:{i}}}" for i in range(1, len(blobs))), "--blocks", str(blocks)]
         doc = self.run_runner(args, blobs, step="measure")
-        docs = doc.get("results") if isinstance(doc.get("results"), list) else [doc]
-        if len(docs) != len(blobs):
+        return self._parse(doc, len(blobs))
+
+    def _parse(self, doc: dict[str, Any], expected: int) -> list[Measurement]:
+        from rlprune_edge.latency.backend import measurements_from_runner
+
+        try:
+            out = measurements_from_runner(doc)
+        except ValueError as exc:
             raise DeviceError(
-                f"host {self.host}: step 'parse' failed: asked for {len(blobs)} models, the runner returned {len(docs)}."
+                f"host {self.host}: step 'parse' failed: the runner's JSON is not a measurement ({exc}); "
+                "remove the board's work dir to force a fresh copy of the runner."
+            ) from None
+        if len(out) != expected:
+            raise DeviceError(
+                f"host {self.host}: step 'parse' failed: asked for {expected} model(s), the runner returned {len(out)}."
             )
-        return [Measurement.from_json(d) for d in docs]
+        return out
 
     def facts(self) -> dict[str, Any]:
         """Device facts reported by ``runner.py facts`` on the board."""
@@ -691,11 +719,10 @@ def check_remote(profile: Profile, *, backend: RemoteBackend | None = None) -> d
     """For `profiles check`: reach the board, report facts and runtime versions, time a tiny model."""
     backend = backend or RemoteBackend(profile)
     t0 = time.monotonic()
-    facts = backend.facts()
     with tempfile.TemporaryDirectory(prefix="rlprune-edge-check-") as tmp:
         model = tiny_onnx_model(Path(tmp) / "tiny.onnx")
-        m = backend.compare([model], blocks=1, warmup=3, runs=10)[0]
-    smoke = m.to_json()
+        m = backend.compare([model], blocks=1, warmup=3, runs=10)[0]  # never cached: a real round trip
+    facts = dict(m.device)
     return {
         "profile": profile.name,
         "host": backend.host,
@@ -704,8 +731,9 @@ def check_remote(profile: Profile, *, backend: RemoteBackend | None = None) -> d
         "runtime_versions": facts.get("packages", {}),
         "smoke": {
             "model": "tiny conv 3->8 16x16",
-            "median_ms": smoke.get("median_ms"),
-            "p90_ms": smoke.get("p90_ms"),
+            "median_ms": m.median_ms,
+            "p90_ms": m.p90_ms,
+            "runs": len(m.samples_ms),
         },
         "wall_s": round(time.monotonic() - t0, 3),
     }
