@@ -132,9 +132,9 @@ def test_get_backend_measure_compare_and_self_test(board, env):
     assert both[0].ratio == pytest.approx(1.0)
     assert both[1].ratio is not None and both[1].ratio > 0
     report = backend.self_test()
-    assert report["reachable"] is True
-    assert report["runtime_versions"]["onnxruntime"]
-    assert report["smoke"]["median_ms"] > 0
+    assert report["ok"] is True and report["host"] == board.alias
+    assert report["runtime_versions"]["onnxruntime"] == report["runtime"]["version"]
+    assert report["smoke_median_ms"] > 0 and report["device"]["cpu_count"] >= 1
 
 
 def test_content_addressed_copies_are_not_resent(board, env):
@@ -144,7 +144,10 @@ def test_content_addressed_copies_are_not_resent(board, env):
     first = remote.RemoteBackend(prof)
     first.measure(model, warmup=1, runs=3)
     assert [kind for kind, _ in first.transfers] == ["runner", "model"]
-    assert [step for step, _ in first.attempts] == ["measure", "measure"]  # a check, then copy + run in one call
+    assert [step for step, _ in first.attempts] == [
+        "measure",
+        "measure",
+    ]  # a check, then copy + run in one call
     sha = remote.file_sha256(model)
     blob = work / "blobs" / f"{sha}.onnx"
     assert blob.read_bytes() == model.read_bytes()
@@ -166,7 +169,7 @@ def test_content_addressed_copies_are_not_resent(board, env):
     assert (work / "blobs" / f"{remote.file_sha256(changed)}.onnx").is_file()
 
 
-def test_results_are_cached_per_profile_and_model(board, env):
+def test_results_are_cached_per_profile_and_model(board, env, monkeypatch):
     prof = load_profile(profile_at(board, env, "board.toml"))
     model = tiny(env / "m.onnx")
     backend = remote.RemoteBackend(prof)
@@ -175,9 +178,13 @@ def test_results_are_cached_per_profile_and_model(board, env):
     m2 = backend.measure(model, warmup=1, runs=3)
     assert len(backend.attempts) == calls  # served from the cache: no ssh at all
     assert m2.samples_ms == m1.samples_ms
+    monkeypatch.setenv(remote.NO_CACHE_ENV, "1")
+    m3 = backend.measure(model, warmup=1, runs=3)
+    assert len(backend.attempts) == calls + 1 and m3.samples_ms != m1.samples_ms  # measured afresh, stored
+    monkeypatch.delenv(remote.NO_CACHE_ENV)
     entries = cache_files(env / "cache")
     assert (
-        len(entries) == 1 and json.loads(entries[0].read_text())["measurement"]["median_ms"] == m1.median_ms
+        len(entries) == 1 and json.loads(entries[0].read_text())["measurement"]["median_ms"] == m3.median_ms
     )
     # another profile name (same board) is another cache entry
     other = load_profile(profile_at(board, env, "other.toml", name="other-board"))
@@ -195,6 +202,33 @@ def test_remote_arguments_are_quoted(board, env):
     home = Path.home()
     for where in (env, home, evil, Path.cwd()):
         assert not (where / "PWNED").exists() and not (where / "PWNED2").exists()
+
+
+def test_profiles_check_and_fetch_file(board, env, capsys):
+    prof_path = profile_at(board, env, "board.toml")
+    code, out, err = run_cli(["profiles", "check", str(prof_path), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["ok"] and report["device"]["python_executable"] == sys.executable
+    # fetch_file brings a board file back byte for byte (how engines come home)
+    model = tiny(env / "m.onnx")
+    backend = remote.RemoteBackend(load_profile(prof_path))
+    backend.measure(model, warmup=1, runs=2)
+    back = backend.fetch_file(f"blobs/{remote.file_sha256(model)}.onnx", env / "back" / "m.onnx")
+    assert back.read_bytes() == model.read_bytes()
+
+
+def test_engine_build_on_a_board_without_tensorrt_names_jetpack(board, env):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is importable here; the missing-runtime premise does not hold")
+    prof = load_profile(profile_at(board, env, "board.toml"))
+    out = env / "bundle" / "model.engine"
+    with pytest.raises(DeviceError) as exc:
+        remote.build_engine_remote(prof, tiny(env / "m.onnx"), out, "fp16")
+    assert "'tensorrt'" in str(exc.value) and "JetPack" in str(exc.value)
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- faults

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 SSH_CONFIG_ENV = "RLPRUNE_EDGE_SSH_CONFIG"
 CACHE_ENV = "RLPRUNE_EDGE_CACHE"
+NO_CACHE_ENV = "RLPRUNE_EDGE_NO_REMOTE_CACHE"  # set to 1 to always measure afresh (results are still stored)
 MISSING_EXIT = 86  # our remote wrapper: the runner or a model is not on the board yet
 MISSING_MARK = "RLPRUNE_EDGE_MISSING"
 RECEIVE_FAILED_EXIT = 87  # copying the runner or a model onto the board failed
@@ -534,7 +535,7 @@ class RemoteBackend:
         return cache_root() / "remote" / f"{key}.json"
 
     def _cache_get(self, key: str) -> dict[str, Any] | None:
-        if not self.use_cache:
+        if not self.use_cache or os.environ.get(NO_CACHE_ENV, "").lower() in ("1", "true", "yes", "on"):
             return None
         try:
             entry = json.loads(self.cache_path(key).read_text())
@@ -686,55 +687,25 @@ class RemoteBackend:
         return {**info, "engine": str(out), "built_on": self.host}
 
 
-def tiny_onnx_model(path: str | os.PathLike) -> Path:
-    """Write a tiny ONNX CNN (Conv 3→8, Relu, GlobalAveragePool) built with onnx.helper; no torch."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(np.zeros(8, dtype=np.float32), "b")
-    nodes = [
-        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu1"),
-        helper.make_node("GlobalAveragePool", ["r"], ["y"], name="pool"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    out = Path(path)
-    _write_atomic(out, model.SerializeToString())
-    return out
-
-
 def check_remote(profile: Profile, *, backend: RemoteBackend | None = None) -> dict[str, Any]:
     """For `profiles check`: reach the board, report facts and runtime versions, time a tiny model."""
     backend = backend or RemoteBackend(profile)
+    from rlprune_edge.latency.onnxruntime import write_tiny_onnx
+
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rlprune-edge-check-") as tmp:
-        model = tiny_onnx_model(Path(tmp) / "tiny.onnx")
+        model = write_tiny_onnx(Path(tmp) / "tiny.onnx")
         m = backend.compare([model], blocks=1, warmup=3, runs=10)[0]  # never cached: a real round trip
-    facts = dict(m.device)
     return {
+        "ok": True,
         "profile": profile.name,
         "host": backend.host,
         "reachable": True,
-        "facts": facts,
-        "runtime_versions": facts.get("packages", {}),
-        "smoke": {
-            "model": "tiny conv 3->8 16x16",
-            "median_ms": m.median_ms,
-            "p90_ms": m.p90_ms,
-            "runs": len(m.samples_ms),
-        },
+        "runtime": m.runtime,
+        "device": m.device,
+        "runtime_versions": m.device.get("packages", {}),
+        "smoke_median_ms": m.median_ms,
+        "smoke_p90_ms": m.p90_ms,
         "wall_s": round(time.monotonic() - t0, 3),
     }
 
