@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -252,6 +253,29 @@ def test_unreachable_board_fails_fast_with_a_clear_error(board, env, capsys):
         assert code == 2 and "Traceback" not in err and "connect" in err
 
 
+def test_silent_board_times_out_within_the_connect_timeout(board, env):
+    import socket
+
+    # a port that accepts TCP but never speaks SSH: a hung board or a wrong service
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        prof = load_profile(
+            profile_at(
+                board, env, "hung.toml", destination="nobody@127.0.0.1", port=port, connect_timeout_s=2
+            )
+        )
+        backend = remote.RemoteBackend(prof)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceError) as exc:
+            backend.measure(tiny(env / "m.onnx"), warmup=1, runs=2)
+        elapsed = time.monotonic() - t0
+    assert 1.5 < elapsed < 2 + 3  # the profile's 2 s, not the 120 s command timeout, and not twice
+    assert len(backend.attempts) == 1
+    assert f"127.0.0.1:{port}" in str(exc.value) and "timed out" in str(exc.value)
+
+
 def test_runner_killed_mid_measurement_retries_once_then_fails(board, env):
     count = env / "attempts"
     py = wrapper(
@@ -328,6 +352,17 @@ def test_remote_runtime_missing_names_the_package(board, env, tmp_path):
     with pytest.raises(DeviceError) as exc:
         remote.RemoteBackend(prof).measure(tiny(env / "m.onnx"), warmup=1, runs=2)
     assert "'onnxruntime'" in str(exc.value) and "pip install onnxruntime" in str(exc.value)
+    # the same through the installed command: exit 2, one sentence, no traceback
+    exe = Path(sys.executable).with_name("rlprune-edge")
+    done = subprocess.run(
+        [str(exe), "bench", str(env / "m.onnx"), "--profile", str(env / "board.toml"), "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, remote.SSH_CONFIG_ENV: str(board.ssh_config)},
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert "pip install onnxruntime" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="no system python3 to play a bare board")
