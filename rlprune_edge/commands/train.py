@@ -1,0 +1,91 @@
+"""`rlprune-edge train`: train a zoo/torchvision model on a dataset and save the best-on-val checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+from rlprune_edge.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `train` parser."""
+    p = subparsers.add_parser(
+        "train", help="train a base model", description="Train a model with SGD + cosine LR and save the "
+        "best-on-validation checkpoint (atomically; an interrupted run leaves an existing file intact).")
+    p.add_argument("--model", required=True, help="zoo name (vgg19, resnet20, ...) or torchvision:NAME")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier for zoo models (default 1.0)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR or imagefolder:DIR (default fashion-mnist)")
+    p.add_argument("--epochs", type=int, required=True, help="number of epochs")
+    p.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # tests / smoke runs
+    p.add_argument("--save-each-epoch", action="store_true",
+                   help="also write the best-so-far checkpoint (atomically) after every epoch that improves val "
+                        "accuracy, so a long run interrupted later still leaves a usable model in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, train, evaluate on test once, save atomically, print the test accuracy."""
+    from rlprune_edge.checkpoint import ModelInfo, check_writable, save_checkpoint
+    from rlprune_edge.data import load_data
+    from rlprune_edge.models import build_model, model_input_shape
+    from rlprune_edge.train import evaluate, train_model
+
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}.")
+    if not (math.isfinite(args.width) and args.width > 0):
+        raise UserError(f"--width must be a positive number, got {args.width}; use e.g. --width 0.25.")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {args.lr}.")
+    if args.limit is not None and args.limit < 2:
+        raise UserError(f"--limit must be at least 2, got {args.limit}.")
+    out = check_writable(args.out)
+    data = load_data(args.data, seed=args.seed, limit=args.limit)
+    model = build_model(args.model, args.width, data.num_classes)
+    input_shape = model_input_shape(model)
+    if input_shape != tuple(data.input_shape):
+        raise UserError(f"{args.model} needs {input_shape[1]}x{input_shape[2]} inputs but {args.data} provides "
+                        f"{data.input_shape[1]}x{data.input_shape[2]}; choose a model that accepts 32x32 images.")
+    print(f"training {args.model} (width {args.width:g}) on {args.data}: {len(data.train)} train, {len(data.val)} val, "
+          f"{len(data.test)} test images, {args.epochs} epochs", flush=True)
+    start = time.perf_counter()
+
+    def save(result: dict, epochs_done: int) -> float:
+        test_acc = evaluate(model, data.loader("test", 512))
+        info = ModelInfo(args.model, float(args.width), data.num_classes, tuple(data.input_shape), tuple(data.mean),
+                         tuple(data.std), list(data.class_names),
+                         meta={"val_acc": result["best_val_acc"], "best_epoch": result["best_epoch"],
+                               "test_acc": test_acc, "epochs": args.epochs, "epochs_done": epochs_done,
+                               "wall_s": round(time.perf_counter() - start, 1), "data": args.data, "lr": args.lr,
+                               "batch_size": args.batch_size, "seed": args.seed,
+                               "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result["history"]]})
+        save_checkpoint(out, model, info)
+        return test_acc
+
+    history: list[dict] = []
+
+    def on_epoch_end(epoch: int, stats: dict) -> None:
+        history.append({k: v for k, v in stats.items() if k != "is_best"})
+        if args.save_each_epoch and stats["is_best"] and epoch < args.epochs:
+            acc = save({"best_val_acc": stats["val_acc"], "best_epoch": epoch, "history": history}, epoch)
+            print(f"epoch {epoch}: saved best-so-far checkpoint to {out} (test acc {acc:.4f})", flush=True)
+
+    result = train_model(model, data, args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         weight_decay=args.weight_decay, seed=args.seed, progress=not args.quiet,
+                         on_epoch_end=on_epoch_end)
+    test_acc = save(result, args.epochs)
+    wall = time.perf_counter() - start
+    print(f"best val acc {result['best_val_acc']:.4f} (epoch {result['best_epoch']}); "
+          f"test acc {test_acc:.4f}; wall {wall:.0f} s; saved {out}")
+    return 0
