@@ -1,0 +1,115 @@
+"""`rlprune-edge inspect`: architecture, parameters, MACs and (when available) the prunable-groups table."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rlprune_edge.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `inspect` parser."""
+    p = subparsers.add_parser("inspect", help="summarise a model or checkpoint",
+                              description="Show a model's layers, parameter count, MACs at its input shape and "
+                                          "the prunable channel groups.")
+    p.add_argument("--model", default=None,
+                   help="checkpoint path, zoo name or torchvision:NAME (default: the embedded default model)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier for zoo names (default 1.0)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes for a fresh model by name (default 10)")
+    p.add_argument("--layers", action="store_true", help="list every conv/linear layer with its shape and MACs")
+    p.set_defaults(func=run)
+    return p
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def layer_table(model, input_shape: tuple[int, int, int]) -> list[tuple[str, str, str, int]]:
+    """(name, type, shape description, MACs) for every conv/linear layer, in execution order."""
+    import torch
+    from torch import nn
+
+    rows: list[tuple[str, str, str, int]] = []
+    handles = []
+
+    def hook_for(name: str):
+        def hook(m, inp, out):
+            if isinstance(m, nn.modules.conv._ConvNd):
+                k = math.prod(int(v) for v in m.kernel_size)
+                macs = out[0].numel() * (m.in_channels // m.groups) * k
+                desc = (f"{m.in_channels}->{m.out_channels} k{'x'.join(map(str, m.kernel_size))} "
+                        f"s{m.stride[0]}{f' g{m.groups}' if m.groups > 1 else ''} out {'x'.join(map(str, out.shape[2:]))}")
+            else:
+                macs = out[0].numel() * m.in_features
+                desc = f"{m.in_features}->{m.out_features}"
+            rows.append((name, type(m).__name__, desc, int(macs)))
+        return hook
+
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            handles.append(m.register_forward_hook(hook_for(name)))
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary to stdout."""
+    import torch
+
+    from rlprune_edge.checkpoint import ensure_default_model, resolve_model
+    from rlprune_edge.flops import count_flops, count_params
+
+    if not (math.isfinite(args.width) and args.width > 0):
+        raise UserError(f"--width must be a positive number, got {args.width}; use e.g. --width 0.25.")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be at least 1, got {args.num_classes}.")
+    spec = args.model if args.model is not None else str(ensure_default_model())
+    model, info = resolve_model(spec, width=args.width, num_classes=args.num_classes)
+    shape = tuple(info.input_shape)
+    macs = count_flops(model, shape)
+    params = count_params(model)
+    print(f"model:        {info.model} (width {info.width:g}){' [pruned]' if info.layer_shapes else ''}")
+    print(f"source:       {spec}")
+    print(f"input shape:  {'x'.join(map(str, shape))}   classes: {info.num_classes}")
+    print(f"parameters:   {params:,} ({_fmt(params)})")
+    print(f"MACs/image:   {macs:,} ({_fmt(macs)})")
+    for key in ("test_acc", "val_acc"):
+        if key in info.meta:
+            print(f"{key}:{' ' * (13 - len(key))}{float(info.meta[key]):.4f}")
+    if "data" in info.meta:
+        print(f"trained on:   {info.meta['data']} for {info.meta.get('epochs', '?')} epochs")
+    rows = layer_table(model, shape)
+    convs = sum(1 for r in rows if r[1] != "Linear")
+    print(f"layers:       {convs} conv, {len(rows) - convs} linear")
+    if args.layers:
+        width = max(len(r[0]) for r in rows) if rows else 4
+        print(f"\n{'layer':<{width}}  {'type':<8} {'shape':<34} {'MACs':>9}  share")
+        for name, kind, desc, m in rows:
+            print(f"{name:<{width}}  {kind:<8} {desc:<34} {_fmt(m):>9}  {m / max(macs, 1):6.1%}")
+    try:
+        from rlprune_edge.graph import prunable_groups
+    except ModuleNotFoundError as exc:
+        if exc.name != "rlprune_edge.graph":
+            raise
+        print("\nprunable groups: (the pruning engine is not installed in this version)")
+        return 0
+    groups = prunable_groups(model, torch.zeros(1, *shape))
+    n_prunable = sum(1 for g in groups if g.prunable)
+    print(f"\nprunable groups: {n_prunable} of {len(groups)}")
+    width = max([len(g.name) for g in groups] + [5])
+    print(f"{'group':<{width}}  {'channels':>8}  {'MACs share':>10}  prunable  note")
+    for g in groups:
+        note = "" if g.prunable else str(g.reason)
+        print(f"{g.name:<{width}}  {g.channels:>8}  {g.flops_share:>10.1%}  {'yes' if g.prunable else 'no':<8}  {note}")
+    return 0
