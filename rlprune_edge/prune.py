@@ -1,0 +1,232 @@
+"""Keep counts -> a physically smaller copy of the model; channel alignment.
+
+All groups are pruned in one pass from the index plans that ``prunable_groups`` computed on the
+dense model: for each group the top-k channels by importance are kept, every member module's
+removed indices are collected (in the module's original coordinates, so several groups touching
+one module, e.g. concat slices, simply union), and each module side is shrunk once with
+``index_select``. No re-trace is needed per candidate; pass ``groups`` and ``scores`` computed once
+on the parent model and a candidate costs a deep copy plus index selection.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from rlprune_edge.errors import UserError
+from rlprune_edge.graph import DEPTHWISE, IN, OUT, Group, prunable_groups
+from rlprune_edge.importance import channel_scores
+
+
+def align_keep(keep: Mapping[str, int], groups: Sequence[Group], channel_multiple: int = 1) -> dict[str, int]:
+    """Round keep counts to the nearest multiple of `channel_multiple`.
+
+    Never below one multiple (or the group's channel count if that is smaller), never above the
+    original count. Unknown group names, non-integer or out-of-range counts raise UserError; a
+    group that is not prunable only accepts its full channel count.
+    """
+    if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
+        raise UserError(f"channel_multiple must be a positive integer, got {channel_multiple!r}.")
+    by_name = {g.name: g for g in groups}
+    out: dict[str, int] = {}
+    for name, k in keep.items():
+        g = by_name.get(name)
+        if g is None:
+            raise UserError(
+                f"keep names group {name!r}, which the model does not have; "
+                "use names from rlprune_edge.prunable_groups(model, example_inputs)."
+            )
+        try:
+            if isinstance(k, bool):
+                raise TypeError
+            k = operator.index(k)
+        except TypeError:
+            raise UserError(f"keep count for group {name!r} must be an integer, got {k!r}.") from None
+        if k <= 0 or k > g.channels:
+            raise UserError(f"keep count for group {name!r} is {k}; it must be between 1 and {g.channels}.")
+        if not g.prunable:
+            if k != g.channels:
+                raise UserError(f"group {name!r} cannot be pruned ({g.reason}); keep all {g.channels} channels.")
+            out[name] = k
+            continue
+        m = channel_multiple
+        rounded = int((k + m / 2) // m) * m  # nearest multiple, halves round up
+        out[name] = min(g.channels, max(min(m, g.channels), rounded))
+    return out
+
+
+def _keep_index(size: int, removed: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[removed] = False
+    return mask.nonzero().squeeze(1)
+
+
+def _select(p: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
+    data = p.detach().index_select(dim, keep.to(p.device))
+    if isinstance(p, nn.Parameter):
+        return nn.Parameter(data, requires_grad=p.requires_grad)
+    return data
+
+
+def _shrink(module: nn.Module, kind: str, removed: torch.Tensor) -> None:
+    """Remove channels `removed` from `module` on side `kind`, in place."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if kind == IN:
+            keep = _keep_index(module.in_channels, removed)
+            module.weight = _select(module.weight, 1, keep)
+            module.in_channels = len(keep)
+            return
+        keep = _keep_index(module.out_channels, removed)
+        module.weight = _select(module.weight, 0, keep)
+        if module.bias is not None:
+            module.bias = _select(module.bias, 0, keep)
+        module.out_channels = len(keep)
+        if kind == DEPTHWISE:
+            module.in_channels = module.groups = len(keep)
+        return
+    if isinstance(module, nn.Linear):
+        if kind == IN:
+            keep = _keep_index(module.in_features, removed)
+            module.weight = _select(module.weight, 1, keep)
+            module.in_features = len(keep)
+            return
+        keep = _keep_index(module.out_features, removed)
+        module.weight = _select(module.weight, 0, keep)
+        if module.bias is not None:
+            module.bias = _select(module.bias, 0, keep)
+        module.out_features = len(keep)
+        return
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        keep = _keep_index(module.num_features, removed)
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(module, attr, None)
+            if t is not None:
+                setattr(module, attr, _select(t, 0, keep))
+        module.num_features = len(keep)
+        return
+    if isinstance(module, nn.PReLU):
+        if module.num_parameters > 1:
+            keep = _keep_index(module.num_parameters, removed)
+            module.weight = _select(module.weight, 0, keep)
+            module.num_parameters = len(keep)
+        return
+    raise UserError(f"cannot shrink module of type {type(module).__name__}; mark its group unprunable.")
+
+
+def _side_size(module: nn.Module, kind: str) -> int | None:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.in_channels if kind == IN else module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.in_features if kind == IN else module.out_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    if isinstance(module, nn.PReLU):
+        return module.num_parameters if module.num_parameters > 1 else None
+    return None
+
+
+def _check_matches(model: nn.Module, groups: Iterable[Group]) -> None:
+    """Groups computed on a different (e.g. already pruned) model would prune the wrong channels."""
+    for g in groups:
+        for p in g.plan:
+            try:
+                module = model.get_submodule(p.module)
+            except AttributeError:
+                module = None
+            size = _side_size(module, p.kind) if module is not None else None
+            if module is None or (size is not None and len(p.idxs) and int(p.idxs.max()) >= size):
+                raise UserError(
+                    f"group {g.name!r} does not match this model (member {p.module}); "
+                    "recompute the groups with prunable_groups() on the model being pruned."
+                )
+        if g.channels != _side_size(model.get_submodule(g.name), OUT):
+            raise UserError(
+                f"group {g.name!r} has {g.channels} channels but the model's layer has "
+                f"{_side_size(model.get_submodule(g.name), OUT)}; recompute the groups on this model."
+            )
+
+
+def removal_plan(
+    groups: Sequence[Group], keep: Mapping[str, int], scores: Mapping[str, torch.Tensor]
+) -> dict[tuple[str, str], torch.Tensor]:
+    """{(module, kind): removed channel indices} for keeping the top-`keep` channels of each group."""
+    parts: dict[tuple[str, str], list[torch.Tensor]] = {}
+    for g in groups:
+        k = keep.get(g.name, g.channels)
+        if not g.prunable or k >= g.channels:
+            continue
+        s = scores.get(g.name)
+        if s is None or s.shape != (g.channels,):
+            raise UserError(
+                f"scores for group {g.name!r} must be a tensor of {g.channels} values; "
+                f"got {None if s is None else tuple(s.shape)}."
+            )
+        order = torch.sort(s.detach().float().cpu(), descending=True, stable=True).indices
+        drop = torch.ones(g.channels, dtype=torch.bool)
+        drop[order[:k]] = False
+        for p in g.plan:
+            removed = p.idxs[drop[p.root_idxs]]
+            if len(removed):
+                parts.setdefault((p.module, p.kind), []).append(removed)
+    return {key: torch.unique(torch.cat(v)) for key, v in parts.items()}
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    keep: Mapping[str, int],
+    importance: str = "taylor",
+    calib: Iterable | None = None,
+    channel_multiple: int = 1,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    groups: Sequence[Group] | None = None,
+) -> nn.Module:
+    """A physically smaller deep copy of `model` keeping `keep[name]` channels of each named group.
+
+    Groups missing from `keep` stay whole; counts are aligned with ``align_keep``. Channels are ranked
+    by `scores` ({group: tensor}) if given, else by ``channel_scores(method=importance, calib=calib)``.
+    `groups` (from ``prunable_groups`` on this same model) skips the trace. `model` is not modified.
+    """
+    if groups is None:
+        groups = prunable_groups(model, example_inputs)
+    aligned = align_keep(keep, groups, channel_multiple)
+    todo = [g for g in groups if g.prunable and aligned.get(g.name, g.channels) < g.channels]
+    _check_matches(model, todo)
+    if todo and scores is None:
+        scores = channel_scores(model, example_inputs, todo, method=importance, calib=calib)
+    plan = removal_plan(todo, aligned, scores or {})
+    return _copy_and_shrink(model, plan)
+
+
+def _copy_and_shrink(model: nn.Module, plan: Mapping[tuple[str, str], torch.Tensor]) -> nn.Module:
+    """Deep copy of `model` with `plan` applied, without first copying tensors that get replaced.
+
+    The copy starts out sharing the touched modules' tensors with `model`; shrinking replaces them
+    with new, smaller tensors (``index_select`` allocates), and any tensor still shared afterwards is
+    cloned, so the result never aliases the input.
+    """
+    touched = {name for name, _ in plan}
+    shared: dict[int, torch.Tensor] = {}
+    for name in touched:
+        module = model.get_submodule(name)
+        for t in (*module._parameters.values(), *module._buffers.values()):
+            if t is not None:
+                shared[id(t)] = t
+    pruned = copy.deepcopy(model, memo=dict(shared))
+    for (name, kind), removed in plan.items():
+        _shrink(pruned.get_submodule(name), kind, removed)
+    for name in touched:
+        module = pruned.get_submodule(name)
+        for store in (module._parameters, module._buffers):
+            for key, t in store.items():
+                if t is not None and id(t) in shared:
+                    store[key] = (
+                        nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+                        if isinstance(t, nn.Parameter)
+                        else t.clone()
+                    )
+    return pruned
