@@ -25,17 +25,14 @@ from rlprune_edge.profiles import load_profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sshd_fixture  # noqa: E402
 
-pytestmark = [
-    pytest.mark.ssh,
-    pytest.mark.skipif(
-        not sshd_fixture.SSHD.exists(), reason="/usr/sbin/sshd is absent (apt install openssh-server)"
-    ),
-]
+pytestmark = pytest.mark.ssh
 
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     """One sshd for the module (starting it costs about a second)."""
+    if not sshd_fixture.SSHD.exists():
+        pytest.skip("/usr/sbin/sshd is absent (apt install openssh-server; tools/setup.sh does it on CI)")
     b = sshd_fixture.start_board(tmp_path_factory.mktemp("sshd"))
     yield b
     b.stop()
@@ -432,6 +429,9 @@ def test_ssh_argv_carries_profile_settings_as_separate_arguments(board, env):
     assert argv[-3:] == ["--", board.alias, "true"]
     assert remote.remote_path_expr("~/.cache/x y", "blobs/a") == "\"$HOME\"/'.cache/x y/blobs/a'"
     assert remote.remote_path_expr("/abs/dir/", "f") == "/abs/dir/f"
+    assert remote.remote_path_expr("rel dir", "f") == "\"$HOME\"/'rel dir/f'"  # ssh starts in $HOME
+    assert remote.remote_command_expr("~/venv/bin/python -I") == '"$HOME"/venv/bin/python -I'
+    assert remote.remote_command_expr("python3") == "python3"  # bare names stay a PATH lookup
 
 
 def test_receive_refuses_a_corrupt_copy_and_publishes_nothing(tmp_path):
@@ -451,3 +451,43 @@ def test_receive_refuses_a_corrupt_copy_and_publishes_nothing(tmp_path):
     )
     assert done.returncode == 1 and b"checksum mismatch" in done.stderr
     assert list((tmp_path / "work").rglob("*")) == []  # no partial blob, no temp dir left
+
+
+# ---------------------------------------------------------------------------------------------- device facts
+
+
+def test_facts_parsers():
+    from rlprune_edge.board import facts
+
+    pi = "processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
+    assert facts.cpu_model(pi) == "Raspberry Pi 4 Model B Rev 1.4"
+    x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 49\nmodel name\t: AMD EPYC 7B12\n"
+    assert facts.cpu_model(x86) == "AMD EPYC 7B12"
+    assert facts.cpu_model("processor\t: 0\nCPU part\t: 0xd42\n") == "ARM CPU part 0xd42"
+    assert facts.cpu_model("") is None
+    t = facts.parse_throttled("throttled=0x50005")
+    assert t["under_voltage_now"] and t["throttled_now"] and not t["arm_frequency_capped_now"]
+    assert (
+        t["under_voltage_occurred"] and t["throttled_occurred"] and not t["soft_temperature_limit_occurred"]
+    )
+    assert facts.parse_throttled("throttled=0x0")["throttled_now"] is False
+    assert facts.parse_throttled("garbage") is None
+    tegra = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023"
+    assert facts.parse_nv_tegra_release(tegra) == "35.4.1"
+    assert facts.parse_nv_tegra_release("nonsense") is None
+
+
+def test_collect_facts_on_this_machine_and_under_a_bare_python():
+    from rlprune_edge.board import facts
+
+    f = facts.collect_facts()
+    assert f["cpu_count"] == os.cpu_count() and f["machine"] and f["python"]
+    assert f["packages"]["onnxruntime"] and f["packages"]["numpy"]
+    json.dumps(f)  # JSON-ready
+    # stdlib only: runs under `python3 -I -S` (no site-packages) and simply omits what it cannot import
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(Path(facts.__file__))], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    bare = json.loads(done.stdout)
+    assert bare["cpu_count"] == os.cpu_count() and "onnxruntime" not in bare["packages"]

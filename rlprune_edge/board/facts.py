@@ -157,18 +157,18 @@ def collect_facts() -> dict[str, Any]:
         if throttled:
             facts["throttled"] = throttled
     tegra = _read("/etc/nv_tegra_release")
-    if tegra:
+    if tegra:  # a Jetson: L4T release, JetPack and power mode (the probes cost time elsewhere)
         release = parse_nv_tegra_release(tegra)
         facts["l4t_release"] = release or tegra.splitlines()[0]
-    l4t_pkg = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-l4t-core"])
-    if l4t_pkg:
-        facts["l4t_core_package"] = l4t_pkg
-    jetpack = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
-    if jetpack:
-        facts["jetpack"] = jetpack
-    power_mode = _run(["nvpmodel", "-q"])
-    if power_mode:
-        facts["nvpmodel"] = " ".join(power_mode.split())
+        l4t_pkg = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-l4t-core"])
+        if l4t_pkg:
+            facts["l4t_core_package"] = l4t_pkg
+        jetpack = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
+        if jetpack:
+            facts["jetpack"] = jetpack
+        power_mode = _run(["nvpmodel", "-q"])
+        if power_mode:
+            facts["nvpmodel"] = " ".join(power_mode.split())
     facts["python"] = platform.python_version()
     facts["python_executable"] = sys.executable
     versions = {}

@@ -155,13 +155,21 @@ def cache_root() -> Path:
 
 
 def remote_path_expr(work_dir: str, rel: str = "") -> str:
-    """A shell expression for ``<work_dir>/<rel>`` on the board, quoted, with a leading ``~`` expanded."""
-    path = work_dir.rstrip("/") + ("/" + rel if rel else "") if work_dir.rstrip("/") else rel
-    if path == "~":
+    """A quoted shell expression for ``<work_dir>/<rel>`` on the board.
+
+    A leading ``~`` and relative paths (ssh starts in the home directory) become ``"$HOME"/...``,
+    so the path stays valid after the remote command changes directory.
+    """
+    base = work_dir.rstrip("/") or ("/" if work_dir.startswith("/") else "")
+    path = f"{base}/{rel}" if base and rel else (base or rel)
+    path = path.replace("//", "/")
+    if path in ("", "~", "."):
         return '"$HOME"'
     if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path or ".")
+        path = path[2:]
+    elif path.startswith("/"):
+        return shlex.quote(path)
+    return '"$HOME"/' + shlex.quote(path)
 
 
 def remote_command_expr(command: str) -> str:
@@ -169,7 +177,9 @@ def remote_command_expr(command: str) -> str:
     words = shlex.split(command)
     if not words:
         raise UserError('[connection] python is empty; set it to the board\'s python3 (e.g. "python3").')
-    first = remote_path_expr(words[0]) if words[0].startswith("~") else shlex.quote(words[0])
+    first = (
+        remote_path_expr(words[0]) if "/" in words[0] or words[0].startswith("~") else shlex.quote(words[0])
+    )
     return " ".join([first, *(shlex.quote(w) for w in words[1:])])
 
 
