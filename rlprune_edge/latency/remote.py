@@ -47,6 +47,7 @@ MISSING_EXIT = 86  # our remote wrapper: the runner or a model is not on the boa
 MISSING_MARK = "RLPRUNE_EDGE_MISSING"
 RECEIVE_FAILED_EXIT = 87  # copying the runner or a model onto the board failed
 RECEIVE_MARK = "RLPRUNE_EDGE_RECEIVE_FAILED"
+BOARD_BLOB_BYTES = 2 << 30  # bytes of models kept on the board (least recently sent or used go first)
 RUNTIME_MISSING_EXIT = 3  # runner.py: {"error": "missing_runtime", "package": ...}
 _REFUSED_OPTIONS = {"stricthostkeychecking": {"no", "off", "false"}, "userknownhostsfile": {"/dev/null"}}
 _UNREACHABLE = (
@@ -66,20 +67,28 @@ _AUTH = ("permission denied", "too many authentication failures")
 # Runs on the board with the remote python before the runner when something is missing: read a tar
 # stream from stdin into a temp dir under the work dir, verify each file's sha256, then publish
 # atomically (files with os.replace, the runner folder by renaming a complete temp dir).
-# argv: WORK_DIR ITEM...  with ITEM = "file:<rel>:<sha256>" or "dir:<rel>". Python >= 3.6, stdlib only.
+# Then blobs/ is trimmed to KEEP_BYTES, oldest first, sparing what this call uses ("keep:<rel>",
+# whose mtime is refreshed), so a long search cannot fill the board's disk with candidates.
+# argv: WORK_DIR KEEP_BYTES ITEM...  with ITEM = "file:<rel>:<sha256>", "dir:<rel>" or "keep:<rel>".
+# Python >= 3.6, stdlib only.
 _RECEIVE = r"""
 import hashlib, os, shutil, sys, tarfile, tempfile
-work = sys.argv[1]
+work, keep_bytes, items = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 os.makedirs(work, exist_ok=True)
 tmp = tempfile.mkdtemp(dir=work, prefix=".incoming-")
 try:
     kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tf:
         tf.extractall(tmp, **kw)
-    for item in sys.argv[2:]:
+    used = set()
+    for item in items:
         parts = item.split(":", 2)
         src, dst = os.path.join(tmp, parts[1]), os.path.join(work, parts[1])
-        if parts[0] == "file":
+        used.add(os.path.abspath(dst))
+        if parts[0] == "keep":
+            if os.path.exists(dst):
+                os.utime(dst, None)
+        elif parts[0] == "file":
             h = hashlib.sha256()
             with open(src, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -97,6 +106,25 @@ try:
                     raise
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
+blob_dir = os.path.join(work, "blobs")
+blobs = []
+for name in os.listdir(blob_dir) if os.path.isdir(blob_dir) else []:
+    path = os.path.abspath(os.path.join(blob_dir, name))
+    try:
+        st = os.stat(path)
+    except OSError:
+        continue
+    blobs.append((st.st_mtime, st.st_size, path))
+total = sum(size for _, size, _ in blobs)
+for _, size, path in sorted(blobs):
+    if total <= keep_bytes:
+        break
+    if path not in used:
+        try:
+            os.remove(path)
+            total -= size
+        except OSError:
+            pass
 """
 
 
@@ -446,7 +474,8 @@ class RemoteBackend:
                 missing = res.stdout.decode(errors="replace").split(MISSING_MARK, 1)[1].split()
                 payload, items, sent = self._payload(missing, blobs)
                 self.transfers.extend(sent)
-                receive = f"{py} -c {shlex.quote(_RECEIVE)} {self._path()} " + " ".join(
+                items += [f"keep:{b.remote_rel}" for b in blobs]
+                receive = f"{py} -c {shlex.quote(_RECEIVE)} {self._path()} {BOARD_BLOB_BYTES} " + " ".join(
                     shlex.quote(x) for x in items
                 )
                 command = f"{receive} || {{ echo {RECEIVE_MARK} >&2; exit {RECEIVE_FAILED_EXIT}; }}; {script}"
