@@ -283,32 +283,48 @@ def build_engine(
 ) -> dict:
     """Build a TensorRT engine on the profile's device; return {"tensorrt_version", "gpu_name", ...}.
 
-    Local profiles call the board runner's builder in-process; ssh profiles build on the board
-    through `rlprune_edge.latency.remote.build_engine_remote`.
+    Local profiles run the board runner's `build-engine` in-process; ssh profiles build on the board
+    through `rlprune_edge.latency.remote.build_engine_remote` and read the board's facts.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    calib_path = Path(calib) if calib is not None else None
     if profile.connection.kind == "ssh":
-        from rlprune_edge.latency.remote import build_engine_remote
+        from rlprune_edge.latency.remote import RemoteBackend, build_engine_remote
 
-        info = build_engine_remote(profile, onnx_path, out_path, precision, calib=calib_path)
-    else:
-        try:
-            from rlprune_edge.board import runner
-        except ImportError as exc:
-            raise DeviceError(f"the board runner is not available ({exc}); cannot build a TensorRT engine.") from None
-        builder = getattr(runner, "build_engine", None)
-        if builder is None:
-            raise DeviceError("rlprune_edge/board/runner.py has no build_engine(); cannot build a TensorRT engine.")
-        timing_cache = profile.runtime.timing_cache or None
-        info = builder(
-            str(onnx_path),
-            str(out_path),
-            precision=precision,
-            calib=str(calib_path) if calib_path else None,
-            timing_cache=timing_cache,
+        build_engine_remote(profile, onnx_path, out_path, precision, calib=calib)
+        return engine_provenance({}, RemoteBackend(profile).facts())
+    from rlprune_edge.board import runner
+
+    argv = ["build-engine", "--onnx", str(onnx_path), "--out", str(out_path), "--precision", precision,
+            "--workspace-mb", str(profile.runtime.workspace_mb)]
+    if calib is not None:
+        argv += ["--calib", str(calib)]
+    if profile.runtime.timing_cache:
+        argv += ["--timing-cache", str(Path(profile.runtime.timing_cache).expanduser())]
+    code, doc = runner.run(argv)
+    if code != 0:
+        doc = doc if isinstance(doc, dict) else {}
+        if doc.get("error") == "missing_runtime":
+            raise DeviceError(
+                f"cannot build a TensorRT engine for profile {profile.name!r}: {doc.get('package', 'tensorrt')} "
+                "is not installed on this machine; run the export on the Jetson/GPU host or use an ssh profile."
+            )
+        raise DeviceError(
+            f"TensorRT engine build failed for profile {profile.name!r}: "
+            f"{doc.get('message') or doc.get('error') or 'unknown error'}."
         )
-    return dict(info or {})
+    return engine_provenance(doc if isinstance(doc, dict) else {}, runner.collect_facts())
+
+
+def engine_provenance(build_doc: dict, facts: dict) -> dict:
+    """TensorRT version and GPU name for the manifest, from the builder's reply and the device facts."""
+    packages = facts.get("packages") or {}
+    out = {k: v for k, v in build_doc.items() if k not in ("device",) and not isinstance(v, (dict, list))}
+    out["tensorrt_version"] = build_doc.get("tensorrt_version") or packages.get("tensorrt")
+    out["gpu_name"] = build_doc.get("gpu_name") or facts.get("gpu_name") or facts.get("board_model")
+    for key in ("l4t_release", "jetpack", "hostname"):
+        if facts.get(key):
+            out[key] = facts[key]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,20 +427,26 @@ def _compare(profile: Any, fp32_path: Path, int8_path: Path) -> dict[str, Any]:
     if isinstance(ms, dict):
         ms = [ms[fp32_path] if fp32_path in ms else ms[str(fp32_path)], ms[int8_path] if int8_path in ms else ms[str(int8_path)]]
     fp32, int8 = ms[0], ms[1]
+    ratio = getattr(int8, "ratio", None)
+    if ratio:
+        speedup = 1.0 / float(ratio)
+    else:
+        speedup = float(fp32.median_ms) / float(int8.median_ms) if int8.median_ms else None
     return {
         "median_ms": float(int8.median_ms),
         "p90_ms": float(int8.p90_ms),
         "fp32_median_ms": float(fp32.median_ms),
         "fp32_p90_ms": float(fp32.p90_ms),
-        "speedup_vs_fp32": float(fp32.median_ms) / float(int8.median_ms) if int8.median_ms else None,
+        "speedup_vs_fp32": speedup,
         "profile": profile.name,
         "runtime": profile.runtime.name,
         "precision": "int8",
         "batch": int(profile.input.batch),
         "how": (
-            f"fp32 and int8 models timed in {profile.measure.blocks} interleaved blocks of "
-            f"{profile.measure.runs} runs (after {profile.measure.warmup} warm-up runs) in one window "
-            f"on profile {profile.name!r} ({profile.runtime.name}, {profile.connection.kind}); medians over all samples"
+            f"fp32 and int8 models each warmed up {profile.measure.warmup} runs, then {profile.measure.runs} "
+            f"timed runs each split into {profile.measure.blocks} interleaved blocks in one window on profile "
+            f"{profile.name!r} ({profile.runtime.name}, {profile.connection.kind}); median/p90 over all samples, "
+            "speed-up = 1 / (median over blocks of the int8/fp32 block-median ratio)"
         ),
     }
 
@@ -455,6 +477,14 @@ def _install_bundle(tmp_dir: Path, out_dir: Path) -> None:
         os.replace(old, out_dir)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_permissions(bundle: Path) -> None:
+    """Temp files are private (0600/0700); a bundle is meant to be copied around: 0755 dir, 0644 files."""
+    os.chmod(bundle, 0o755)
+    for p in bundle.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o755 if p.suffix == ".py" else 0o644)
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
@@ -511,6 +541,7 @@ def export_bundle(
         )
         manifest["build_s"] = round(time.perf_counter() - t_start, 2)
         _write_json(tmp_dir / MANIFEST_NAME, manifest)
+        _publish_permissions(tmp_dir)
         _install_bundle(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -708,7 +739,8 @@ def _build(
             "scale": 1.0 / 255.0,
             "mean": [float(v) for v in info.mean],
             "std": [float(v) for v in info.std],
-            "order": "pixel/255, resize to HxW, convert channels, (x - mean) / std per channel, NCHW",
+            "resize_method": _resize_method(data),
+            "order": "pixel/255, convert channels (grey -> 3 copies), resize or pad to HxW, (x - mean) / std, NCHW",
         },
         "class_names": list(info.class_names),
         "accuracy": accuracy,
@@ -728,6 +760,12 @@ def _build(
         manifest["tensorrt_version"] = engine_info["tensorrt_version"]
         manifest["gpu_name"] = engine_info["gpu_name"]
     return manifest
+
+
+def _resize_method(data: Any) -> str:
+    """How raw images reach the model's H x W: Fashion-MNIST is zero-padded 28 -> 32, others resized."""
+    spec = str(getattr(data, "spec", "") or "")
+    return "pad" if spec.split(":", 1)[0] == "fashion-mnist" else "bilinear"
 
 
 def _count(data: Any, limit: int | None) -> int:
