@@ -64,6 +64,8 @@ def onnx_node_dims(path: str | Path) -> dict[str, dict[str, Any]]:
     del numpy_helper
     out: dict[str, dict[str, Any]] = {}
     for n in g.node:
+        if all(t in inits for t in n.input if t):
+            continue  # constant subgraph (Constant, Identity of a weight): folded by runtimes
         in_shape = shapes.get(n.input[0], []) if n.input else []
         out_shape = shapes.get(n.output[0], []) if n.output else []
         d: dict[str, Any] = {"op": n.op_type}
@@ -328,12 +330,13 @@ class LatencyModel:
     @classmethod
     def fit_from_profiles(cls, profile_name: str, arch_hash: str, channels: dict[str, int],
                           samples: Sequence[tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, float]]],
-                          dense_ms: float, meta: dict[str, Any] | None = None) -> LatencyModel:
+                          dense_ms: float, meta: dict[str, Any] | None = None,
+                          rescale_iters: int = 0) -> LatencyModel:
         """Fit from (keep, onnx node dims, slot times in ms) per variant; the first must be the dense model."""
         names = sorted(channels)
         keeps = [{g: float(k.get(g, channels[g])) for g in names} for k, _, _ in samples]
         node_names = [n for n in samples[0][1] if all(n in dims for _, dims, _ in samples)]
-        slots: dict[str, Slot] = {}
+        specs: dict[str, tuple[dict[str, Any], DimMap, DimMap, np.ndarray, np.ndarray]] = {}
         unexplained = []
         for n in node_names:
             ys = [t.get(n) for _, _, t in samples]
@@ -345,14 +348,31 @@ class LatencyModel:
             cout = fit_dim_map([d[n]["cout"] for _, d, _ in samples], keeps, names)
             if cin is None or cout is None:
                 unexplained.append(n)
-                slots[n] = Slot(node, DimMap(node["cin"]), DimMap(node["cout"]), float(np.mean(ys_arr)), 0.0)
-                continue
-            if node["op"] in WEIGHTED and node.get("groups", 1) > 1 and node["groups"] == node["cin"]:
-                node["groups"] = -1  # depthwise marker: groups follow channels
-            x = np.asarray([slot_feature(_dw(node, d[n]), cin(k), cout(k)) for k, (_, d, _) in zip(keeps, samples, strict=True)])
-            a, b = _fit_line(x, ys_arr)
-            slots[n] = Slot(_dw(node, samples[0][1][n]), cin, cout, a, b)
-        m = {"unexplained_nodes": unexplained, "n_variants": len(samples) - 1, **(meta or {})}
+                cin, cout = DimMap(node["cin"]), DimMap(node["cout"])
+                x = np.zeros(len(samples))
+            else:
+                x = np.asarray([slot_feature(_dw(node, d[n]), cin(k), cout(k))
+                                for k, (_, d, _) in zip(keeps, samples, strict=True)])
+            specs[n] = (_dw(node, samples[0][1][n]), cin, cout, x, ys_arr)
+        # Each variant's per-layer profile comes from its own window: the split between layers is
+        # reliable, its overall scale less so. Alternate: fit the slots, then re-estimate one scale per
+        # variant (the dense model's fixed at 1) from how its layers as a whole compare with the fit.
+        scales = np.ones(len(samples))
+        slots: dict[str, Slot] = {}
+        for _ in range(rescale_iters + 1):
+            slots = {}
+            for n, (node, cin, cout, x, y) in specs.items():
+                a, b = _fit_line(x, y * scales)
+                slots[n] = Slot(node, cin, cout, a, b)
+            pred = np.asarray([sum(s.predict(k) for s in slots.values()) for k in keeps])
+            meas = np.asarray([sum(y[v] for *_, y in specs.values()) for v in range(len(samples))])
+            new = pred / np.maximum(meas, 1e-12)
+            new = new / new[0]
+            if np.allclose(new, scales, rtol=1e-4):
+                break
+            scales = new
+        m = {"unexplained_nodes": unexplained, "n_variants": len(samples) - 1, "variant_scales": scales.tolist(),
+             **(meta or {})}
         model = cls(profile=profile_name, arch_hash=arch_hash, channels=dict(channels), slots=slots, dense_ms=dense_ms,
                     meta=m)
         model.correction = dense_ms / max(model.predict_raw({}), 1e-9)
