@@ -275,6 +275,19 @@ def test_silent_board_times_out_within_the_connect_timeout(board, env):
     assert f"127.0.0.1:{port}" in str(exc.value) and "timed out" in str(exc.value)
 
 
+def test_overrunning_runner_is_stopped_on_the_board_at_the_command_timeout(board, env):
+    prof = load_profile(profile_at(board, env, "slow.toml", command_timeout_s=3))
+    backend = remote.RemoteBackend(prof)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError) as exc:
+        backend.measure(tiny(env / "m.onnx"), warmup=1, runs=10_000_000)
+    assert time.monotonic() - t0 < 3 + 15
+    assert "ran longer than 3 s" in str(exc.value) and "command_timeout_s" in str(exc.value)
+    assert [rc for _, rc in backend.attempts][-1] == remote.BOARD_TIMEOUT_EXIT
+    assert [step for step, _ in backend.attempts].count("measure") <= 2  # (a first-contact check) + one run
+    assert cache_files(env / "cache") == []
+
+
 def test_runner_killed_mid_measurement_retries_once_then_fails(board, env):
     count = env / "attempts"
     py = wrapper(

@@ -48,6 +48,7 @@ MISSING_MARK = "RLPRUNE_EDGE_MISSING"
 RECEIVE_FAILED_EXIT = 87  # copying the runner or a model onto the board failed
 RECEIVE_MARK = "RLPRUNE_EDGE_RECEIVE_FAILED"
 BOARD_BLOB_BYTES = 2 << 30  # bytes of models kept on the board (least recently sent or used go first)
+BOARD_TIMEOUT_EXIT = 124  # coreutils `timeout` on the board stopped the runner
 RUNTIME_MISSING_EXIT = 3  # runner.py: {"error": "missing_runtime", "package": ...}
 _REFUSED_OPTIONS = {"stricthostkeychecking": {"no", "off", "false"}, "userknownhostsfile": {"/dev/null"}}
 _UNREACHABLE = (
@@ -320,7 +321,7 @@ class RemoteBackend:
                 self.ssh_argv(remote_command),
                 input=stdin if stdin is not None else b"",
                 capture_output=True,
-                timeout=timeout + conn.connect_timeout_s,
+                timeout=timeout + conn.connect_timeout_s + 15,  # the board's own timeout fires first
                 check=False,
             )
         except FileNotFoundError:
@@ -456,11 +457,14 @@ class RemoteBackend:
             else:
                 words.append(shlex.quote(a))
         py = remote_command_expr(self.profile.connection.python)
+        limit = max(1, int(timeout or self.profile.connection.command_timeout_s))
         script = (
             'm=""; ' + "; ".join(checks) + "; "
             f'if [ -n "$m" ]; then echo "{MISSING_MARK}$m"; exit {MISSING_EXIT}; fi; '
+            # the board stops an overrunning runner itself (coreutils timeout, where present)
+            + f't=""; command -v timeout >/dev/null 2>&1 && t="timeout -k 5 {limit}"; '
             + "".join(f"mkdir -p {self._path(d)} && " for d in mkdirs)
-            + f"cd {runner_dir} && {py} runner.py {' '.join(words)}"
+            + f"cd {runner_dir} && $t {py} runner.py {' '.join(words)}"
         )
         command, payload, retried = script, None, False
         while True:
@@ -487,6 +491,11 @@ class RemoteBackend:
                     copy_step,
                     f"check that the remote python ({self.profile.connection.python}) runs and that "
                     f"{self.profile.connection.work_dir} on the board is writable and has free space",
+                )
+            if res.rc == BOARD_TIMEOUT_EXIT:
+                raise DeviceError(
+                    f"host {self.host}: step '{step}' ran longer than {limit} s on the board and was stopped; "
+                    "raise [connection] command_timeout_s in the profile or lower the number of runs."
                 )
             if res.rc == RUNTIME_MISSING_EXIT:
                 doc = self._parse_error_doc(res) or {}
