@@ -1,0 +1,43 @@
+"""Shared fixtures: small and generic (tiny data, tiny models, checkpoints in tmp dirs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlprune_edge.data import FASHION_MNIST_DIR
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed (make test installs it when root)",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """Fashion-MNIST limited to 256 train-pool images (230 train / 26 val) and 256 test images."""
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    from rlprune_edge.data import load_data
+
+    return load_data("fashion-mnist", limit=256)
+
+
+@pytest.fixture
+def tiny_vgg():
+    """A randomly initialised VGG-11 at width 0.125 (8..64 channels) and its ModelInfo."""
+    from rlprune_edge.checkpoint import resolve_model
+
+    torch.manual_seed(0)
+    return resolve_model("vgg11", width=0.125)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, tiny_vgg) -> Path:
+    """Path of a saved checkpoint of `tiny_vgg`."""
+    from rlprune_edge.checkpoint import save_checkpoint
+
+    model, info = tiny_vgg
+    return save_checkpoint(tmp_path / "tiny_vgg11.pt", model, info)
