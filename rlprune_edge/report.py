@@ -90,11 +90,15 @@ def plot_pareto(
     return path
 
 
+def _target_text(target: Any) -> str:
+    return str(target.get("text", target)) if isinstance(target, dict) else str(target)
+
+
 def summary_lines(report: dict) -> list[str]:
     """A one-screen human summary of a report."""
     b, f = report["base"], report["final"]
     lines = [
-        f"profile {report['profile']}   target {report['target']}   wall {report['wall_s']:.0f}s",
+        f"profile {report['profile']}   target {_target_text(report['target'])}   wall {report['wall_s']:.0f}s",
         f"{'':10}{'test acc':>10}{'latency ms':>12}{'MFLOPs':>10}{'params':>11}",
         f"{'dense':10}{100 * b['test_acc']:>9.2f}%{b['latency_ms']:>12.3f}{b['flops'] / 1e6:>10.2f}{b['params']:>11,}",
         f"{'pruned':10}{100 * f['test_acc']:>9.2f}%{f['latency_ms']:>12.3f}{f['flops'] / 1e6:>10.2f}{f['params']:>11,}",

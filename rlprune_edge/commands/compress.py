@@ -55,6 +55,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--latency-variants", type=int, default=8, help="pruned variants profiled to fit the latency model")
     p.add_argument("--pareto-test-size", type=int, default=2000,
                    help="test images for each step's point on pareto.png (dense/final use the whole test split)")
+    p.add_argument("--test-images", type=int, default=0,
+                   help="test images for the dense/final accuracy in the report (0 = the whole test split)")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after N search steps, leaving the step checkpoint (continue with --resume)")
     p.add_argument("--no-bundle", action="store_true", help="skip the deployable bundle in OUT/bundle")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -74,10 +78,9 @@ def _fit_latency_model(dense: Any, example_inputs: Any, groups: list, backend: A
         from rlprune_edge.latency import cache as cache_mod
     except ImportError:
         cache_mod = None
-    for name in ("load_or_fit", "get_or_fit", "cached_fit"):
-        fn = getattr(cache_mod, name, None) if cache_mod is not None else None
-        if fn is not None:
-            return fn(dense, example_inputs, groups, backend, profile, n_variants=n_variants, seed=seed)
+    fn = getattr(cache_mod, "get_or_fit", None) if cache_mod is not None else None
+    if fn is not None:
+        return fn(dense, example_inputs, groups, backend, profile, n_variants=n_variants, seed=seed)
     return lm_mod.LatencyModel.fit(dense, example_inputs, groups, backend, profile, n_variants=n_variants, seed=seed)
 
 
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
         info_data = (probe.meta or {}).get("data")
     data_spec = args.data or info_data or "fashion-mnist"
     data = load_data(data_spec, seed=args.seed)
+    torch.manual_seed(args.seed)  # a model *name* is built with random init: make it the same on --resume
     dense, info = resolve_model(model_spec, width=args.width, num_classes=data.num_classes, data=data)
     if tuple(info.input_shape) != tuple(data.input_shape):
         raise UserError(f"model {model_spec} takes inputs {tuple(info.input_shape)} but data {data_spec} gives "
@@ -184,7 +188,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
             _say(f"latency model ready ({time.perf_counter() - t_fit:.0f}s)")
         goal_ms = target.latency_goal_ms(dense_ms)
         if goal_ms is not None:
-            floor_ms = float(latency_model.predict(dict(zip(names, min_keep, strict=True))))
+            floor_ms = float(latency_model.predict(
+                {n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p}))
             verdict = "reachable" if floor_ms <= goal_ms else "NOT reachable by prediction"
             if show:
                 _say(f"target {goal_ms:.3f} ms; smallest allowed model (every group at {m} channels) "
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
                                        int(round(target.value * total0)), m)
             if show:
                 _say(f"sparsity {target.value} predicted latency "
-                     f"{float(latency_model.predict(dict(zip(names, probe_keep, strict=True)))):.3f} ms (uniform split)")
+                     f"{float(latency_model.predict({n: k for n, k, p in zip(names, probe_keep, prunable, strict=True) if p})):.3f} ms (uniform split)")
 
         # --- validated: from here on we write into OUT ----------------------------------------------
         state_dir = out / "search"
@@ -252,7 +257,10 @@ def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: 
         fingerprint = {"model": str(model_spec), "width": args.width, "data": data_spec, "profile": profile.name,
                        "reward": args.reward, "val_size": args.val_size, "step_kd": args.step_kd_batches}
         result = run_search(env, dense, target, weights, dense_fig, config, state_dir, resume=args.resume,
-                            fingerprint=fingerprint, progress=not args.quiet, log=_say)
+                            fingerprint=fingerprint, progress=not args.quiet, log=_say, stop_after=args.stop_after)
+        if args.stop_after is not None and not result.reached and len(result.steps) >= args.stop_after:
+            _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {out}")
+            return 0
         if not result.steps:
             raise UserError("the search made no step (nothing left to prune); check --profile's channel multiple.")
         if not result.reached:
@@ -279,7 +287,8 @@ def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: 
 
     # --- final figures (the test split is used only here, after the search) -------------------------
     student.eval()
-    test_x, test_y = tensors(data.test)
+    test_x, test_y = tensors(data.subset("test", args.test_images, seed=args.seed) if args.test_images
+                             else data.test)
     base_acc = accuracy(dense, test_x, test_y)
     final_acc = accuracy(student, test_x, test_y)
     pareto_x, pareto_y = tensors(data.subset("test", args.pareto_test_size, seed=args.seed))

@@ -133,8 +133,12 @@ class PruneEnv:
     def evaluate(self, model: nn.Module) -> float:
         return accuracy(model, self.val_x, self.val_y, self.config.eval_batch)
 
+    def _lm_keep(self, keep: dict[str, int]) -> dict[str, int]:
+        known = getattr(self.latency_model, "channels", None)
+        return dict(keep) if known is None else {k: v for k, v in keep.items() if k in known}
+
     def predict_ms(self, keep: dict[str, int]) -> float:
-        return float(self.latency_model.predict(keep))
+        return float(self.latency_model.predict(self._lm_keep(keep)))
 
     def flops(self, model: nn.Module) -> int:
         return int(self._count_flops(model, self.input_shape))
@@ -159,7 +163,7 @@ class PruneEnv:
         return float(ms[1].median_ms), float(ratio)
 
     def correct(self, keep: dict[str, int], measured_ms: float) -> None:
-        self.latency_model.correct(keep, measured_ms)
+        self.latency_model.correct(self._lm_keep(keep), measured_ms)
 
     def finetune(self, model: nn.Module, step: int) -> None:
         """Optional short KD of the step's chosen model (`step_kd_batches` batches; 0 = off)."""

@@ -1,0 +1,122 @@
+"""`rlprune-edge compress` end to end on a tiny setting: outputs, bad input, resume == uninterrupted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlprune_edge.cli import main
+
+pytest.importorskip("rlprune_edge.prune")
+pytest.importorskip("rlprune_edge.importance")
+
+PROFILE = """name = "tiny-cpu"
+description = "test profile: ORT CPU, few runs"
+[runtime]
+name = "onnxruntime"
+provider = "CPUExecutionProvider"
+threads = 1
+[input]
+batch = 1
+[pruning]
+channel_multiple = 2
+[measure]
+warmup = 2
+runs = 8
+blocks = 2
+[connection]
+kind = "local"
+[reward]
+latency = 1.0
+"""
+
+TINY = ["--model", "vgg11", "--width", "0.0625", "--latency-variants", "2", "--val-size", "64",
+        "--candidates", "2", "--rounds", "1", "--kd-images", "128", "--pareto-test-size", "64", "--test-images", "200",
+        "--no-bundle", "--quiet"]
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(PROFILE)
+    return tmp_path, str(prof)
+
+
+def test_compress_outputs_and_resume_matches_uninterrupted(env):
+    """One uninterrupted run (checks every output), one cut after a step and resumed: same result."""
+    tmp, prof = env
+    common = [*TINY, "--profile", prof, "--sparsity", "0.4", "--step-ratio", "0.15", "--reward", "accuracy",
+              "--seed", "3"]
+    out = tmp / "full"
+    assert main(["compress", *common, "--out", str(out)]) == 0
+    for name in ("model.pt", "model.onnx", "report.json", "pareto.png"):
+        assert (out / name).stat().st_size > 0, name
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("profile", "target", "base", "final", "measured_speedup", "steps", "wall_s"):
+        assert key in rep
+    for part in ("base", "final"):
+        assert 0.0 <= rep[part]["test_acc"] <= 1.0 and rep[part]["latency_ms"] > 0
+    assert rep["final"]["params"] < rep["base"]["params"] and rep["final"]["flops"] < rep["base"]["flops"]
+    assert len(rep["steps"]) >= 2 and rep["steps"][-1]["sparsity"] >= 0.4 - 0.05
+    for s in rep["steps"]:
+        assert s["measured_latency_ms"] > 0 and s["predicted_latency_ms"] > 0 and 0 <= s["val_acc"] <= 1
+        assert 0 <= s["test_acc"] <= 1
+    from rlprune_edge.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(out / "model.pt")  # weights_only inside
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, *info.input_shape)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(model.eval()(x).detach(), torch.from_numpy(got), atol=1e-4)
+
+    cut = tmp / "cut"
+    assert main(["compress", *common, "--out", str(cut), "--stop-after", "1"]) == 0
+    assert len(json.loads((cut / "search" / "state.json").read_text())["steps"]) == 1
+    assert not (cut / "report.json").exists()
+    assert main(["compress", *common, "--out", str(cut), "--resume"]) == 0
+    full = json.loads((out / "search" / "state.json").read_text())["steps"]
+    resumed = json.loads((cut / "search" / "state.json").read_text())["steps"]
+    assert [s["keep"] for s in resumed] == [s["keep"] for s in full]
+    assert [s["val_acc"] for s in resumed] == [s["val_acc"] for s in full]
+    sa = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    sb = torch.load(cut / "model.pt", weights_only=True)["state_dict"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _nothing_written(out: Path) -> bool:
+    return not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("args", [["--sparsity", "1.5"], ["--sparsity", "0"], ["--target-latency", "fast"],
+                                  ["--target-latency", "2x"]])
+def test_bad_targets_exit_2_and_write_nothing(env, args, capsys):
+    tmp, prof = env
+    out = tmp / "bad"
+    assert main(["compress", *TINY, "--profile", prof, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    assert _nothing_written(out)
+
+
+def test_unreachable_target_and_class_mismatch_exit_2_keep_old_outputs(env, capsys):
+    tmp, prof = env
+    out = tmp / "keep"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    assert main(["compress", *TINY, "--profile", prof, "--target-latency", "0.0001ms", "--out", str(out)]) == 2
+    assert "not reachable" in capsys.readouterr().err
+    from rlprune_edge.checkpoint import resolve_model, save_checkpoint
+
+    model, info = resolve_model("vgg11", width=0.0625, num_classes=5)
+    ckpt = tmp / "five.pt"
+    save_checkpoint(ckpt, model, info)
+    args = [str(ckpt) if a == "vgg11" else a for a in TINY]
+    assert main(["compress", *args, "--profile", prof, "--sparsity", "0.3", "--out", str(out)]) == 2
+    assert "classes" in capsys.readouterr().err
+    assert (out / "report.json").read_text() == "old"
