@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate, train, evaluate on test once, save atomically, print the test accuracy."""
     from rlprune_edge.checkpoint import ModelInfo, check_writable, save_checkpoint
     from rlprune_edge.data import load_data
-    from rlprune_edge.models import build_model, model_input_shape
+    from rlprune_edge.models import build_model, is_model_name, model_input_shape
     from rlprune_edge.train import evaluate, train_model
 
     if args.epochs < 1:
@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--lr must be a positive number, got {args.lr}.")
     if args.limit is not None and args.limit < 2:
         raise UserError(f"--limit must be at least 2, got {args.limit}.")
+    if not is_model_name(args.model):
+        build_model(args.model, args.width)  # raises UserError listing the valid names, before data loads
     out = check_writable(args.out)
     data = load_data(args.data, seed=args.seed, limit=args.limit)
     model = build_model(args.model, args.width, data.num_classes)
