@@ -14,6 +14,7 @@ succeeded; a failed export leaves nothing behind and never touches a previous bu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -532,7 +533,7 @@ def export_bundle(
 
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir)
-    model = model.cpu().eval()
+    model = copy.deepcopy(model).cpu().eval()  # never move or mode-switch the caller's model
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         manifest = _build(

@@ -63,8 +63,11 @@ def quantize_int8(
     per_channel: bool = True,
     calibrate_method: str = "minmax",
     preprocess: bool = True,
+    activations: str = "int8",
 ) -> dict[str, Any]:
-    """Statically quantize an fp32 ONNX model to INT8 (QDQ, S8 weights, U8 activations) at `out_path`.
+    """Statically quantize an fp32 ONNX model to INT8 (QDQ, int8 weights) at `out_path`.
+
+    `activations` is "int8" (S8S8, onnxruntime's recommended default for QDQ) or "uint8" (U8S8).
 
     Calibrated on `calib_images` (normalised float32 NCHW, typically a few hundred training images).
     Returns the settings used (for the manifest). Written atomically.
@@ -77,6 +80,9 @@ def quantize_int8(
                "percentile": CalibrationMethod.Percentile}
     if calibrate_method not in methods:
         raise UserError(f"calibration method {calibrate_method!r} is not one of {', '.join(methods)}.")
+    act_types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if activations not in act_types:
+        raise UserError(f"activation type {activations!r} is not one of int8, uint8.")
     calib_images = np.asarray(calib_images, dtype=np.float32)
     if calib_images.ndim != 4 or len(calib_images) == 0:
         raise UserError("INT8 calibration needs a non-empty (N, C, H, W) array of training images.")
@@ -105,7 +111,7 @@ def quantize_int8(
             reader,
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
+            activation_type=act_types[activations],
             weight_type=QuantType.QInt8,
             calibrate_method=methods[calibrate_method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
@@ -116,7 +122,7 @@ def quantize_int8(
     return {
         "format": "QDQ",
         "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
-        "activations": "uint8 per-tensor",
+        "activations": f"{activations} per-tensor (asymmetric)",
         "calibrate_method": calibrate_method,
         "preprocessed": preprocessed,
         "tool": "onnxruntime.quantization.quantize_static",
