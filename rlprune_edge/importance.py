@@ -40,8 +40,8 @@ def _per_channel(module: nn.Module, kind: str, values: dict[str, torch.Tensor]) 
         if w is None:
             return None
         if kind == IN:  # columns of the weight (conv: dim 1; groups == 1 here)
-            return w.transpose(0, 1).reshape(w.shape[1], -1).sum(1)
-        total = w.reshape(w.shape[0], -1).sum(1)
+            return w.sum(dim=[d for d in range(w.dim()) if d != 1])
+        total = w.sum(dim=list(range(1, w.dim()))) if w.dim() > 1 else w
         return total + b if b is not None else total
     if isinstance(module, nn.PReLU) and module.num_parameters == 1:
         return None
@@ -72,7 +72,7 @@ def _taylor_grads(
 ) -> dict[nn.Module, dict[str, torch.Tensor]]:
     """Per module {'weight': w*g, 'bias': b*g}, gradients summed over the calibration set."""
     params = [p for m in modules for p in _member_params(m)]
-    grads = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    grads: list[torch.Tensor | None] = [None] * len(params)
     modes = {m: m.training for m in model.modules()}
     flags = [p.requires_grad for p in params]
     device = params[0].device if params else torch.device("cpu")
@@ -101,9 +101,9 @@ def _taylor_grads(
                         "check num_classes and the dataset."
                     ) from exc
                 got = torch.autograd.grad(loss, params, allow_unused=True)
-                for acc, g in zip(grads, got, strict=True):
+                for j, g in enumerate(got):
                     if g is not None:
-                        acc += g.detach().to(torch.float64)
+                        grads[j] = g if grads[j] is None else grads[j].add_(g)
                 seen += int(y.shape[0])
     finally:
         for p, flag in zip(params, flags, strict=True):
@@ -119,7 +119,8 @@ def _taylor_grads(
         for attr in ("weight", "bias"):
             p = getattr(m, attr, None)
             if isinstance(p, nn.Parameter):
-                entry[attr] = p.detach().to(torch.float64) * grads[k] / seen
+                g = grads[k]
+                entry[attr] = p.detach() * (g / seen) if g is not None else torch.zeros_like(p)
                 k += 1
         out[m] = entry
     return out

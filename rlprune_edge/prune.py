@@ -150,28 +150,43 @@ def _check_matches(model: nn.Module, groups: Iterable[Group]) -> None:
             )
 
 
-def removal_plan(
+def select_channels(
     groups: Sequence[Group], keep: Mapping[str, int], scores: Mapping[str, torch.Tensor]
-) -> dict[tuple[str, str], torch.Tensor]:
-    """{(module, kind): removed channel indices} for keeping the top-`keep` channels of each group."""
-    parts: dict[tuple[str, str], list[torch.Tensor]] = {}
+) -> dict[str, torch.Tensor]:
+    """{group: sorted indices of the channels to remove}: everything but the top-`keep` by score.
+
+    Ties keep the lower index (stable sort). Groups kept whole are left out.
+    """
+    out: dict[str, torch.Tensor] = {}
     for g in groups:
         k = keep.get(g.name, g.channels)
         if not g.prunable or k >= g.channels:
             continue
         s = scores.get(g.name)
-        if s is None or s.shape != (g.channels,):
+        if not isinstance(s, torch.Tensor) or tuple(s.shape) != (g.channels,):
             raise UserError(
                 f"scores for group {g.name!r} must be a tensor of {g.channels} values; "
-                f"got {None if s is None else tuple(s.shape)}."
+                f"got {type(s).__name__ if not isinstance(s, torch.Tensor) else tuple(s.shape)}."
             )
         order = torch.sort(s.detach().float().cpu(), descending=True, stable=True).indices
-        drop = torch.ones(g.channels, dtype=torch.bool)
-        drop[order[:k]] = False
+        out[g.name] = torch.sort(order[k:]).values
+    return out
+
+
+def removal_plan(
+    groups: Sequence[Group], removed: Mapping[str, torch.Tensor]
+) -> dict[tuple[str, str], torch.Tensor]:
+    """{(module, kind): removed channel indices in the module's own coordinates} for `removed` per group."""
+    parts: dict[tuple[str, str], list[torch.Tensor]] = {}
+    for g in groups:
+        if g.name not in removed:
+            continue
+        drop = torch.zeros(g.channels, dtype=torch.bool)
+        drop[removed[g.name]] = True
         for p in g.plan:
-            removed = p.idxs[drop[p.root_idxs]]
-            if len(removed):
-                parts.setdefault((p.module, p.kind), []).append(removed)
+            idxs = p.idxs[drop[p.root_idxs]]
+            if len(idxs):
+                parts.setdefault((p.module, p.kind), []).append(idxs)
     return {key: torch.unique(torch.cat(v)) for key, v in parts.items()}
 
 
@@ -198,8 +213,8 @@ def prune(
     _check_matches(model, todo)
     if todo and scores is None:
         scores = channel_scores(model, example_inputs, todo, method=importance, calib=calib)
-    plan = removal_plan(todo, aligned, scores or {})
-    return _copy_and_shrink(model, plan)
+    removed = select_channels(todo, aligned, scores or {})
+    return _copy_and_shrink(model, removal_plan(todo, removed))
 
 
 def _copy_and_shrink(model: nn.Module, plan: Mapping[tuple[str, str], torch.Tensor]) -> nn.Module:
@@ -229,4 +244,28 @@ def _copy_and_shrink(model: nn.Module, plan: Mapping[tuple[str, str], torch.Tens
                         if isinstance(t, nn.Parameter)
                         else t.clone()
                     )
+    return pruned
+
+
+def _prune_via_depgraph(
+    model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], removed: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """Reference path (benchmarks and tests): trace a deep copy with Torch-Pruning, prune group by group.
+
+    `removed` is ``select_channels``' output; group names are root modules with identity index maps.
+    """
+    import torch_pruning as tp
+
+    from rlprune_edge.graph import _as_input_tuple
+
+    pruned = copy.deepcopy(model)
+    modes = {m: m.training for m in pruned.modules()}
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(pruned, _as_input_tuple(example_inputs), verbose=False)
+    for m, mode in modes.items():
+        m.training = mode
+    for name, idxs in removed.items():
+        module = pruned.get_submodule(name)
+        pruner = dg.get_pruner_of_module(module)
+        dg.get_pruning_group(module, pruner.prune_out_channels, idxs.tolist()).prune()
     return pruned
