@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--save-each-epoch", action="store_true",
                    help="also write the best-so-far checkpoint (atomically) after every epoch that improves val "
                         "accuracy, so a long run interrupted later still leaves a usable model in --out")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy shared machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -50,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--lr must be a positive number, got {args.lr}.")
     if args.limit is not None and args.limit < 2:
         raise UserError(f"--limit must be at least 2, got {args.limit}.")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}.")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not is_model_name(args.model):
         build_model(args.model, args.width)  # raises UserError listing the valid names, before data loads
     out = check_writable(args.out)
