@@ -164,3 +164,25 @@ def test_model_info_dict_round_trip():
     info = ModelInfo("vgg19", 0.25, 10, (3, 32, 32), (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), list("abcdefghij"),
                      {"features.0": {"in_channels": 3, "out_channels": 4, "groups": 1}}, {"k": 1})
     assert ModelInfo.from_dict(info.to_dict()) == info
+
+
+def test_torchvision_model_round_trip(tmp_path):
+    model, info = resolve_model("torchvision:mobilenet_v3_small", num_classes=4)
+    path = save_checkpoint(tmp_path / "tv.pt", model, info)
+    loaded, info2 = load_checkpoint(path)
+    assert info2.model == "torchvision:mobilenet_v3_small" and info2.layer_shapes is None
+    _same_outputs(model, loaded)
+
+
+def test_default_model_paths(tmp_path, monkeypatch, tiny_vgg):
+    import rlprune_edge.checkpoint as ck
+
+    shipped = ck.default_checkpoint_path()
+    assert shipped.name == "vgg19_w0.25_fashion-mnist.pt" and shipped.parent.name == "assets"
+    # with no shipped asset, a previously cached one is used (no training)
+    monkeypatch.setattr(ck, "default_checkpoint_path", lambda: tmp_path / "absent.pt")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "rlprune-edge" / "vgg19_w0.25_fashion-mnist.pt"
+    model, info = tiny_vgg
+    save_checkpoint(cached, model, info)
+    assert ck.ensure_default_model(progress=False) == cached
