@@ -224,6 +224,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint {path} does not exist; give the path of a .pt file written by rlprune-edge.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}; check its permissions.") from None
     except Exception as exc:  # corrupt zip, pickle error, unsupported global: all mean "not loadable"
         raise UserError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}); "
                         "re-create it with `rlprune-edge train`.") from None

@@ -269,6 +269,13 @@ def _load_cifar(directory: Path, hundred: bool) -> tuple[np.ndarray, np.ndarray,
 
 
 def _load_image_dir(split_dir: Path, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        return _read_image_dir(split_dir, classes)
+    except OSError as exc:
+        raise UserError(f"cannot read image folder {split_dir} ({exc.strerror or exc}); check that it is readable.") from None
+
+
+def _read_image_dir(split_dir: Path, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     if classes is None:

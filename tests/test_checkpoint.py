@@ -186,3 +186,12 @@ def test_default_model_paths(tmp_path, monkeypatch, tiny_vgg):
     model, info = tiny_vgg
     save_checkpoint(cached, model, info)
     assert ck.ensure_default_model(progress=False) == cached
+
+
+def test_unreadable_checkpoint_is_user_error(tiny_checkpoint, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(UserError, match=r"cannot read checkpoint .*tiny_vgg11.pt: Permission denied"):
+        load_checkpoint(tiny_checkpoint)

@@ -142,3 +142,19 @@ def test_imagefolder(tmp_path):
     (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match="broken.png"):
         load_data(f"imagefolder:{tmp_path}")
+
+
+def test_unreadable_imagefolder_is_user_error(tmp_path, monkeypatch):
+    # Tests run as root, where chmod cannot deny reading; simulate the OS refusing the listing instead.
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    real_iterdir = type(tmp_path).iterdir
+
+    def denied(self):
+        if self.name == "train":
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(type(tmp_path), "iterdir", denied)
+    with pytest.raises(UserError, match="cannot read image folder .*train.*Permission denied"):
+        load_data(f"imagefolder:{tmp_path}")
