@@ -103,8 +103,8 @@ def test_bad_input_exits_2_with_one_line(argv, match, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not CLI.exists(), reason="console script not installed in this environment")
-def test_console_script_unreadable_dataset_dir(tmp_path):
-    locked = tmp_path / "locked"
+def test_console_script_imagefolder_without_train(tmp_path):
+    locked = tmp_path / "empty"
     locked.mkdir()
     env = {**os.environ, "RLPRUNE_EDGE_DEBUG": ""}
     proc = subprocess.run([str(CLI), "train", "--model", "vgg11", "--data", f"imagefolder:{locked}", "--epochs", "1",
