@@ -132,6 +132,20 @@ def _op_problem(node: tp.Node) -> str | None:
     return f"operation {gname} on its path may mix or reorder channels"
 
 
+def _tie_kind(node: tp.Node) -> set[str]:
+    """How an op node couples channels of different layers (for the reasons shown to users)."""
+    if node.type == tp.ops.OPTYPE.CONCAT:
+        return {"a concat"}
+    if node.type != tp.ops.OPTYPE.ELEMENTWISE or node.grad_fn is None or len(node.inputs) < 2:
+        return set()
+    gname = re.sub(r"Backward\d*$", "", node.grad_fn.name())
+    if gname in ("Add", "Sub", "Rsub"):
+        return {"a residual add"}
+    if gname in ("Mul", "Div"):
+        return {"a channel-wise multiply (squeeze-excitation)"}
+    return set()
+
+
 def _module_problem(name: str, module: nn.Module) -> str | None:
     """Why the pruner cannot shrink `module`, or None."""
     if not isinstance(module, _SUPPORTED_MODULES):
@@ -141,6 +155,21 @@ def _module_problem(name: str, module: nn.Module) -> str | None:
             return f"transposed conv {name} is not supported"
         if module.groups > 1 and not (module.groups == module.in_channels == module.out_channels):
             return f"grouped conv {name} (groups={module.groups}) is not supported"
+    return None
+
+
+def _mapping_problem(name: str, module: nn.Module, item: _RawItem, pruner: object) -> str | None:
+    """Index maps must stay inside the member and, on the output side, be one-to-one."""
+    out_side = item.handler == pruner.prune_out_channels or _is_depthwise(module)
+    size = pruner.get_out_channels(module) if out_side else pruner.get_in_channels(module)
+    bad = size is not None and (not item.idxs or max(item.idxs) >= size or min(item.idxs) < 0)
+    if out_side and len(set(item.root_idxs)) != len(item.root_idxs):
+        bad = True
+    # a (non-depthwise) conv/linear's outputs move as a whole: all of them belong to this group
+    if out_side and not _is_depthwise(module) and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        bad = bad or len(set(item.idxs)) != size
+    if bad:
+        return f"channel counts do not line up at {name} (a broadcast or reshape across channels?)"
     return None
 
 
@@ -310,37 +339,43 @@ def prunable_groups(
 
     rows: list[Group] = []
     followers: dict[str, list[str]] = {}
+    tied_by: dict[str, set[str]] = {}
     for raw in _raw_groups(dg):
         channels = len(raw[0].idxs)
         plan: list[MemberPlan] = []
         problems: list[str] = []
         produces_output = False
+        ties: set[str] = set()
         out_layers: list[str] = []
         in_layers: list[str] = []
         for item in raw:
             node = item.node
             module = node.module
-            if node.type == tp.ops.OPTYPE.OUTPUT:
+            if node.type == tp.ops.OPTYPE.OUTPUT:  # the output is a non-module op (flatten, add, ...)
+                produces_output = True
                 continue
             mname = names.get(module) if isinstance(module, nn.Module) else None
             if mname is None:
+                ties.update(_tie_kind(node))
                 problem = _op_problem(node)
                 if problem:
                     problems.append(problem)
                 continue
-            problem = _module_problem(mname, module)
-            if problem:
-                problems.append(problem)
-                continue
             pruner = dg.get_pruner_of_module(module)
             if _is_depthwise(module):
                 kind = DEPTHWISE
-            elif item.handler == pruner.prune_out_channels:
+            elif pruner is not None and item.handler == pruner.prune_out_channels:
                 kind = OUT
             else:
                 kind = IN
             if kind != IN and node.grad_fn in out_fns:
                 produces_output = True
+            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+                (in_layers if kind == IN else out_layers).append(mname)
+            problem = _module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
+            if problem:
+                problems.append(problem)
+                continue
             plan.append(
                 MemberPlan(
                     module=mname,
@@ -349,8 +384,6 @@ def prunable_groups(
                     root_idxs=torch.as_tensor(list(item.root_idxs), dtype=torch.long),
                 )
             )
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-                (in_layers if kind == IN else out_layers).append(mname)
         plan.sort(key=lambda p: (order.get(p.module, 0), p.kind))
         full = torch.arange(channels)
         identity_outs = [
@@ -358,7 +391,7 @@ def prunable_groups(
             for p in plan
             if p.kind in (OUT, DEPTHWISE)
             and isinstance(_get(model, p.module), (nn.modules.conv._ConvNd, nn.Linear))
-            and len(p.idxs) == channels
+            and len(p.idxs) == channels == _out_size(_get(model, p.module))
             and torch.equal(p.idxs, full)
             and torch.equal(p.root_idxs, full)
         ]
@@ -393,17 +426,19 @@ def prunable_groups(
         for n in dict.fromkeys(out_layers):
             if n != name:
                 followers.setdefault(n, []).append(name)
+                tied_by.setdefault(n, set()).update(ties)
 
     for n, leaders in followers.items():
         module = _get(model, n)
         if _is_depthwise(module):
             reason = f"depthwise conv follows its producer group {', '.join(leaders)}"
         else:
-            reason = f"output channels are coupled to group {', '.join(leaders)} (residual add / concat)"
+            how = " and ".join(sorted(tied_by.get(n, ()))) or "a shared consumer"
+            reason = f"output channels are tied to group {', '.join(leaders)} by {how}"
         rows.append(
             Group(
                 name=n,
-                channels=int(module.out_channels if hasattr(module, "out_channels") else module.out_features),
+                channels=_out_size(module),
                 prunable=False,
                 reason=reason,
                 members=[],
@@ -413,6 +448,10 @@ def prunable_groups(
         )
     rows.sort(key=lambda g: order.get(g.name, len(order)))
     return rows
+
+
+def _out_size(module: nn.Module) -> int:
+    return int(module.out_channels if hasattr(module, "out_channels") else module.out_features)
 
 
 def _get(model: nn.Module, name: str) -> nn.Module:
