@@ -313,13 +313,38 @@ def build_engine(
             f"TensorRT engine build failed for profile {profile.name!r}: "
             f"{doc.get('message') or doc.get('error') or 'unknown error'}."
         )
-    return engine_provenance(doc if isinstance(doc, dict) else {}, runner.collect_facts())
+    facts = runner.collect_facts()
+    if not facts.get("gpu_name"):
+        name = local_gpu_name()
+        if name:
+            facts["gpu_name"] = name
+    return engine_provenance(doc if isinstance(doc, dict) else {}, facts)
+
+
+def local_gpu_name() -> str | None:
+    """Name of this machine's first NVIDIA GPU (nvidia-smi, else pycuda); None when neither answers."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=False)
+        if res.returncode == 0 and res.stdout.strip():
+            return res.stdout.strip().splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return str(cuda.Device(0).name())
+    except Exception:  # no pycuda, no driver, no device: the caller reports the missing name
+        return None
 
 
 def engine_provenance(build_doc: dict, facts: dict) -> dict:
     """TensorRT version and GPU name for the manifest, from the builder's reply and the device facts."""
     packages = facts.get("packages") or {}
-    out = {k: v for k, v in build_doc.items() if k not in ("device",) and not isinstance(v, (dict, list))}
+    out = {k: v for k, v in build_doc.items() if k not in ("device", "engine") and not isinstance(v, (dict, list))}
     out["tensorrt_version"] = build_doc.get("tensorrt_version") or packages.get("tensorrt")
     out["gpu_name"] = build_doc.get("gpu_name") or facts.get("gpu_name") or facts.get("board_model")
     for key in ("l4t_release", "jetpack", "hostname"):
@@ -673,8 +698,10 @@ def _build(
             from rlprune_edge.quantize import save_calibration
 
             calib_path = tmp_dir / ".calib.npy"
-            save_calibration(collect_images(data, "train", calib_images, shuffle=True).numpy(), calib_path)
-            calibration = {"images": calib_images, "split": "train", "method": "TensorRT entropy calibrator"}
+            calib_arr = collect_images(data, "train", calib_images, shuffle=True).numpy()
+            save_calibration(calib_arr, calib_path)
+            calibration = {"images": int(calib_arr.shape[0]), "split": "train",
+                           "file": "float32 N x C x H x W normalised training images (.npy), not kept in the bundle"}
         engine_path = tmp_dir / "model.engine"
         say(f"building a TensorRT {precision} engine on {profile.name}")
         builder = engine_builder or build_engine

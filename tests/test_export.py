@@ -287,6 +287,29 @@ def test_local_engine_build_without_tensorrt_is_a_device_error(tmp_path):
     assert not (tmp_path / "m.engine").exists()
 
 
+def test_local_engine_build_calls_the_board_runner(tmp_path, monkeypatch):
+    """The in-process path: runner argv, calib passed through, provenance from reply + facts."""
+    from rlprune_edge.board import runner
+
+    seen = {}
+
+    def fake_run(argv):
+        seen["argv"] = argv
+        out = argv[argv.index("--out") + 1]
+        Path(out).write_bytes(b"engine")
+        return 0, {"engine": out, "bytes": 6, "tensorrt_version": "10.0.1", "precision": "int8"}
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(runner, "collect_facts", lambda: {"packages": {"tensorrt": "10.0.1"}})
+    monkeypatch.setattr("rlprune_edge.export.local_gpu_name", lambda: "NVIDIA RTX A2000")
+    calib = save_calibration(np.zeros((4, 3, 8, 8), np.float32), tmp_path / "c.npy")
+    got = build_engine(load_profile("desktop-gpu-tensorrt"), tmp_path / "m.onnx", tmp_path / "m.engine", "int8", calib)
+    argv = seen["argv"]
+    assert argv[:2] == ["build-engine", "--onnx"] and argv[argv.index("--precision") + 1] == "int8"
+    assert argv[argv.index("--calib") + 1] == str(calib) and argv[argv.index("--workspace-mb") + 1] == "2048"
+    assert got["tensorrt_version"] == "10.0.1" and got["gpu_name"] == "NVIDIA RTX A2000" and "engine" not in got
+
+
 def test_engine_provenance_from_builder_and_facts():
     facts = {"board_model": "NVIDIA Jetson Orin Nano Developer Kit", "packages": {"tensorrt": "8.6.2"},
              "l4t_release": "R36.3.0"}
@@ -328,7 +351,7 @@ def _load_classify():
     return mod
 
 
-def _png(img: np.ndarray, color: int) -> bytes:
+def _png(img: np.ndarray, color: int, palette: np.ndarray | None = None) -> bytes:
     """Encode uint8 H x W x C as PNG, cycling through all five row filters."""
     h, w, c = img.shape
     bpp = c
@@ -359,7 +382,8 @@ def _png(img: np.ndarray, color: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+    plte = chunk(b"PLTE", palette.astype(np.uint8).tobytes()) if palette is not None else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)) + plte
             + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
 
 
@@ -375,6 +399,10 @@ def test_classify_png_decoder_all_filters(tmp_path):
     rgba = rng.integers(0, 256, (4, 5, 4), dtype=np.uint8)
     (tmp_path / "a.png").write_bytes(_png(rgba, 6))
     assert np.array_equal(cls.read_png(str(tmp_path / "a.png")), rgba[:, :, :3])
+    palette = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+    idx = rng.integers(0, 16, (5, 6, 1), dtype=np.uint8)
+    (tmp_path / "p.png").write_bytes(_png(idx, 3, palette))
+    assert np.array_equal(cls.read_png(str(tmp_path / "p.png")), palette[idx[:, :, 0]])
 
 
 def test_classify_script_runs_on_a_bundle(vgg_bundle, fm, tmp_path):
