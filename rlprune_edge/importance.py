@@ -86,11 +86,16 @@ def _taylor_grads(
             for i, batch in enumerate(calib):
                 if max_batches is not None and i >= max_batches:
                     break
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise UserError("calibration data must yield (inputs, labels) batches.")
+                x, y = batch[0], batch[1]
                 try:
-                    x, y = batch[0], batch[1]
-                except (TypeError, IndexError, KeyError) as exc:
-                    raise UserError("calibration data must yield (inputs, labels) batches.") from exc
-                out = model(x.to(device))
+                    out = model(x.to(device))
+                except (RuntimeError, ValueError, AttributeError) as exc:
+                    raise UserError(
+                        f"calibration inputs of shape {tuple(getattr(x, 'shape', ()))} do not fit the model "
+                        f"({type(exc).__name__}: {str(exc)[:120]}); pass batches shaped like the model input."
+                    ) from exc
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 try:
