@@ -69,8 +69,8 @@ def _accumulate(
 
 def _taylor_grads(
     model: nn.Module, modules: list[nn.Module], calib: Iterable, seed: int, max_batches: int | None
-) -> dict[nn.Module, dict[str, torch.Tensor]]:
-    """Per module {'weight': w*g, 'bias': b*g}, gradients summed over the calibration set."""
+) -> tuple[dict[nn.Module, dict[str, torch.Tensor]], int]:
+    """Per module {'weight': w*g, 'bias': b*g} (gradients summed over the calibration set), sample count."""
     params = [p for m in modules for p in _member_params(m)]
     grads: list[torch.Tensor | None] = [None] * len(params)
     modes = {m: m.training for m in model.modules()}
@@ -125,10 +125,10 @@ def _taylor_grads(
             p = getattr(m, attr, None)
             if isinstance(p, nn.Parameter):
                 g = grads[k]
-                entry[attr] = p.detach() * (g / seen) if g is not None else torch.zeros_like(p)
+                entry[attr] = p.detach() * g if g is not None else torch.zeros_like(p)
                 k += 1
         out[m] = entry
-    return out
+    return out, seen
 
 
 def channel_scores(
@@ -165,6 +165,6 @@ def channel_scores(
         return {g.name: _accumulate(g, model, values, filters_only=True).float() for g in groups}
     if calib is None:
         raise UserError("Taylor importance needs calibration data: pass calib=(inputs, labels) batches, or use importance='l1'.")
-    values = _taylor_grads(model, modules, calib, seed, max_batches)
-    return {g.name: _accumulate(g, model, values, filters_only=False).abs().float() for g in groups}
+    values, seen = _taylor_grads(model, modules, calib, seed, max_batches)
+    return {g.name: (_accumulate(g, model, values, filters_only=False).abs() / seen).float() for g in groups}
 
