@@ -129,8 +129,10 @@ def parse_profile_events(events: list[dict[str, Any]]) -> dict[str, dict[str, An
     return out
 
 
-def per_layer_times(ort, model: str, opts: dict[str, Any], *, warmup: int, runs: int, batch=None, shape=None) -> list[dict[str, Any]]:
-    """Per executed node: median kernel time over profiled runs, mapped back to ONNX nodes."""
+def per_layer_times(ort, model: str, opts: dict[str, Any], *, warmup: int, runs: int, batch=None, shape=None
+                    ) -> tuple[list[dict[str, Any]], list[float]]:
+    """Per executed node: median kernel time over profiled runs, mapped back to ONNX nodes; plus the
+    end-to-end times of those same runs (so the layer sum can be compared within one window)."""
     tmp = tempfile.mkdtemp(prefix="rlprune-ortprof-")
     try:
         so = session_options(ort, threads=opts["threads"], inter_op_threads=opts["inter_op_threads"],
@@ -143,8 +145,7 @@ def per_layer_times(ort, model: str, opts: dict[str, Any], *, warmup: int, runs:
         feeds = make_feeds(sess, batch, shape)
         for _ in range(warmup):
             sess.run(None, feeds)
-        for _ in range(runs):
-            sess.run(None, feeds)
+        e2e = protocol.time_runs(lambda: sess.run(None, feeds), runs)
         profile_path = sess.end_profiling()
         with open(profile_path) as fh:
             events = json.load(fh)
@@ -167,7 +168,7 @@ def per_layer_times(ort, model: str, opts: dict[str, Any], *, warmup: int, runs:
                 "median_ms": float(np.median(durs)) / 1e3 if durs else 0.0,
                 "onnx_nodes": mapping.get(name, []),
             })
-        return layers
+        return layers, e2e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -180,9 +181,11 @@ def measure(model: str, opts: dict[str, Any], *, warmup: int, runs: int, per_lay
     for _ in range(warmup):
         m()
     result = protocol.summarize(protocol.time_runs(m, runs))
-    result["per_layer"] = (
-        per_layer_times(ort, model, opts, warmup=min(warmup, 10), runs=runs, batch=batch, shape=shape) if per_layer else []
-    )
+    result["per_layer"] = []
+    if per_layer:
+        layers, e2e = per_layer_times(ort, model, opts, warmup=min(warmup, 10), runs=runs, batch=batch, shape=shape)
+        result["per_layer"] = layers
+        result["per_layer_e2e_median_ms"] = float(np.median(e2e))
     result["runtime"] = runtime_info(ort, opts["provider"], opts["threads"])
     return result
 

@@ -72,6 +72,7 @@ def format_table(m, profile_name: str, model: str) -> str:
             share = 100.0 * layer.median_ms / total if total > 0 else 0.0
             nodes = ", ".join(layer.onnx_nodes) if layer.onnx_nodes else "(inserted by the runtime)"
             lines.append(f"{layer.name[:42]:<42} {layer.op[:18]:<18} {layer.median_ms:9.4f} {share:5.1f}%  {nodes}")
+        ref = m.per_layer_e2e_median_ms or m.median_ms
         lines.append(f"{'sum of layers':<61} {total:9.4f}        "
-                     f"({100.0 * total / m.median_ms:.0f}% of the end-to-end median)")
+                     f"({100.0 * total / ref:.0f}% of the end-to-end median of the profiled runs, {ref:.3f} ms)")
     return "\n".join(lines)

@@ -31,6 +31,8 @@ class Measurement:
     """One model's latency: summary statistics, raw samples, per-layer times and device facts.
 
     ``ratio`` is set by ``compare``: this model's latency over the first model's, from interleaved blocks.
+    ``per_layer_e2e_median_ms`` is the end-to-end median of the profiled runs the per-layer times
+    come from (the same window, so the layer sum can be checked against it).
     """
 
     median_ms: float
@@ -41,12 +43,14 @@ class Measurement:
     device: dict[str, Any] = field(default_factory=dict)
     runtime: dict[str, Any] = field(default_factory=dict)
     ratio: float | None = None
+    per_layer_e2e_median_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able document (the runner's and `bench --json`'s shape)."""
         d = asdict(self)
-        if d["ratio"] is None:
-            del d["ratio"]
+        for key in ("ratio", "per_layer_e2e_median_ms"):
+            if d[key] is None:
+                del d[key]
         return d
 
     def to_json(self) -> str:
@@ -71,6 +75,8 @@ class Measurement:
                 device=dict(d.get("device", {})),
                 runtime=dict(d.get("runtime", {})),
                 ratio=None if d.get("ratio") is None else float(d["ratio"]),
+                per_layer_e2e_median_ms=None if d.get("per_layer_e2e_median_ms") is None
+                else float(d["per_layer_e2e_median_ms"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a measurement document: {exc}") from None

@@ -38,6 +38,7 @@ WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 OUT_BLOCK = 8
 IN_BLOCK = 4
 FORMAT_VERSION = 1
+OVERHEAD = "__overhead__"  # time of a run outside the node kernels (dispatch, thread sync, copies)
 
 
 def _ceil(x: float, m: int) -> float:
@@ -95,6 +96,8 @@ def slot_feature(d: dict[str, Any], cin: float, cout: float, align: bool = True)
     """The work of one node with channels rounded up to the runtime's blocking."""
     ob, ib = (OUT_BLOCK, IN_BLOCK) if align else (1, 1)
     op = d["op"]
+    if op == OVERHEAD:
+        return 0.0
     if op in WEIGHTED:
         g = int(d.get("groups", 1))
         if g == -1 or (g > 1 and g == int(d.get("cin", 0))):  # depthwise: groups follow the channels
@@ -203,7 +206,7 @@ class Slot:
 
 def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Least squares y = a + b x with b >= 0 and a >= 0 fallbacks; constant x -> mean."""
-    if np.ptp(x) <= 1e-12 * max(1.0, float(np.max(np.abs(x)))):
+    if not _varies(x):
         return float(np.mean(y)), 0.0
     b, a = np.polyfit(x, y, 1)
     if b < 0:
@@ -212,6 +215,36 @@ def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         b = float(np.dot(x, y) / np.dot(x, x))
         return 0.0, b
     return float(a), float(b)
+
+
+def _varies(x: np.ndarray) -> bool:
+    return bool(np.ptp(x) > 1e-12 * max(1.0, float(np.max(np.abs(x)))))
+
+
+def _fit_slots(specs: dict[str, tuple[dict[str, Any], DimMap, DimMap, np.ndarray, np.ndarray]],
+               scales: np.ndarray) -> dict[str, Slot]:
+    """Per-slot lines; a slot whose work never changed in the fit variants (e.g. an alignment step
+    never crossed) borrows the shape of its op family's pooled line, scaled through its own point."""
+    pooled: dict[bool, tuple[list[float], list[float]]] = {True: ([], []), False: ([], [])}
+    for node, _cin, _cout, x, y in specs.values():
+        if node["op"] != OVERHEAD and _varies(x):
+            fam = pooled[node["op"] in WEIGHTED]
+            fam[0].extend(x.tolist())
+            fam[1].extend((y * scales).tolist())
+    family_line = {k: _fit_line(np.asarray(v[0]), np.asarray(v[1])) if len(v[0]) >= 2 else (0.0, 0.0)
+                   for k, v in pooled.items()}
+    slots = {}
+    for n, (node, cin, cout, x, y) in specs.items():
+        ys = y * scales
+        if _varies(x) or node["op"] == OVERHEAD:
+            a, b = _fit_line(x, ys)
+        else:
+            fa, fb = family_line[node["op"] in WEIGHTED]
+            x0, y0 = float(x[0]), float(np.mean(ys))
+            base = fa + fb * x0
+            a, b = (y0 * fa / base, y0 * fb / base) if base > 0 and fb > 0 else (y0, 0.0)
+        slots[n] = Slot(node, cin, cout, a, b)
+    return slots
 
 
 def architecture_hash(model: Any, input_shape: Sequence[int]) -> str:
@@ -223,6 +256,26 @@ def architecture_hash(model: Any, input_shape: Sequence[int]) -> str:
     for name, p in model.named_parameters():
         h.update(f"{name}:{tuple(p.shape)};".encode())
     return h.hexdigest()[:16]
+
+
+def interleave_blocks(profile: Any, runs: int) -> int:
+    """Blocks for A/B comparisons: the profile's, or finer (4 runs per block) when that is more.
+
+    Short blocks cancel load changes on a shared machine better than a few long ones.
+    """
+    return max(int(profile.measure.blocks), runs // 4)
+
+
+def staircase_keep(groups: Sequence[Any]) -> dict[str, int]:
+    """Keep counts that differ between groups of equal width (group j drops j mod (channels/2 + 1)).
+
+    One such variant among the random ones makes every group's keep sequence distinct, so the
+    channel maps of the ONNX nodes are identified even for narrow groups.
+    """
+    keep = {}
+    for j, g in enumerate(gr for gr in groups if getattr(gr, "prunable", True)):
+        keep[g.name] = max(1, g.channels - (j % (g.channels // 2 + 1)))
+    return keep
 
 
 def random_keep(groups: Sequence[Any], rng: np.random.Generator, low: float = 0.25, multiple: int = 1) -> dict[str, int]:
@@ -360,10 +413,7 @@ class LatencyModel:
         scales = np.ones(len(samples))
         slots: dict[str, Slot] = {}
         for _ in range(rescale_iters + 1):
-            slots = {}
-            for n, (node, cin, cout, x, y) in specs.items():
-                a, b = _fit_line(x, y * scales)
-                slots[n] = Slot(node, cin, cout, a, b)
+            slots = _fit_slots(specs, scales)
             pred = np.asarray([sum(s.predict(k) for s in slots.values()) for k in keeps])
             meas = np.asarray([sum(y[v] for *_, y in specs.values()) for v in range(len(samples))])
             new = pred / np.maximum(meas, 1e-12)
@@ -396,12 +446,13 @@ class LatencyModel:
         rng = np.random.default_rng(seed)
         runs = runs or max(30, min(profile.measure.runs, 100))
         warmup = min(profile.measure.warmup, 20)
+        blocks = interleave_blocks(profile, runs)
         samples = []
         dense_ratios_ms: list[float] = []
         with tempfile.TemporaryDirectory(prefix="rlprune-latfit-") as tmp:
             dense_path = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
-            keeps: list[dict[str, int]] = [{}]
-            keeps += [random_keep(prunable, rng) for _ in range(n_variants)]
+            keeps: list[dict[str, int]] = [{}, staircase_keep(prunable)]
+            keeps += [random_keep(prunable, rng) for _ in range(n_variants - 1)]
             dense_ms = None
             for i, keep in enumerate(keeps):
                 if progress:
@@ -414,15 +465,20 @@ class LatencyModel:
                 dims = onnx_node_dims(path)
                 prof = backend.measure(path, warmup=warmup, runs=runs, per_layer=True)
                 if i == 0:
-                    cmp = backend.compare([dense_path], blocks=profile.measure.blocks, warmup=warmup, runs=runs)
+                    cmp = backend.compare([dense_path], blocks=blocks, warmup=warmup, runs=runs)
                     dense_ms = cmp[0].median_ms
                     ratio = 1.0
                 else:
-                    cmp = backend.compare([dense_path, path], blocks=profile.measure.blocks, warmup=warmup, runs=runs)
+                    cmp = backend.compare([dense_path, path], blocks=blocks, warmup=warmup, runs=runs)
                     ratio = float(cmp[1].ratio)
                     dense_ratios_ms.append(cmp[0].median_ms)
                 compute = {n for n, d in dims.items() if d["op"] in WEIGHTED}
                 times = slot_times(prof.per_layer, compute)
+                window = getattr(prof, "per_layer_e2e_median_ms", None)
+                if window:
+                    times[OVERHEAD] = max(0.0, float(window) - sum(times.values()))
+                    dims = {**dims, OVERHEAD: {"op": OVERHEAD, "cin": 0, "cout": 0, "groups": 1, "k": 1,
+                                               "hw_out": 1, "hw_in": 1}}
                 total = sum(times.values())
                 scale = (ratio * dense_ms / total) if total > 0 else 1.0
                 samples.append(({g: keep.get(g, c) for g, c in channels.items()}, dims,
@@ -461,6 +517,7 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
     rng = np.random.default_rng(seed)
     runs = runs or max(30, min(profile.measure.runs, 100))
     warmup = min(profile.measure.warmup, 20)
+    blocks = interleave_blocks(profile, runs)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlprune-latcheck-") as tmp:
         dense_path = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
@@ -470,7 +527,7 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
             keep = random_keep(prunable, rng)
             pruned = pruner(model, example_inputs, keep, importance="l1")
             path = export_onnx(pruned, Path(tmp) / f"c{i}.onnx", shape, batch=profile.input.batch)
-            cmp = backend.compare([dense_path, path], blocks=profile.measure.blocks, warmup=warmup, runs=runs)
+            cmp = backend.compare([dense_path, path], blocks=blocks, warmup=warmup, runs=runs)
             measured = float(cmp[1].ratio) * lm.dense_ms
             predicted = lm.predict(keep)
             rows.append({"predicted_ms": predicted, "measured_ms": measured, "rel_error": predicted / measured - 1.0,
