@@ -195,3 +195,15 @@ def test_unreadable_checkpoint_is_user_error(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(torch, "load", denied)
     with pytest.raises(UserError, match=r"cannot read checkpoint .*tiny_vgg11.pt: Permission denied"):
         load_checkpoint(tiny_checkpoint)
+
+
+def test_saved_file_mode_follows_umask(tmp_path, tiny_vgg):
+    import os
+
+    model, info = tiny_vgg
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "mode.pt", model, info)
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
