@@ -117,15 +117,32 @@ class _Model:
 
 
 def parse_profile_events(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Node kernel times from an ORT profile: name -> {op, durations_us[]} (one entry per run)."""
+    """Node times from an ORT profile: name -> {op, durations_us[], wall_us[]} (one entry per run).
+
+    ``durations_us`` is the kernel time ORT reports (``_kernel_time`` events, ``dur``); ``wall_us`` adds
+    the gap since the previous node ended (or the run started), i.e. the dispatch overhead of that
+    node, so that a run's wall times add up to its ``model_run`` duration less the tail.
+    """
+    runs = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    nodes = sorted((e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
+                   key=lambda e: float(e.get("ts", 0)))
     out: dict[str, dict[str, Any]] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
-            continue
+    prev_end = None
+    run_idx = -1
+    for e in nodes:
+        ts, dur = float(e.get("ts", 0)), float(e.get("dur", 0))
+        while run_idx + 1 < len(runs) and runs[run_idx + 1][0] <= ts:
+            run_idx += 1
+            prev_end = runs[run_idx][0]
         name = e["name"][: -len("_kernel_time")]
         args = e.get("args", {})
-        entry = out.setdefault(name, {"op": args.get("op_name", ""), "durations_us": [], "provider": args.get("provider", "")})
-        entry["durations_us"].append(float(e.get("dur", 0)))
+        entry = out.setdefault(name, {"op": args.get("op_name", ""), "durations_us": [], "wall_us": [],
+                                      "provider": args.get("provider", "")})
+        entry["durations_us"].append(dur)
+        start = prev_end if prev_end is not None and prev_end <= ts else ts
+        entry["wall_us"].append(ts + dur - start)
+        prev_end = ts + dur
     return out
 
 
@@ -159,13 +176,15 @@ def per_layer_times(ort, model: str, opts: dict[str, Any], *, warmup: int, runs:
                 mapping = {}
         layers = []
         for name, info in nodes.items():
-            durs = info["durations_us"]
+            durs, wall = info["durations_us"], info["wall_us"]
             if len(durs) >= total_runs:  # drop warm-up runs (events are in run order)
-                durs = durs[len(durs) - runs * (len(durs) // total_runs):]
+                keep_from = len(durs) - runs * (len(durs) // total_runs)
+                durs, wall = durs[keep_from:], wall[keep_from:]
             layers.append({
                 "name": name,
                 "op": info["op"],
                 "median_ms": float(np.median(durs)) / 1e3 if durs else 0.0,
+                "wall_ms": float(np.median(wall)) / 1e3 if wall else 0.0,
                 "onnx_nodes": mapping.get(name, []),
             })
         return layers, e2e

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         doc["profile"] = profile.name
         if args.per_layer:
             doc["per_layer_sum_ms"] = m.per_layer_sum_ms
+            doc["per_layer_wall_sum_ms"] = m.per_layer_wall_sum_ms
         sys.stdout.write(json.dumps(doc) + "\n")
         return 0
     print(format_table(m, profile.name, args.model))
@@ -67,12 +68,16 @@ def format_table(m, profile_name: str, model: str) -> str:
     if m.per_layer:
         total = m.per_layer_sum_ms
         lines.append("")
-        lines.append(f"{'layer':<42} {'op':<18} {'ms':>9} {'%':>6}  onnx nodes")
+        lines.append(f"{'layer':<42} {'op':<18} {'ms':>9} {'wall ms':>9} {'%':>6}  onnx nodes")
         for layer in m.per_layer:
             share = 100.0 * layer.median_ms / total if total > 0 else 0.0
             nodes = ", ".join(layer.onnx_nodes) if layer.onnx_nodes else "(inserted by the runtime)"
-            lines.append(f"{layer.name[:42]:<42} {layer.op[:18]:<18} {layer.median_ms:9.4f} {share:5.1f}%  {nodes}")
+            wall = f"{layer.wall_ms:9.4f}" if layer.wall_ms is not None else f"{'':9}"
+            lines.append(f"{layer.name[:42]:<42} {layer.op[:18]:<18} {layer.median_ms:9.4f} {wall} {share:5.1f}%  {nodes}")
         ref = m.per_layer_e2e_median_ms or m.median_ms
-        lines.append(f"{'sum of layers':<61} {total:9.4f}        "
-                     f"({100.0 * total / ref:.0f}% of the end-to-end median of the profiled runs, {ref:.3f} ms)")
+        wall_sum = m.per_layer_wall_sum_ms
+        lines.append(f"{'sum of layers':<61} {total:9.4f} " + (f"{wall_sum:9.4f}" if wall_sum is not None else f"{'':9}")
+                     + f"        (kernel sum {100.0 * total / ref:.0f}%"
+                     + (f", wall sum {100.0 * wall_sum / ref:.0f}%" if wall_sum is not None else "")
+                     + f" of the end-to-end median of the profiled runs, {ref:.3f} ms)")
     return "\n".join(lines)

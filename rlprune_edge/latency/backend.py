@@ -24,6 +24,7 @@ class LayerTime:
     op: str
     median_ms: float
     onnx_nodes: list[str] = field(default_factory=list)
+    wall_ms: float | None = None  # kernel + the dispatch gap before it (ORT), when the runtime reports it
 
 
 @dataclass
@@ -63,7 +64,8 @@ class Measurement:
         try:
             layers = [
                 LayerTime(name=str(x["name"]), op=str(x.get("op", "")), median_ms=float(x["median_ms"]),
-                          onnx_nodes=list(x.get("onnx_nodes", [])))
+                          onnx_nodes=list(x.get("onnx_nodes", [])),
+                          wall_ms=None if x.get("wall_ms") is None else float(x["wall_ms"]))
                 for x in d.get("per_layer", [])
             ]
             return cls(
@@ -90,6 +92,13 @@ class Measurement:
     def per_layer_sum_ms(self) -> float:
         """Sum of per-layer medians (compare with `median_ms`)."""
         return float(sum(layer.median_ms for layer in self.per_layer))
+
+    @property
+    def per_layer_wall_sum_ms(self) -> float | None:
+        """Sum of per-layer wall medians (kernel + dispatch gap), when the runtime reports them."""
+        if not self.per_layer or any(layer.wall_ms is None for layer in self.per_layer):
+            return None
+        return float(sum(layer.wall_ms or 0.0 for layer in self.per_layer))
 
 
 def measurements_from_runner(doc: Any) -> list[Measurement]:
