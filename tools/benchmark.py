@@ -60,7 +60,7 @@ METHOD_STYLE = MappingProxyType({
 MET_TOLERANCE = 1.05  # a final measurement within 5 % of the target counts as meeting it (measurement noise)
 FULL_DEFAULTS = MappingProxyType({
     "models": "vgg19:0.25,resnet56:0.5,mobilenetv3_large:0.5", "targets": "0.7,0.5,0.3", "seeds": "0",
-    "sparsities": "0.2,0.4,0.6,0.8", "profile": "host-cpu", "train_epochs": 15, "train_limit": 0,
+    "sparsities": "0.2,0.4,0.6,0.8", "profile": "host-cpu", "train_epochs": 5, "train_limit": 0,
     "kd_epochs": 1, "kd_images": 12000, "steps": 60, "step_ratio": 0.06, "candidates": 4, "rounds": 2,
     "val_size": 1000, "latency_variants": 8, "test_images": 0, "pareto_test_size": 2000,
     "fidelity_variants": 30, "fidelity_fit_variants": 8, "uniform_iterations": 6, "uniform_max_ratio": 0.9,
@@ -68,7 +68,7 @@ FULL_DEFAULTS = MappingProxyType({
 })
 QUICK_DEFAULTS = MappingProxyType({
     "models": "vgg11:0.125", "targets": "0.7", "seeds": "0", "sparsities": "0.4", "profile": "",
-    "train_epochs": 1, "train_limit": 3000, "kd_epochs": 1, "kd_images": 256, "steps": 8, "step_ratio": 0.15,
+    "train_epochs": 1, "train_limit": 2000, "kd_epochs": 1, "kd_images": 256, "steps": 8, "step_ratio": 0.15,
     "candidates": 2, "rounds": 1, "val_size": 100, "latency_variants": 2, "test_images": 300,
     "pareto_test_size": 100, "fidelity_variants": 3, "fidelity_fit_variants": 2, "uniform_iterations": 3,
     "uniform_max_ratio": 0.9, "torch_threads": 1,
@@ -959,7 +959,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, help="device profile (default host-cpu; --quick: a few-runs CPU profile)")
     p.add_argument("--data", default="fashion-mnist", help="data spec (default fashion-mnist)")
     p.add_argument("--out-dir", default=".", help="where BENCHMARKS.md and benchmarks/ go (default .)")
-    p.add_argument("--train-epochs", type=int, default=None, help="epochs for base models (default 15)")
+    p.add_argument("--train-epochs", type=int, default=None, help="epochs for base models (default 5; the shipped VGG-19 w0.25 recipe is 3)")
     p.add_argument("--kd-epochs", type=int, default=None, help="final distillation epochs, all methods (default 1)")
     p.add_argument("--kd-images", type=int, default=None, help="images per distillation epoch (default 12000)")
     p.add_argument("--steps", type=int, default=None, help="compress --steps (default 60)")
@@ -1060,12 +1060,12 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         except re.error as exc:
             raise UserError(f"--only {args.only!r} is not a valid regular expression ({exc}).") from None
     bench = out_dir / "benchmarks"
+    results = Results(bench / "results.json", settings, fresh=args.fresh)
     if settings.quick and not args.profile:
         _write_text(bench / "quick-profile.toml", QUICK_PROFILE)
     from rlprune_edge.profiles import load_profile
 
     load_profile(settings.profile)  # fail early on a bad profile
-    results = Results(bench / "results.json", settings, fresh=args.fresh)
     command = _command_text(argv)
     if args.render_only:
         for p in render(results.doc, out_dir, command):

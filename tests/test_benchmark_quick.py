@@ -1,0 +1,121 @@
+"""tools/benchmark.py --quick end to end: every table and column is produced, reruns resume, bad input exits 2.
+
+Asserts that the figures exist (and are numbers), never what they are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """tools/benchmark.py imported as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("rlprune_benchmark_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def quick_run(bench, tmp_path_factory):
+    """One --quick run into a temp dir (its own latency-model cache); returns (out_dir, stdout)."""
+    root = tmp_path_factory.mktemp("bench")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    try:
+        out = root / "out"
+        rc = bench.main(["--quick", "--quiet", "--out-dir", str(out)])
+        assert rc == 0
+        yield out
+    finally:
+        mp.undo()
+
+
+def _table_rows(md: str, header: tuple[str, ...]) -> list[list[str]]:
+    """Data rows of every markdown table in `md` whose header is `header`."""
+    lines = md.splitlines()
+    head = "| " + " | ".join(header) + " |"
+    rows: list[list[str]] = []
+    for i, line in enumerate(lines):
+        if line == head:
+            j = i + 2
+            while j < len(lines) and lines[j].startswith("|"):
+                rows.append([c.strip() for c in lines[j].strip("|").split("|")])
+                j += 1
+    return rows
+
+
+def _is_number(text: str) -> bool:
+    t = text.replace("×", "").replace(",", "").replace("%", "").replace("+", "").strip()
+    try:
+        return math.isfinite(float(t))
+    except ValueError:
+        return False
+
+
+def test_quick_run_produces_every_table_column_and_plot(bench, quick_run):
+    out = quick_run
+    doc = json.loads((out / "benchmarks" / "results.json").read_text())
+    cells = doc["cells"]
+    assert cells and all(r["status"] == "ok" for r in cells.values()), {k: r.get("error") for k, r in cells.items()}
+    assert {r["method"] for r in cells.values() if r["kind"] == "pareto"} == set(bench.METHODS)
+    assert {r["kind"] for r in cells.values()} == {"base", "fidelity", "pareto", "paper"}
+
+    md = (out / "BENCHMARKS.md").read_text()
+    for section in ("## How it was measured", "## Base models", "## Pareto comparison", "### Reading",
+                    "## Paper-style table", "## Latency-model fidelity"):
+        assert section in md, section
+    for fact in ("onnxruntime", "logical cores", "timed runs", "interleaved", "thread"):
+        assert fact in md, fact
+
+    pareto = _table_rows(md, bench.PARETO_HEADER)
+    assert sorted(r[0] for r in pareto) == sorted(bench.METHOD_LABELS[m] for m in bench.METHODS)
+    numeric = [i for i, h in enumerate(bench.PARETO_HEADER) if h not in ("method", "target met")]
+    for row in pareto:
+        assert len(row) == len(bench.PARETO_HEADER)
+        assert all(_is_number(row[i]) for i in numeric), row
+        assert row[bench.PARETO_HEADER.index("target met")].startswith(("yes", "**no**"))
+    paper = _table_rows(md, bench.PAPER_HEADER)
+    assert paper and all(len(r) == len(bench.PAPER_HEADER) and all(_is_number(c) for c in r) for r in paper)
+    fid = _table_rows(md, bench.FIDELITY_HEADER)
+    assert fid and all(len(r) == len(bench.FIDELITY_HEADER) and all(_is_number(c) for c in r[1:]) for r in fid)
+
+    plots = sorted((out / "benchmarks").glob("*.png"))
+    assert {p.name for p in plots} >= {"pareto_vgg11-w0.125.png", "latency_fidelity.png"}
+    for p in plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"benchmarks/{p.name}" in md
+
+
+def test_rerun_reuses_finished_cells(bench, quick_run, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    results = quick_run / "benchmarks" / "results.json"
+    before = json.loads(results.read_text())["cells"]
+    assert bench.main(["--quick", "--quiet", "--out-dir", str(quick_run)]) == 0
+    assert "0 cell(s) run" in capsys.readouterr().out
+    assert json.loads(results.read_text())["cells"] == before
+
+
+def test_bad_input_exits_2_with_one_sentence(bench, quick_run, capsys, tmp_path):
+    assert bench.main(["--quick", "--models", "alexnet:1", "--out-dir", str(tmp_path)]) == 2
+    assert "unknown model 'alexnet'" in capsys.readouterr().err
+    assert bench.main(["--quick", "--targets", "1.5", "--out-dir", str(tmp_path)]) == 2
+    assert "--targets" in capsys.readouterr().err
+    # other settings than the stored results: refused, nothing overwritten
+    results = quick_run / "benchmarks" / "results.json"
+    before = results.read_text()
+    assert bench.main(["--quick", "--kd-images", "64", "--out-dir", str(quick_run)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "Traceback" not in err
+    assert results.read_text() == before
