@@ -234,3 +234,21 @@ def test_tensorrt_backend_absent_is_a_clear_device_error():
     with pytest.raises(DeviceError, match=r"pip install 'rlprune-edge\[tensorrt\]'"):
         get_backend("desktop-gpu-tensorrt")
     assert main(["profiles", "check", "desktop-gpu-tensorrt"]) == 2
+
+
+def test_parse_ort_profile_kernel_and_wall_times():
+    from rlprune_edge.board.ort_measure import parse_profile_events
+
+    def node(name, ts, dur, op="Conv"):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 100, "dur": 60},
+        node("a", 110, 20), {"cat": "Node", "name": "a_fence_before", "ts": 109, "dur": 0}, node("b", 135, 10, "Relu"),
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 40},
+        node("a", 202, 18), node("b", 221, 9, "Relu"),
+    ]
+    out = parse_profile_events(events)
+    assert out["a"]["durations_us"] == [20, 18] and out["a"]["wall_us"] == [30, 20]
+    assert out["b"]["durations_us"] == [10, 9] and out["b"]["wall_us"] == [15, 10]
+    assert out["b"]["op"] == "Relu"
