@@ -308,12 +308,20 @@ class Context:
         limit = f"_l{s.train_limit}" if s.train_limit else ""
         return self.work / "ckpt" / f"{m.name}_w{m.width:g}_e{s.train_epochs}{limit}_fashion-mnist.pt"
 
+    def rel(self, path: Path) -> str:
+        """`path` relative to the output directory when inside it (results.json stays portable)."""
+        try:
+            return str(Path(path).resolve().relative_to(self.work.parent.resolve()))
+        except ValueError:
+            return str(path)
+
     def base_ckpt(self, m: ModelSpec) -> Path:
         rec = self.results.cells.get(f"base/{m.label}", {})
         path = rec.get("checkpoint")
-        if not path or not Path(path).is_file():
+        full = (self.work.parent / path) if path and not Path(path).is_absolute() else Path(path or "")
+        if not path or not full.is_file():
             raise RuntimeError(f"base model of {m.label} is missing (its base cell did not finish)")
-        return Path(path)
+        return full
 
 
 def _shipped_checkpoint(m: ModelSpec) -> Path | None:
@@ -383,7 +391,7 @@ def run_base(cell: Cell, ctx: Context) -> dict[str, Any]:
             t0 = time.perf_counter()
             run_cli(argv)
             train_s = time.perf_counter() - t0
-    rec = {"checkpoint": str(ckpt), "source": source, "train_s": train_s, "train_epochs": s.train_epochs}
+    rec = {"checkpoint": ctx.rel(ckpt), "source": source, "train_s": train_s, "train_epochs": s.train_epochs}
     rec.update(_measure_dense(ckpt, ctx))
     return rec
 
@@ -447,7 +455,7 @@ def run_compress_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
         run_cli(argv)
     rep = json.loads((out / "report.json").read_text())
     _clean_run(out, ctx)
-    return {"run_dir": str(out), "command": ["rlprune-edge", *argv]} | _from_report(rep)
+    return {"run_dir": ctx.rel(out), "command": ["rlprune-edge", *(ctx.rel(Path(a)) if os.path.isabs(a) else a for a in argv)]} | _from_report(rep)
 
 
 def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
@@ -512,7 +520,7 @@ def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
         "seed": cell.seed, "wall_s": time.perf_counter() - t_start,
     }
     _write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
-    return {"run_dir": str(out), "pruning_ratio": res.pruning_ratio, "round_to": round_to,
+    return {"run_dir": ctx.rel(out), "pruning_ratio": res.pruning_ratio, "round_to": round_to,
             "probes": len(res.probes)} | _from_report(report)
 
 
@@ -526,7 +534,7 @@ def run_fidelity(cell: Cell, ctx: Context) -> dict[str, Any]:
             str(s.fidelity_variants), "--fit-variants", str(s.fidelity_fit_variants), "--seed", "0", "--json", str(js)]
     run_cli(argv)
     doc = json.loads(js.read_text())
-    return {"run_dir": str(out), "command": ["rlprune-edge", *argv], "variants": len(doc["variants"]),
+    return {"run_dir": ctx.rel(out), "command": ["rlprune-edge", *(ctx.rel(Path(a)) if os.path.isabs(a) else a for a in argv)], "variants": len(doc["variants"]),
             "median_abs_rel_error": doc["median_abs_rel_error"], "p90_abs_rel_error": doc["p90_abs_rel_error"],
             "max_abs_rel_error": doc.get("max_abs_rel_error"), "dense_ms": doc.get("dense_ms"),
             "points": [{"predicted_ms": v["predicted_ms"], "measured_ms": v["measured_ms"]} for v in doc["variants"]]}
