@@ -46,11 +46,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="training images per distillation epoch (0 = the whole train split)")
     p.add_argument("--kd-lr", type=float, default=None, help="distillation learning rate (default 0.01)")
     p.add_argument("--steps", type=int, default=60, help="maximum search steps")
-    p.add_argument("--step-ratio", type=float, default=0.06,
+    p.add_argument("--step-ratio", type=float, default=0.08,
                    help="fraction of the dense model's prunable channels removed per step (paper: 0.01)")
-    p.add_argument("--candidates", type=int, default=4, help="actions sampled per round, K (paper: 10)")
+    p.add_argument("--candidates", type=int, default=3, help="actions sampled per round, K (paper: 10)")
     p.add_argument("--rounds", type=int, default=2, help="rounds per step, R (paper: 10)")
-    p.add_argument("--val-size", type=int, default=1000, help="validation images scoring each candidate")
+    p.add_argument("--val-size", type=int, default=800, help="validation images scoring each candidate")
     p.add_argument("--step-kd-batches", type=int, default=0, help="short KD batches after each step (0 = off)")
     p.add_argument("--latency-variants", type=int, default=8, help="pruned variants profiled to fit the latency model")
     p.add_argument("--pareto-test-size", type=int, default=2000,
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
     from rlprune_edge.data import load_data
     from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.profiles import load_profile
+    from rlprune_edge.search.env import low_ms, robust_compare
     from rlprune_edge.search.reward import weights_for
 
     rank, world = _dist()
@@ -178,9 +179,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
                                  batch=int(profile.input.batch))
         meas = profile.measure
         dense_m = backend.measure(dense_onnx, warmup=meas.warmup, runs=meas.runs)
-        dense_ms = float(dense_m.median_ms)
+        dense_ms = low_ms(dense_m)
         if show:
-            _say(f"dense latency on {profile.name}: median {dense_ms:.3f} ms, p90 {dense_m.p90_ms:.3f} ms")
+            _say(f"dense latency on {profile.name}: {dense_ms:.3f} ms (20th percentile; median "
+                 f"{dense_m.median_ms:.3f} ms, p90 {dense_m.p90_ms:.3f} ms)")
         t_fit = time.perf_counter()
         latency_model = _fit_latency_model(dense, example_inputs, groups, backend, profile,
                                            args.latency_variants, args.seed)
@@ -201,9 +203,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
                 tiny = prune(dense, example_inputs, keep={n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p},
                              importance="l1", channel_multiple=1, groups=groups)
                 tiny_onnx = export_onnx(tiny, scratch / "tiny.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-                res = backend.compare([dense_onnx, tiny_onnx], blocks=meas.blocks, warmup=meas.warmup, runs=meas.runs)
-                tiny_ms = float(res[1].median_ms)
-                tiny_ratio = res[1].ratio if res[1].ratio is not None else tiny_ms / res[0].median_ms
+                _, tiny_m, tiny_ratio = robust_compare(backend, [dense_onnx, tiny_onnx], profile)
+                tiny_ms = low_ms(tiny_m)
                 reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
                 if show:
                     _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
@@ -244,7 +245,7 @@ def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: 
     from rlprune_edge.distill import DistillConfig, dist_env, distill, ensure_process_group
     from rlprune_edge.export import export_onnx
     from rlprune_edge.report import plot_pareto, summary_lines, write_report
-    from rlprune_edge.search.env import EnvConfig, PruneEnv, accuracy, tensors
+    from rlprune_edge.search.env import EnvConfig, PruneEnv, accuracy, low_ms, robust_compare, tensors
     from rlprune_edge.search.loop import run_search
 
     rank, world = dist_env()
@@ -303,11 +304,8 @@ def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: 
                                      "target": target.describe(), "test_acc": final_acc, "data": data_spec})
     save_checkpoint(out / "model.pt", student, final_info)
     export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-    pm = profile.measure
-    base_m, final_m = backend.compare([dense_onnx, out / "model.onnx"], blocks=pm.blocks, warmup=pm.warmup,
-                                      runs=pm.runs)
-    base_ms, final_ms = float(base_m.median_ms), float(final_m.median_ms)
-    speed_ratio = float(final_m.ratio) if final_m.ratio is not None else final_ms / base_ms
+    base_m, final_m, speed_ratio = robust_compare(backend, [dense_onnx, out / "model.onnx"], profile)
+    base_ms, final_ms = low_ms(base_m), low_ms(final_m)
     bundle = None
     if not args.no_bundle:
         try:
@@ -325,9 +323,9 @@ def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: 
                    "goal_ms": target.latency_goal_ms(dense_ms)},
         "reward": {"preset": args.reward, "latency": weights.latency, "flops": weights.flops, "params": weights.params},
         "model": str(model_spec), "data": data_spec, "seed": args.seed,
-        "base": {"test_acc": base_acc, "latency_ms": base_ms, "p90_ms": base_m.p90_ms,
+        "base": {"test_acc": base_acc, "latency_ms": base_ms, "median_ms": base_m.median_ms, "p90_ms": base_m.p90_ms,
                  "flops": env.flops(dense), "params": env.params(dense), "val_acc": result.dense["val_acc"]},
-        "final": {"test_acc": final_acc, "latency_ms": final_ms, "p90_ms": final_m.p90_ms, "flops": env.flops(student),
+        "final": {"test_acc": final_acc, "latency_ms": final_ms, "median_ms": final_m.median_ms, "p90_ms": final_m.p90_ms, "flops": env.flops(student),
                   "params": env.params(student)},
         "measured_speedup": 1.0 / speed_ratio if speed_ratio > 0 else None,
         "measured_ratio": speed_ratio,

@@ -25,10 +25,10 @@ from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 class EnvConfig:
     """Sizes of the fixed subsets (speed knobs; see docs/compress.md for what each bought)."""
 
-    val_size: int = 1000  # validation images used for the reward
-    calib_size: int = 128  # train images for Taylor scores (once per step)
-    bn_batches: int = 2  # BatchNorm recalibration batches per candidate
-    bn_batch_size: int = 128
+    val_size: int = 800  # validation images used for the reward
+    calib_size: int = 64  # train images for Taylor scores (once per step)
+    bn_batches: int = 1  # BatchNorm recalibration batches per candidate
+    bn_batch_size: int = 192
     eval_batch: int = 500
     step_kd_batches: int = 0  # optional short KD fine-tune of each step's chosen model
     step_kd_lr: float = 0.01
@@ -42,13 +42,18 @@ def tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
-    """Top-1 accuracy (fraction) of `model` in eval mode on tensors, batched."""
+    """Top-1 accuracy (fraction) of `model` in eval mode on tensors, batched, channels-last (≈1.7× faster on CPU)."""
     was = model.training
     model.eval()
+    model.to(memory_format=torch.channels_last)
     correct = 0
-    for i in range(0, len(x), batch):
-        correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
-    model.train(was)
+    try:
+        for i in range(0, len(x), batch):
+            xb = x[i : i + batch].contiguous(memory_format=torch.channels_last)
+            correct += int((model(xb).argmax(1) == y[i : i + batch]).sum())
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+        model.train(was)
     return correct / max(1, len(x))
 
 
@@ -71,6 +76,40 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
         bn.momentum = mom
     model.eval()
     return model
+
+
+LOW_QUANTILE = 20  # percentile of the timing samples used for latency ratios (see robust_compare)
+
+
+def low_ms(m: Any) -> float:
+    """The 20th percentile of a Measurement's samples (its median when it has no samples)."""
+    import numpy as np
+
+    return float(np.percentile(m.samples_ms, LOW_QUANTILE)) if getattr(m, "samples_ms", None) else float(m.median_ms)
+
+
+def robust_compare(backend: Any, paths: list[Path], profile: Any, tries: int = 3) -> tuple[Any, Any, float]:
+    """Interleaved compare of dense vs candidate → (dense, candidate, ratio of 20th percentiles).
+
+    On this shared 2-core machine (load 8-13) samples are bimodal: ~2 ms when running, ~40 ms when
+    descheduled. Both the sample median and the median of 5 per-block ratios flipped in practice
+    (identical models: block ratio 0.59; 8-channel cut: median ratio 0.48 vs true ≈ 0.89). The 20th
+    percentile is robust to stalls in up to 80% of the samples. When it disagrees with the block
+    ratio by more than 15% the pair is measured again (up to `tries`), and the median over tries is used.
+    """
+    import math
+
+    pm = profile.measure
+    seen = []
+    for _ in range(max(1, tries)):
+        d, c = backend.compare(paths, blocks=int(pm.blocks), warmup=int(pm.warmup), runs=int(pm.runs))
+        low = low_ms(c) / low_ms(d)
+        block = float(c.ratio) if c.ratio is not None else low
+        seen.append((d, c, low))
+        if abs(math.log(block / low)) <= math.log(1.15):
+            break
+    seen.sort(key=lambda t: t[2])
+    return seen[len(seen) // 2]
 
 
 class PruneEnv:
@@ -147,20 +186,18 @@ class PruneEnv:
         return int(self._count_params(model))
 
     def measure(self, model: nn.Module) -> tuple[float, float]:
-        """(median ms, ratio vs dense) from interleaved blocks of dense and `model` on the profile."""
+        """(20th-percentile ms, ratio vs dense) from interleaved blocks of dense and `model` on the profile."""
         from rlprune_edge.export import export_onnx
 
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=self.work_dir)
         os.close(fd)
         try:
             export_onnx(copy.deepcopy(model), tmp, self.input_shape, batch=int(self.profile.input.batch))
-            ms = self.backend.compare([self.dense_onnx, Path(tmp)], blocks=int(self.profile.measure.blocks),
-                                      warmup=int(self.profile.measure.warmup), runs=int(self.profile.measure.runs))
+            _, cand, ratio = robust_compare(self.backend, [self.dense_onnx, Path(tmp)], self.profile)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        ratio = ms[1].ratio if ms[1].ratio is not None else ms[1].median_ms / ms[0].median_ms
-        return float(ms[1].median_ms), float(ratio)
+        return low_ms(cand), float(ratio)
 
     def correct(self, keep: dict[str, int], measured_ms: float) -> None:
         self.latency_model.correct(self._lm_keep(keep), measured_ms)
