@@ -2,11 +2,10 @@
 
 How it works:
 
-* A handful of randomly pruned variants (plus the dense model) are exported to ONNX and measured
-  on the profile's backend: per-layer times (the runtime's own profiler, mapped back to ONNX nodes)
-  and, in the same window, the variant/dense latency ratio from interleaved blocks. Each variant's
-  per-layer times are rescaled to ``ratio x dense latency`` so that drift between measurements
-  minutes apart cancels.
+* A handful of randomly pruned variants (plus the dense model and one "staircase" variant) are
+  exported to ONNX and measured on the profile's backend: per-layer times (the runtime's own
+  profiler, median per node, mapped back to ONNX nodes) and the variant/dense end-to-end latency
+  ratio from finely interleaved blocks in one window (robust to drift).
 * Every ONNX compute node is a *slot*. Its channel counts are linear in the groups' keep counts;
   that map is learned exactly from the variants (each dimension equals one group's keep count, or a
   constant, or, for concatenations, a small integer sum found greedily).
@@ -14,8 +13,11 @@ How it works:
   blocking (ORT x86: output channels in blocks of 8, input channels in blocks of 4), so the
   prediction moves in the same steps as the runtime. Time of layout nodes the runtime inserts
   (e.g. NCHWc reorders) is charged to the neighbouring compute node.
-* ``predict(keep)`` sums the slots; ``correct(keep, measured_ms)`` updates a multiplicative
-  correction (EMA in log space) from a real measurement.
+* The slots' sum K(keep) is turned into end-to-end latency with one calibration fitted to the
+  measured ratios: ``dense_ms * (u + (1 - u) * K(keep) / K(dense))``, u being the fraction of the
+  end-to-end time that does not shrink with the layers (dispatch, thread synchronisation).
+* ``correct(keep, measured_ms)`` updates a multiplicative correction (EMA in log space) from a
+  real measurement.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 OUT_BLOCK = 8
 IN_BLOCK = 4
 FORMAT_VERSION = 1
-OVERHEAD = "__overhead__"  # time of a run outside the node kernels (dispatch, thread sync, copies)
 
 
 def _ceil(x: float, m: int) -> float:
@@ -96,8 +97,6 @@ def slot_feature(d: dict[str, Any], cin: float, cout: float, align: bool = True)
     """The work of one node with channels rounded up to the runtime's blocking."""
     ob, ib = (OUT_BLOCK, IN_BLOCK) if align else (1, 1)
     op = d["op"]
-    if op == OVERHEAD:
-        return 0.0
     if op in WEIGHTED:
         g = int(d.get("groups", 1))
         if g == -1 or (g > 1 and g == int(d.get("cin", 0))):  # depthwise: groups follow the channels
@@ -227,7 +226,7 @@ def _fit_slots(specs: dict[str, tuple[dict[str, Any], DimMap, DimMap, np.ndarray
     never crossed) borrows the shape of its op family's pooled line, scaled through its own point."""
     pooled: dict[bool, tuple[list[float], list[float]]] = {True: ([], []), False: ([], [])}
     for node, _cin, _cout, x, y in specs.values():
-        if node["op"] != OVERHEAD and _varies(x):
+        if _varies(x):
             fam = pooled[node["op"] in WEIGHTED]
             fam[0].extend(x.tolist())
             fam[1].extend((y * scales).tolist())
@@ -236,7 +235,7 @@ def _fit_slots(specs: dict[str, tuple[dict[str, Any], DimMap, DimMap, np.ndarray
     slots = {}
     for n, (node, cin, cout, x, y) in specs.items():
         ys = y * scales
-        if _varies(x) or node["op"] == OVERHEAD:
+        if _varies(x):
             a, b = _fit_line(x, ys)
         else:
             fa, fb = family_line[node["op"] in WEIGHTED]
@@ -304,6 +303,8 @@ class LatencyModel:
     correction: float = 1.0
     n_corrections: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    fixed_fraction: float = 0.0
+    kernel_dense_ms: float = 0.0
 
     # -- prediction ------------------------------------------------------------------------------
     def _full(self, keep: dict[str, int]) -> dict[str, float]:
@@ -313,10 +314,19 @@ class LatencyModel:
                             "refit it for this architecture.")
         return {g: float(keep.get(g, c)) for g, c in self.channels.items()}
 
-    def predict_raw(self, keep: dict[str, int]) -> float:
-        """Sum of slot predictions without the measurement correction."""
+    def kernel_ms(self, keep: dict[str, int]) -> float:
+        """Sum of the slots' predicted per-layer times."""
         k = self._full(keep)
         return float(sum(s.predict(k) for s in self.slots.values()))
+
+    def predict_raw(self, keep: dict[str, int]) -> float:
+        """End-to-end prediction without the measurement correction:
+        ``dense_ms * (u + (1 - u) * kernel(keep) / kernel(dense))`` with u the fixed fraction."""
+        kern = self.kernel_ms(keep)
+        if self.kernel_dense_ms <= 0:
+            return kern
+        u = self.fixed_fraction
+        return self.dense_ms * (u + (1.0 - u) * kern / self.kernel_dense_ms)
 
     def predict(self, keep: dict[str, int]) -> float:
         """Predicted end-to-end latency in ms for a candidate with these keep counts."""
@@ -344,6 +354,7 @@ class LatencyModel:
             "format": FORMAT_VERSION, "profile": self.profile, "arch_hash": self.arch_hash,
             "channels": self.channels, "dense_ms": self.dense_ms, "correction": self.correction,
             "n_corrections": self.n_corrections, "meta": self.meta,
+            "fixed_fraction": self.fixed_fraction, "kernel_dense_ms": self.kernel_dense_ms,
             "slots": {name: {"node": s.node, "cin": [s.cin.const, s.cin.coefs], "cout": [s.cout.const, s.cout.coefs],
                              "a": s.a, "b": s.b} for name, s in self.slots.items()},
         }
@@ -357,7 +368,8 @@ class LatencyModel:
                             a=float(s["a"]), b=float(s["b"])) for name, s in d["slots"].items()}
         return cls(profile=d["profile"], arch_hash=d["arch_hash"], channels={k: int(v) for k, v in d["channels"].items()},
                    slots=slots, dense_ms=float(d["dense_ms"]), correction=float(d.get("correction", 1.0)),
-                   n_corrections=int(d.get("n_corrections", 0)), meta=dict(d.get("meta", {})))
+                   n_corrections=int(d.get("n_corrections", 0)), meta=dict(d.get("meta", {})),
+                   fixed_fraction=float(d.get("fixed_fraction", 0.0)), kernel_dense_ms=float(d.get("kernel_dense_ms", 0.0)))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically."""
@@ -384,8 +396,13 @@ class LatencyModel:
     def fit_from_profiles(cls, profile_name: str, arch_hash: str, channels: dict[str, int],
                           samples: Sequence[tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, float]]],
                           dense_ms: float, meta: dict[str, Any] | None = None,
-                          rescale_iters: int = 0) -> LatencyModel:
-        """Fit from (keep, onnx node dims, slot times in ms) per variant; the first must be the dense model."""
+                          ratios: Sequence[float] | None = None) -> LatencyModel:
+        """Fit from (keep, onnx node dims, slot times in ms) per variant; the first must be the dense model.
+
+        `ratios` (variant / dense end-to-end latency from interleaved blocks, 1.0 first) calibrate
+        the fixed fraction u of the end-to-end time that does not shrink with the layers (dispatch,
+        thread synchronisation, copies): ratio = u + (1 - u) * kernel / kernel_dense, least squares.
+        """
         names = sorted(channels)
         keeps = [{g: float(k.get(g, channels[g])) for g in names} for k, _, _ in samples]
         node_names = [n for n in samples[0][1] if all(n in dims for _, dims, _ in samples)]
@@ -407,25 +424,18 @@ class LatencyModel:
                 x = np.asarray([slot_feature(_dw(node, d[n]), cin(k), cout(k))
                                 for k, (_, d, _) in zip(keeps, samples, strict=True)])
             specs[n] = (_dw(node, samples[0][1][n]), cin, cout, x, ys_arr)
-        # Each variant's per-layer profile comes from its own window: the split between layers is
-        # reliable, its overall scale less so. Alternate: fit the slots, then re-estimate one scale per
-        # variant (the dense model's fixed at 1) from how its layers as a whole compare with the fit.
-        scales = np.ones(len(samples))
-        slots: dict[str, Slot] = {}
-        for _ in range(rescale_iters + 1):
-            slots = _fit_slots(specs, scales)
-            pred = np.asarray([sum(s.predict(k) for s in slots.values()) for k in keeps])
-            meas = np.asarray([sum(y[v] for *_, y in specs.values()) for v in range(len(samples))])
-            new = pred / np.maximum(meas, 1e-12)
-            new = new / new[0]
-            if np.allclose(new, scales, rtol=1e-4):
-                break
-            scales = new
-        m = {"unexplained_nodes": unexplained, "n_variants": len(samples) - 1, "variant_scales": scales.tolist(),
-             **(meta or {})}
+        slots = _fit_slots(specs, np.ones(len(samples)))
+        m = {"unexplained_nodes": unexplained, "n_variants": len(samples) - 1, **(meta or {})}
         model = cls(profile=profile_name, arch_hash=arch_hash, channels=dict(channels), slots=slots, dense_ms=dense_ms,
                     meta=m)
-        model.correction = dense_ms / max(model.predict_raw({}), 1e-9)
+        model.kernel_dense_ms = max(model.kernel_ms({}), 1e-9)
+        if ratios is not None:
+            k = np.asarray([model.kernel_ms({g: int(v) for g, v in kp.items()}) for kp in keeps]) / model.kernel_dense_ms
+            r = np.asarray(ratios, dtype=np.float64)
+            den = float(np.sum((1 - k) ** 2))
+            u = float(np.sum((r - k) * (1 - k)) / den) if den > 1e-12 else 0.0
+            model.fixed_fraction = float(min(max(u, 0.0), 0.98))
+            m["calibration"] = {"ratios": r.tolist(), "kernel_ratios": k.tolist()}
         return model
 
     @classmethod
@@ -448,6 +458,7 @@ class LatencyModel:
         warmup = min(profile.measure.warmup, 20)
         blocks = interleave_blocks(profile, runs)
         samples = []
+        ratios: list[float] = []
         dense_ratios_ms: list[float] = []
         with tempfile.TemporaryDirectory(prefix="rlprune-latfit-") as tmp:
             dense_path = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
@@ -474,19 +485,13 @@ class LatencyModel:
                     dense_ratios_ms.append(cmp[0].median_ms)
                 compute = {n for n, d in dims.items() if d["op"] in WEIGHTED}
                 times = slot_times(prof.per_layer, compute)
-                window = getattr(prof, "per_layer_e2e_median_ms", None)
-                if window:
-                    times[OVERHEAD] = max(0.0, float(window) - sum(times.values()))
-                    dims = {**dims, OVERHEAD: {"op": OVERHEAD, "cin": 0, "cout": 0, "groups": 1, "k": 1,
-                                               "hw_out": 1, "hw_in": 1}}
-                total = sum(times.values())
-                scale = (ratio * dense_ms / total) if total > 0 else 1.0
-                samples.append(({g: keep.get(g, c) for g, c in channels.items()}, dims,
-                                {n: t * scale for n, t in times.items()}))
+                ratios.append(ratio)
+                samples.append(({g: keep.get(g, c) for g, c in channels.items()}, dims, times))
         assert dense_ms is not None
         dense_ref = float(np.median([dense_ms, *dense_ratios_ms]))
         meta = {"n_variants": n_variants, "seed": seed, "runs": runs, "runtime": getattr(prof, "runtime", {})}
-        return cls.fit_from_profiles(getattr(profile, "name", str(profile)), arch, channels, samples, dense_ref, meta)
+        return cls.fit_from_profiles(getattr(profile, "name", str(profile)), arch, channels, samples, dense_ref, meta,
+                                     ratios=ratios)
 
 
 def _dw(node: dict[str, Any], dims: dict[str, Any]) -> dict[str, Any]:
