@@ -188,3 +188,20 @@ def test_fit_and_cache_with_real_prune_and_fake_runtime(tmp_path, monkeypatch):
     res = check_model(lm, model, x, groups, backend, profile, 2, seed=7, runs=2)
     assert len(res["variants"]) == 2
     assert res["max_abs_rel_error"] < 1e-6
+
+
+def test_fixed_fraction_calibrated_from_measured_ratios():
+    """End-to-end ratio = u + (1 - u) * kernel ratio: u is recovered from the variants' ratios."""
+    channels = {"a": 32, "b": 64}
+    keeps = [{}, {"a": 8, "b": 16}, {"a": 20, "b": 40}, {"a": 12, "b": 50}]
+    samples = _synthetic(keeps, channels, 1e-5)
+    k0 = sum(samples[0][2].values())
+    ratios = [0.3 + 0.7 * sum(s[2].values()) / k0 for s in samples]
+    lm = LatencyModel.fit_from_profiles("p", "h", channels, samples, dense_ms=10.0, ratios=ratios)
+    assert lm.fixed_fraction == pytest.approx(0.3)
+    assert lm.predict({}) == pytest.approx(10.0)
+    held_out = {"a": 16, "b": 24}
+    k = sum(_synthetic([held_out], channels, 1e-5)[0][2].values()) / k0
+    assert lm.predict_ratio(held_out) == pytest.approx(0.3 + 0.7 * k)
+    back = LatencyModel.from_dict(lm.to_dict())
+    assert back.predict(held_out) == pytest.approx(lm.predict(held_out))
