@@ -113,3 +113,17 @@ def test_latency_check_writes_report(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["latency-check", "--model", "resnet20", "--profile", "host-cpu", "--variants", "0",
                  "--json", str(out)]) == 2
+
+
+def test_bench_torch_cpu_profile_takes_a_model_name(tmp_path, capsys):
+    prof = tmp_path / "torch-cpu.toml"
+    prof.write_text('name = "torch-cpu"\n[runtime]\nname = "torch"\ndevice = "cpu"\nthreads = 1\n')
+    assert main(["bench", "resnet20", "--profile", str(prof), "--runs", "3", "--warmup", "1", "--per-layer",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["runtime"]["name"] == "torch" and len(doc["samples_ms"]) == 3
+    assert any(layer["op"] == "Conv2d" for layer in doc["per_layer"])
+    # an ONNX file cannot run in eager torch: one sentence, exit 2
+    tiny = write_tiny_onnx(tmp_path / "tiny.onnx")
+    assert main(["bench", str(tiny), "--profile", str(prof)]) == 2
+    assert "cannot run the file" in capsys.readouterr().err
