@@ -98,6 +98,7 @@ class SearchConfig:
     max_steps: int = 60
     seed: int = 0
     adaptive_last_step: bool = True  # shrink a latency-target step that the predictor says overshoots
+    confirm: bool = True  # re-measure before stopping on a latency target
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def fingerprint(self) -> dict:
@@ -268,6 +269,7 @@ def run_search(
         wall_before = float(state["wall_s"])
         ref_acc = float(state["ref_acc"])
         base = Baseline(**state["baseline"])
+        env.correct(dict(zip(names, ch0, strict=True)), base.latency_ms)  # same anchor as the fresh run
         for s in steps:  # replay, don't re-measure: measurements must not change a resumed run
             env.correct(dict(zip(names, s["keep"], strict=True)), s["measured_latency_ms"])
         if steps:
@@ -276,6 +278,9 @@ def run_search(
                 return SearchResult(model, steps, dict(state["dense"]), bool(steps[-1].get("reached")),
                                     wall_before, state_dir)
         say(f"resuming after step {len(steps)}")
+    else:
+        # anchor the latency model to the dense measurement, so rewards see the real scale from step 1
+        env.correct(dict(zip(names, ch0, strict=True)), base.latency_ms)
     start = time.perf_counter()
     bar = None
     if progress:
@@ -329,6 +334,11 @@ def run_search(
             model = chosen["model"]
             env.finetune(model, step)
             measured_ms, measured_ratio = env.measure(model)
+            if goal_ms is not None and config.confirm and (
+                measured_ms <= goal_ms if target.kind == "ms" else measured_ratio <= target.value
+            ):  # about to stop on one noisy measurement: measure again and use the mean
+                again_ms, again_ratio = env.measure(model)
+                measured_ms, measured_ratio = (measured_ms + again_ms) / 2, (measured_ratio + again_ratio) / 2
             keep = dict(zip(names, chosen["keep"], strict=True))
             env.correct(keep, measured_ms)
             sparsity = 1.0 - sum(k for k, p in zip(chosen["keep"], prunable, strict=True) if p) / total0
@@ -372,6 +382,9 @@ def _shrink_budget(
 ) -> int:
     """Smallest budget (in units of m, ≤ `budget`) whose predicted latency under PD reaches `goal_ms`."""
     units = max(1, int(round(budget / m)))
+    if env.predict_ms(dict(zip(names, ch, strict=True))) <= goal_ms:
+        # the (corrected) predictor already thinks we are there but the measurement disagreed: half steps
+        return max(m, (units // 2) * m)
     for u in range(1, units):
         keep = allocate_keep(ch, prunable, pd, u * m, m)
         if env.predict_ms(dict(zip(names, keep, strict=True))) <= goal_ms:
