@@ -637,14 +637,18 @@ def _build(
         except Exception as exc:  # a simplifier failure is not fatal: keep the plain export
             say(f"onnxslim failed ({type(exc).__name__}: {exc}); keeping the unsimplified graph")
             simplified = False
+        ver = None
         if simplified:
             check_onnx(fp32_path)
-            if not verify_onnx(model, fp32_path, val).passed:
+            ver = verify_onnx(model, fp32_path, val)
+            if not ver.passed:
                 say("simplified graph did not match PyTorch; keeping the unsimplified graph")
                 os.replace(backup, fp32_path)
-                simplified = False
+                simplified, ver = False, None
         backup.unlink(missing_ok=True)
-    ver = verify_onnx(model, fp32_path, val)
+    else:
+        ver = None
+    ver = ver or verify_onnx(model, fp32_path, val)
     say(f"verified on {ver.images} val images: max |logit diff| {ver.max_abs_diff:.2e}, top-1 agreement {ver.top1_agreement:.4f}")
     if not ver.passed:
         raise UserError(
