@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -136,12 +137,14 @@ def bisect_uniform(
     max_ratio: float = 0.9,
     round_to: int | None = None,
     log: Callable[[str], None] | None = None,
+    repeats: int = 3,
 ) -> UniformResult:
     """The smallest uniform pruning ratio whose measured latency is ≤ `target_ratio` × dense.
 
     Probes `max_ratio` first (if even that misses the target, it is returned with ``reached=False``),
-    then bisects [0, max_ratio] `iterations` times. Probes that give the same architecture (Torch-Pruning
-    rounds channel counts) reuse one measurement.
+    then bisects [0, max_ratio] `iterations` times. Each probe's ratio is the median of `repeats`
+    interleaved windows (one window on a busy machine can be far off); probes that give the same
+    architecture (Torch-Pruning rounds channel counts) reuse one measurement.
     """
     if not 0.0 < target_ratio < 1.0:
         raise UserError(f"target latency ratio {target_ratio} is outside (0, 1); give e.g. 0.5.")
@@ -155,11 +158,12 @@ def bisect_uniform(
         model = uniform_taylor_prune(dense, example_inputs, r, calib, round_to=round_to)
         key = _shape_key(model)
         if key not in cache:
-            dense_m, model_m = measure_vs_dense(backend, profile, dense_onnx, model, tuple(example_inputs.shape[1:]),
-                                                work_dir)
-            cache[key] = (float(model_m.median_ms), _ratio(dense_m, model_m))
+            windows = [measure_vs_dense(backend, profile, dense_onnx, model, tuple(example_inputs.shape[1:]), work_dir)
+                       for _ in range(max(1, repeats))]
+            cache[key] = (statistics.median(float(m.median_ms) for _, m in windows),
+                          statistics.median(_ratio(d, m) for d, m in windows))
         ms, ratio = cache[key]
-        probes.append({"pruning_ratio": r, "measured_ms": ms, "measured_ratio": ratio})
+        probes.append({"pruning_ratio": r, "measured_ms": ms, "measured_ratio": ratio, "windows": max(1, repeats)})
         if log:
             log(f"uniform: pruning ratio {r:.4f} -> {ratio:.3f}x dense ({ms:.3f} ms)")
         return model, ms, ratio

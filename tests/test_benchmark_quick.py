@@ -119,3 +119,42 @@ def test_bad_input_exits_2_with_one_sentence(bench, quick_run, capsys, tmp_path)
     err = capsys.readouterr().err
     assert "other settings" in err and "Traceback" not in err
     assert results.read_text() == before
+
+
+def test_uniform_bisection_picks_smallest_ratio_meeting_the_target(tmp_path):
+    """Fake backend whose latency is the ONNX file size (monotone in the pruning ratio): the bisection
+    returns the smallest probed ratio that meets the target, prunes every layer alike, leaves the input intact."""
+    import os
+
+    import torch
+
+    from rlprune_edge.baselines import bisect_uniform, output_layers
+    from rlprune_edge.checkpoint import resolve_model
+    from rlprune_edge.export import export_onnx
+    from rlprune_edge.latency.backend import Measurement
+    from rlprune_edge.profiles import load_profile
+
+    class SizeBackend:
+        name = "fake"
+
+        def compare(self, paths, *, blocks, warmup, runs):
+            sizes = [os.path.getsize(p) for p in paths]
+            return [Measurement(s / 1e5, s / 1e5, s / 1e5, [s / 1e5], ratio=s / sizes[0]) for s in sizes]
+
+    torch.manual_seed(0)
+    dense, _ = resolve_model("vgg11", width=0.25)
+    dense.eval()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    example = torch.zeros(1, 3, 32, 32)
+    calib = [(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))]
+    dense_onnx = export_onnx(dense, tmp_path / "dense.onnx", (3, 32, 32))
+    res = bisect_uniform(dense, example, 0.5, calib, SizeBackend(), load_profile("host-cpu"), dense_onnx, tmp_path,
+                         iterations=3, repeats=1)
+    assert res.reached and res.measured_ratio <= 0.5
+    assert all(p["measured_ratio"] > 0.5 for p in res.probes if p["pruning_ratio"] < res.pruning_ratio)
+    kept = [m.out_channels / d.out_channels for m, d in zip(
+        [m for m in res.model.modules() if isinstance(m, torch.nn.Conv2d)],
+        [m for m in dense.modules() if isinstance(m, torch.nn.Conv2d)], strict=True)]
+    assert max(kept) - min(kept) < 0.1  # uniform: every layer keeps about the same fraction
+    assert output_layers(res.model, example)[0].out_features == 10
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())

@@ -64,14 +64,14 @@ FULL_DEFAULTS = MappingProxyType({
     "kd_epochs": 1, "kd_images": 12000, "steps": 60, "step_ratio": 0.06, "candidates": 4, "rounds": 2,
     "val_size": 1000, "latency_variants": 8, "test_images": 0, "pareto_test_size": 2000,
     "fidelity_variants": 30, "fidelity_fit_variants": 8, "uniform_iterations": 6, "uniform_max_ratio": 0.9,
-    "torch_threads": 1,
+    "uniform_repeats": 3, "torch_threads": 1,
 })
 QUICK_DEFAULTS = MappingProxyType({
     "models": "vgg11:0.125", "targets": "0.7", "seeds": "0", "sparsities": "0.4", "profile": "",
     "train_epochs": 1, "train_limit": 2000, "kd_epochs": 1, "kd_images": 256, "steps": 8, "step_ratio": 0.15,
     "candidates": 2, "rounds": 1, "val_size": 100, "latency_variants": 2, "test_images": 300,
     "pareto_test_size": 100, "fidelity_variants": 3, "fidelity_fit_variants": 2, "uniform_iterations": 3,
-    "uniform_max_ratio": 0.9, "torch_threads": 1,
+    "uniform_max_ratio": 0.9, "uniform_repeats": 1, "torch_threads": 1,
 })
 # --quick measures on this profile (this machine's ONNX Runtime CPU, few runs) instead of host-cpu.
 QUICK_PROFILE = """name = "bench-quick-cpu"
@@ -127,6 +127,7 @@ class Settings:
     uniform_iterations: int
     uniform_max_ratio: float
     uniform_round_to: int
+    uniform_repeats: int
     torch_threads: int
     use_shipped: bool
 
@@ -490,7 +491,7 @@ def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
         dense_onnx = export_onnx(copy.deepcopy(dense), Path(tmp) / "dense.onnx", shape, batch=int(profile.input.batch))
         res = bisect_uniform(dense, example, cell.target, calib, backend, profile, dense_onnx, Path(tmp),
                              iterations=s.uniform_iterations, max_ratio=s.uniform_max_ratio, round_to=round_to,
-                             log=None if ctx.quiet else _say)
+                             log=None if ctx.quiet else _say, repeats=s.uniform_repeats)
         student = res.model
         torch.manual_seed(cell.seed + 12345)  # as compress does before its distillation
         t_kd = time.perf_counter()
@@ -852,7 +853,8 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
            f"{settings['latency_variants']} variants (cached per architecture: the first cell of a model pays the "
            "fit, not counted in *search s*). Uniform baseline: Torch-Pruning `MetaPruner` + `TaylorImportance` "
            f"(global_pruning=False, round_to = the profile's channel multiple unless set), pruning ratio bisected "
-           f"({settings['uniform_iterations']} steps in [0, {settings['uniform_max_ratio']:g}]) on measured latency; "
+           f"({settings['uniform_iterations']} steps in [0, {settings['uniform_max_ratio']:g}]) on measured latency "
+           f"(median of {settings.get('uniform_repeats', 1)} interleaved window(s) per probe); "
            "its *search s* is the bisection time.",
            "- *search s*: wall time of the search alone; *cell wall s*: the whole cell (search, distillation, export, "
            "final interleaved measurement). A target counts as met when the final measured latency ratio is within "
@@ -979,6 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=None, help="test images (0 = the whole test split; default 0)")
     p.add_argument("--fidelity-variants", type=int, default=None, help="latency-check --variants (default 30)")
     p.add_argument("--uniform-iterations", type=int, default=None, help="bisection steps of the uniform baseline (default 6)")
+    p.add_argument("--uniform-repeats", type=int, default=None,
+                   help="interleaved windows per bisection probe, median taken (default 3)")
     p.add_argument("--uniform-round-to", type=int, default=0,
                    help="Torch-Pruning round_to for the uniform baseline (0 = the profile's channel multiple)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch CPU threads for training/search/KD (default 1)")
@@ -996,13 +1000,13 @@ def _settings(args: argparse.Namespace, out_dir: Path) -> tuple[Settings, dict[s
     d = dict(QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     for key in ("models", "targets", "seeds", "sparsities", "profile", "train_epochs", "kd_epochs", "kd_images",
                 "steps", "step_ratio", "candidates", "rounds", "val_size", "latency_variants", "test_images",
-                "fidelity_variants", "uniform_iterations", "torch_threads"):
+                "fidelity_variants", "uniform_iterations", "uniform_repeats", "torch_threads"):
         v = getattr(args, key)
         if v is not None:
             d[key] = v
     for key in ("train_epochs", "kd_epochs", "kd_images", "steps", "candidates", "rounds", "val_size",
-                "latency_variants", "test_images", "fidelity_variants", "uniform_iterations", "torch_threads",
-                "uniform_round_to"):
+                "latency_variants", "test_images", "fidelity_variants", "uniform_iterations", "uniform_repeats",
+                "torch_threads", "uniform_round_to"):
         v = d.get(key, getattr(args, key, 0))
         lo = 0 if key in ("kd_epochs", "kd_images", "test_images", "uniform_iterations", "uniform_round_to") else 1
         if v < lo:
@@ -1018,7 +1022,7 @@ def _settings(args: argparse.Namespace, out_dir: Path) -> tuple[Settings, dict[s
                  pareto_test_size=d["pareto_test_size"], fidelity_variants=d["fidelity_variants"],
                  fidelity_fit_variants=d["fidelity_fit_variants"], uniform_iterations=d["uniform_iterations"],
                  uniform_max_ratio=d["uniform_max_ratio"], uniform_round_to=args.uniform_round_to,
-                 torch_threads=d["torch_threads"], use_shipped=not args.no_shipped)
+                 uniform_repeats=d["uniform_repeats"], torch_threads=d["torch_threads"], use_shipped=not args.no_shipped)
     return s, d
 
 
