@@ -24,7 +24,7 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-def test_train_then_inspect(tmp_path, capsys, tiny_data):
+def test_train_then_inspect(tmp_path, capsys, tiny_data, single_thread):
     out = tmp_path / "ckpt" / "r20.pt"
     rc = main(["train", "--model", "resnet20", "--width", "0.25", "--epochs", "1", "--limit", "128",
                "--batch-size", "64", "--out", str(out), "--quiet"])
@@ -46,7 +46,7 @@ def test_inspect_by_name(capsys):
     assert "vgg11" in text and "MACs/image" in text
 
 
-def test_interrupted_train_leaves_previous_checkpoint(tmp_path, capsys, monkeypatch, tiny_data):
+def test_interrupted_train_leaves_previous_checkpoint(tmp_path, capsys, monkeypatch, tiny_data, single_thread):
     out = tmp_path / "keep.pt"
     model = build_model("resnet20", 0.25)
     from rlprune_edge.checkpoint import resolve_model

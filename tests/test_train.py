@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,11 +13,16 @@ from rlprune_edge.models import build_model
 from rlprune_edge.train import evaluate, train_model
 
 
-def test_one_epoch_train_keeps_best_weights(tiny_data):
+def _small(data, n=96):
+    """`data` with only `n` training images (keeps these tests a few seconds each)."""
+    return dataclasses.replace(data, train=data.subset("train", n, seed=0))
+
+
+def test_one_epoch_train_keeps_best_weights(tiny_data, single_thread):
     torch.manual_seed(0)
     model = build_model("resnet20", width=0.25)
     seen = []
-    result = train_model(model, tiny_data, epochs=1, batch_size=64, progress=False,
+    result = train_model(model, _small(tiny_data), epochs=1, batch_size=64, progress=False,
                          on_epoch_end=lambda e, s: seen.append((e, s)))
     assert result["epochs"] == 1 and result["best_epoch"] == 1 and len(result["history"]) == 1
     assert seen[0][0] == 1 and seen[0][1]["is_best"]
@@ -27,10 +33,10 @@ def test_one_epoch_train_keeps_best_weights(tiny_data):
     assert evaluate(model, tiny_data.loader("val", 64)) == pytest.approx(result["best_val_acc"])
 
 
-def test_training_reduces_loss(tiny_data):
+def test_training_reduces_loss(tiny_data, single_thread):
     torch.manual_seed(0)
     model = build_model("vgg11", width=0.125)
-    result = train_model(model, tiny_data, epochs=3, batch_size=32, lr=0.05, progress=False)
+    result = train_model(model, _small(tiny_data), epochs=3, batch_size=32, lr=0.05, progress=False)
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < losses[0]
     lrs = [h["lr"] for h in result["history"]]
