@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"rlprune-edge {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `rlprune-edge inspect | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"rlprune-edge {args.command}: interrupted; outputs written so far are intact.", file=sys.stderr)
         return 130
