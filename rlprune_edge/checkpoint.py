@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.fsutil import atomic_path
 
 FORMAT = "rlprune-edge-checkpoint"
 VERSION = 1
@@ -168,31 +169,14 @@ def apply_module_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> 
 
 # --- save / load ---------------------------------------------------------------------------------
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask (what a plain open() would create)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
     """torch.save to a temp file in the destination directory, then rename over `path`."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; give the file the mode open() would
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

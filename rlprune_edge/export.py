@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from rlprune_edge.errors import DeviceError, UserError
+from rlprune_edge.fsutil import atomic_path, atomic_write_json
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -62,23 +63,19 @@ def export_onnx(
     was_training = model.training
     model.eval()
     example = torch.randn(batch, *input_shape)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
     try:
-        torch.onnx.export(
-            model,
-            (example,),
-            tmp,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
-            dynamo=False,
-        )
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".onnx") as tmp:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+                dynamo=False,
+            )
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         model.train(was_training)
     return path
 
@@ -111,14 +108,8 @@ def simplify_onnx(path: str | os.PathLike) -> bool:
     slimmed = onnxslim.slim(original)
     if slimmed is None or len(slimmed.graph.node) >= n_before:
         return False
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(slimmed, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save(slimmed, str(tmp))
     return True
 
 
@@ -220,14 +211,8 @@ def set_metadata(onnx_path: str | os.PathLike, props: dict[str, Any]) -> None:
         entry = model.metadata_props.add()
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save(model, str(tmp))
 
 
 def read_metadata(onnx_path: str | os.PathLike) -> dict[str, str]:
@@ -593,11 +578,7 @@ def _resolve_data(info: Any, data: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 def _build(

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.fsutil import atomic_path
 
 INPUT_NAME = "input"
 
@@ -143,12 +144,6 @@ def save_calibration(images: np.ndarray, path: str | os.PathLike) -> Path:
     if not np.all(np.isfinite(images)):
         raise UserError("calibration images contain NaN or infinity; check the data.")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, images)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.fsutil import atomic_write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -62,14 +60,7 @@ def run(args: argparse.Namespace) -> int:
     result = check_model(lm, model, example, groups, backend, profile, args.variants, seed=args.seed + 1000,
                          runs=args.runs, progress=progress)
     result.update(model=args.model, width=args.width, latency_model=str(model_path(profile, lm.arch_hash)))
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=out.parent if str(out.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(out, result, indent=1)
     print(f"{args.model} on {profile.name}: median |rel error| {result['median_abs_rel_error']:.1%}, "
           f"p90 {result['p90_abs_rel_error']:.1%} over {args.variants} variants -> {out}")
     return 0

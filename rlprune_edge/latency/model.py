@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.fsutil import atomic_write_json
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 OUT_BLOCK = 8
@@ -373,17 +374,7 @@ class LatencyModel:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyModel:

@@ -9,6 +9,7 @@ from typing import Any
 
 from rlprune_edge.board import ort_measure, protocol
 from rlprune_edge.errors import DeviceError, UserError
+from rlprune_edge.fsutil import atomic_path
 from rlprune_edge.latency.backend import (
     Measurement,
     board_error_to_user,
@@ -120,14 +121,8 @@ def write_tiny_onnx(path: str | Path, channels: int = 8, size: int = 16) -> Path
     model.ir_version = 8
     onnx.checker.check_model(model)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save(model, str(tmp))
     return path
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rlprune_edge.errors import DeviceError, UserError
+from rlprune_edge.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     from rlprune_edge.latency.backend import Measurement
@@ -251,15 +252,7 @@ def _tail(text: str, n: int = 6) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 class RemoteBackend:
