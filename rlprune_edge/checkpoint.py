@@ -31,7 +31,7 @@ VERSION = 1
 DEFAULT_MODEL = "vgg19"
 DEFAULT_WIDTH = 0.25
 DEFAULT_DATA = "fashion-mnist"
-DEFAULT_EPOCHS = 3  # the shipped asset's recipe (see docs/foundation.md)
+DEFAULT_EPOCHS = 10  # the shipped asset's recipe (see docs/foundation.md)
 DEFAULT_FILENAME = "vgg19_w0.25_fashion-mnist.pt"
 
 
