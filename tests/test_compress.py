@@ -34,7 +34,7 @@ latency = 1.0
 """
 
 TINY = ["--model", "vgg11", "--width", "0.0625", "--latency-variants", "2", "--val-size", "64",
-        "--candidates", "2", "--rounds", "1", "--kd-images", "128", "--pareto-test-size", "64", "--test-images", "200",
+        "--candidates", "2", "--rounds", "1", "--kd-images", "128", "--step-kd-batches", "1", "--pareto-test-size", "64", "--test-images", "200",
         "--no-bundle", "--quiet"]
 
 

@@ -404,7 +404,9 @@ def _compress_argv(cell: Cell, ctx: Context, out: Path) -> list[str]:
             str(s.kd_images), "--steps", str(s.steps), "--step-ratio", f"{s.step_ratio:g}", "--candidates",
             str(s.candidates), "--rounds", str(s.rounds), "--val-size", str(s.val_size), "--latency-variants",
             str(s.latency_variants), "--pareto-test-size", str(s.pareto_test_size), "--test-images",
-            str(s.test_images), "--no-bundle"]
+            str(s.test_images), "--no-bundle",
+            # no per-step KD: every method (the uniform baseline too) gets the same final KD budget
+            "--step-kd-batches", "0"]
     if cell.kind == "paper":
         argv += ["--sparsity", f"{cell.sparsity:g}", "--reward", "accuracy"]
     else:

@@ -41,17 +41,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last step checkpoint")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kd-epochs", type=int, default=1, help="final distillation epochs (0 = none)")
-    p.add_argument("--kd-images", type=int, default=12000,
+    p.add_argument("--kd-epochs", type=int, default=2, help="final distillation epochs (0 = none)")
+    p.add_argument("--kd-images", type=int, default=0,
                    help="training images per distillation epoch (0 = the whole train split)")
     p.add_argument("--kd-lr", type=float, default=None, help="distillation learning rate (default 0.01)")
     p.add_argument("--steps", type=int, default=60, help="maximum search steps")
-    p.add_argument("--step-ratio", type=float, default=0.08,
+    p.add_argument("--step-ratio", type=float, default=0.05,
                    help="fraction of the dense model's prunable channels removed per step (paper: 0.01)")
     p.add_argument("--candidates", type=int, default=3, help="actions sampled per round, K (paper: 10)")
     p.add_argument("--rounds", type=int, default=2, help="rounds per step, R (paper: 10)")
     p.add_argument("--val-size", type=int, default=800, help="validation images scoring each candidate")
-    p.add_argument("--step-kd-batches", type=int, default=0, help="short KD batches after each step (0 = off)")
+    p.add_argument("--step-kd-batches", type=int, default=100,
+                   help="KD batches (of 64 images) after each step (0 = off; the paper fine-tunes every step)")
     p.add_argument("--latency-variants", type=int, default=8, help="pruned variants profiled to fit the latency model")
     p.add_argument("--pareto-test-size", type=int, default=2000,
                    help="test images for each step's point on pareto.png (dense/final use the whole test split)")
