@@ -24,6 +24,7 @@ GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 PRECISIONS = ("fp32", "fp16", "int8")
 TORCH_DEVICES = ("cpu", "cuda")
 CONNECTION_KINDS = ("local", "ssh")
+DEFAULT_LATENCY_COEFF = 1.0  # c_L when a profile gives none
 REFUSED_SSH_OPTIONS = ("stricthostkeychecking=no", "userknownhostsfile=/dev/null")
 
 
@@ -83,9 +84,9 @@ class ConnectionSpec:
 
 @dataclass(frozen=True)
 class RewardWeights:
-    """Optional weights of the reward terms."""
+    """Coefficients c_L, c_F, c_P of the reward terms (a profile's [reward] section; `--reward latency`)."""
 
-    latency: float = 1.0
+    latency: float = DEFAULT_LATENCY_COEFF
     flops: float = 0.0
     params: float = 0.0
 

@@ -252,3 +252,15 @@ def test_parse_ort_profile_kernel_and_wall_times():
     assert out["a"]["durations_us"] == [20, 18] and out["a"]["wall_us"] == [30, 20]
     assert out["b"]["durations_us"] == [10, 9] and out["b"]["wall_us"] == [15, 10]
     assert out["b"]["op"] == "Relu"
+
+
+def test_session_options_stop_spinning_between_runs():
+    """Interleaved A/B blocks need idle threads to stop spinning when Run() returns (see ort_measure)."""
+    import onnxruntime as ort
+
+    from rlprune_edge.board import ort_measure
+
+    so = ort_measure.session_options(ort, threads=2, inter_op_threads=1, graph_optimization="all")
+    assert so.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert so.intra_op_num_threads == 2
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -99,9 +99,9 @@ def test_config_and_no_prunable_group():
 
 def test_reward_presets_and_value():
     prof = SimpleNamespace(reward=SimpleNamespace(latency=0.7, flops=0.1, params=0.0))
-    assert weights_for("accuracy", prof) == RewardWeights()
-    assert weights_for("flops") == RewardWeights(flops=0.25)
-    assert weights_for("params") == RewardWeights(params=0.25)
+    assert weights_for("accuracy", prof) == RewardWeights(latency=0.0)
+    assert weights_for("flops") == RewardWeights(latency=0.0, flops=0.25)
+    assert weights_for("params") == RewardWeights(latency=0.0, params=0.25)
     assert weights_for("latency", prof) == RewardWeights(latency=0.7, flops=0.1)
     assert weights_for("latency", None).latency == 1.0
     with pytest.raises(UserError):
@@ -109,4 +109,4 @@ def test_reward_presets_and_value():
     base = Baseline(latency_ms=2.0, flops=100.0, params=50.0)
     w = RewardWeights(latency=1.0, flops=0.25, params=0.25)
     assert reward(0.9, 1.0, 50.0, 25.0, base, w) == pytest.approx(0.9 + 0.5 + 0.125 + 0.125)
-    assert reward(0.9, 1.0, 50.0, 25.0, base, RewardWeights()) == pytest.approx(0.9)
+    assert reward(0.9, 1.0, 50.0, 25.0, base, RewardWeights(latency=0.0)) == pytest.approx(0.9)

@@ -2,7 +2,7 @@
 """Benchmark: latency-model accuracy on a profile over random pruned variants.
 
     .venv/bin/python tools/bench_latency_model.py --profile host-cpu \
-        --models vgg19:0.5,resnet56:1,mobilenetv3_large:1 --fit-variants 8 --variants 30 --out bench.json
+        --models vgg19:0.5,resnet56:1,mobilenetv3_large:1 --fit-variants 16 --variants 30 --out bench.json
 
 For each model: fit the latency model from per-layer profiles of `--fit-variants` random variants,
 then measure `--variants` fresh random variants (interleaved with the dense model) and report
@@ -41,10 +41,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="host-cpu")
     ap.add_argument("--models", default="vgg19:0.5,resnet56:1,mobilenetv3_large:1")
-    ap.add_argument("--fit-variants", type=int, default=8)
+    ap.add_argument("--fit-variants", type=int, default=16)
     ap.add_argument("--variants", type=int, default=30)
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--multiple", type=int, default=None,
+                    help="keep counts are multiples of this (default: the profile's channel multiple; 1 = unaligned)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -60,11 +62,12 @@ def main() -> int:
         groups = prunable_groups(model, example)
         t0 = time.time()
         lm = LatencyModel.fit(model, example, groups, backend, profile, n_variants=args.fit_variants, seed=args.seed,
-                              pruner=pruner, runs=args.runs, progress=lambda s: print(s, file=sys.stderr, flush=True))
+                              pruner=pruner, runs=args.runs, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                              multiple=args.multiple)
         fit_s = time.time() - t0
         t0 = time.time()
         res = check_model(lm, model, example, groups, backend, profile, args.variants, seed=args.seed + 1000,
-                          pruner=pruner, runs=args.runs)
+                          pruner=pruner, runs=args.runs, multiple=args.multiple)
         res.update(model=name, width=width_f, fit_s=fit_s, check_s=time.time() - t0,
                    n_groups=sum(1 for g in groups if g.prunable), unexplained=lm.meta.get("unexplained_nodes", []))
         results[spec] = res

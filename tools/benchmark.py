@@ -62,8 +62,8 @@ FULL_DEFAULTS = MappingProxyType({
     "models": "vgg19:0.25,resnet56:0.5,mobilenetv3_large:0.5", "targets": "0.7,0.5,0.3", "seeds": "0",
     "sparsities": "0.2,0.4,0.6,0.8", "profile": "host-cpu", "train_epochs": 5, "train_limit": 0,
     "kd_epochs": 1, "kd_images": 12000, "steps": 60, "step_ratio": 0.06, "candidates": 4, "rounds": 2,
-    "val_size": 1000, "latency_variants": 8, "test_images": 0, "pareto_test_size": 2000,
-    "fidelity_variants": 30, "fidelity_fit_variants": 8, "uniform_iterations": 6, "uniform_max_ratio": 0.9,
+    "val_size": 1000, "latency_variants": 16, "test_images": 0, "pareto_test_size": 2000,
+    "fidelity_variants": 30, "fidelity_fit_variants": 16, "uniform_iterations": 6, "uniform_max_ratio": 0.9,
     "uniform_repeats": 3, "torch_threads": 1,
 })
 QUICK_DEFAULTS = MappingProxyType({
@@ -979,7 +979,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=None, help="compress --candidates (default 4)")
     p.add_argument("--rounds", type=int, default=None, help="compress --rounds (default 2)")
     p.add_argument("--val-size", type=int, default=None, help="compress --val-size (default 1000)")
-    p.add_argument("--latency-variants", type=int, default=None, help="compress --latency-variants (default 8)")
+    p.add_argument("--latency-variants", type=int, default=None, help="compress --latency-variants (default 16)")
     p.add_argument("--test-images", type=int, default=None, help="test images (0 = the whole test split; default 0)")
     p.add_argument("--fidelity-variants", type=int, default=None, help="latency-check --variants (default 30)")
     p.add_argument("--uniform-iterations", type=int, default=None, help="bisection steps of the uniform baseline (default 6)")

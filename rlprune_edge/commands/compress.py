@@ -53,7 +53,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=800, help="validation images scoring each candidate")
     p.add_argument("--step-kd-batches", type=int, default=100,
                    help="KD batches (of 64 images) after each step (0 = off; the paper fine-tunes every step)")
-    p.add_argument("--latency-variants", type=int, default=8, help="pruned variants profiled to fit the latency model")
+    p.add_argument("--latency-variants", type=int, default=16,
+                   help="pruned variants profiled to fit the latency model (default 16)")
     p.add_argument("--pareto-test-size", type=int, default=2000,
                    help="test images for each step's point on pareto.png (dense/final use the whole test split)")
     p.add_argument("--test-images", type=int, default=0,
@@ -312,7 +313,8 @@ def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: 
         try:
             from rlprune_edge.export import export_bundle
 
-            manifest = export_bundle(student, final_info, profile, out / "bundle", data=data, measure=False,
+            manifest = export_bundle(student, final_info, profile, out / "bundle",
+                                     precision=profile.runtime.precision, data=data, measure=False,
                                      verify_images=200, test_limit=1000, log=None)
             bundle = str(out / "bundle") if manifest is not None else None
         except UserError as exc:

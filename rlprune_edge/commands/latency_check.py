@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="width multiplier for a model name (default 1.0)")
     p.add_argument("--profile", default="host-cpu", help="profile name or path to a .toml file")
     p.add_argument("--variants", type=int, default=30, help="random variants to measure (default 30)")
-    p.add_argument("--fit-variants", type=int, default=8, help="variants profiled to fit the model (default 8)")
+    p.add_argument("--fit-variants", type=int, default=16, help="variants profiled to fit the model (default 16)")
     p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default: min(profile, 100))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refit", action="store_true", help="ignore a cached latency model")

@@ -11,19 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.profiles import DEFAULT_LATENCY_COEFF, RewardWeights
+
+__all__ = ["PRESETS", "Baseline", "RewardWeights", "reduction", "reward", "weights_for"]
 
 PRESETS = ("latency", "accuracy", "flops", "params")
 PAPER_COEFF = 0.25  # the paper's c_F / c_P for its FLOPs and params variants
-DEFAULT_LATENCY_COEFF = 1.0
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    """Coefficients c_L, c_F, c_P."""
-
-    latency: float = 0.0
-    flops: float = 0.0
-    params: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,11 +31,11 @@ class Baseline:
 def weights_for(preset: str, profile: Any | None = None) -> RewardWeights:
     """Coefficients for a `--reward` preset; `latency` reads c_L/c_F/c_P from `profile.reward`."""
     if preset == "accuracy":
-        return RewardWeights()
+        return RewardWeights(latency=0.0)
     if preset == "flops":
-        return RewardWeights(flops=PAPER_COEFF)
+        return RewardWeights(latency=0.0, flops=PAPER_COEFF)
     if preset == "params":
-        return RewardWeights(params=PAPER_COEFF)
+        return RewardWeights(latency=0.0, params=PAPER_COEFF)
     if preset == "latency":
         section = getattr(profile, "reward", None)
         c_l = getattr(section, "latency", None)
