@@ -94,7 +94,7 @@ def _nothing_written(out: Path) -> bool:
 
 
 @pytest.mark.parametrize("args", [["--sparsity", "1.5"], ["--sparsity", "0"], ["--target-latency", "fast"],
-                                  ["--target-latency", "2x"]])
+                                  ["--target-latency", "2x"], ["--threads", "0"]])
 def test_bad_targets_exit_2_and_write_nothing(env, args, capsys):
     tmp, prof = env
     out = tmp / "bad"

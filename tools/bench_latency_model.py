@@ -43,7 +43,7 @@ def main() -> int:
     ap.add_argument("--models", default="vgg19:0.5,resnet56:1,mobilenetv3_large:1")
     ap.add_argument("--fit-variants", type=int, default=16)
     ap.add_argument("--variants", type=int, default=30)
-    ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--runs", type=int, default=0, help="runs per model per measurement (default: the profile's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--multiple", type=int, default=None,
                     help="keep counts are multiples of this (default: the profile's channel multiple; 1 = unaligned)")
@@ -62,14 +62,15 @@ def main() -> int:
         groups = prunable_groups(model, example)
         t0 = time.time()
         lm = LatencyModel.fit(model, example, groups, backend, profile, n_variants=args.fit_variants, seed=args.seed,
-                              pruner=pruner, runs=args.runs, progress=lambda s: print(s, file=sys.stderr, flush=True),
+                              pruner=pruner, runs=args.runs or None, progress=lambda s: print(s, file=sys.stderr, flush=True),
                               multiple=args.multiple)
         fit_s = time.time() - t0
         t0 = time.time()
         res = check_model(lm, model, example, groups, backend, profile, args.variants, seed=args.seed + 1000,
-                          pruner=pruner, runs=args.runs, multiple=args.multiple)
+                          pruner=pruner, runs=args.runs or None, multiple=args.multiple)
         res.update(model=name, width=width_f, fit_s=fit_s, check_s=time.time() - t0,
-                   n_groups=sum(1 for g in groups if g.prunable), unexplained=lm.meta.get("unexplained_nodes", []))
+                   n_groups=sum(1 for g in groups if g.prunable), unexplained=lm.meta.get("unexplained_nodes", []),
+                   latency_model=lm.to_dict())
         results[spec] = res
         print(f"{spec}: dense {lm.dense_ms:.3f} ms, median |rel err| {res['median_abs_rel_error']:.3%}, "
               f"p90 {res['p90_abs_rel_error']:.3%}, max {res['max_abs_rel_error']:.3%} "

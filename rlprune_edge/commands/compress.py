@@ -61,6 +61,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="test images for the dense/final accuracy in the report (0 = the whole test split)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after N search steps, leaving the step checkpoint (continue with --resume)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch's search and distillation (default: torch's choice); latency is "
+                        "always measured with the profile's own thread settings")
     p.add_argument("--no-bundle", action="store_true", help="skip the deployable bundle in OUT/bundle")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -117,11 +120,16 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
             raise UserError(f"{name} {value} is too small; give at least {lo}.")
     if not 0.0 < args.step_ratio < 0.5:
         raise UserError(f"--step-ratio {args.step_ratio} is outside (0, 0.5); e.g. 0.05 removes 5% of channels per step.")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}.")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose a directory path.")
 
     import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     from rlprune_edge.checkpoint import ensure_default_model, load_checkpoint, resolve_model
     from rlprune_edge.data import load_data

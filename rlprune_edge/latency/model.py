@@ -463,7 +463,7 @@ class LatencyModel:
         shape = tuple(example_inputs.shape[1:])
         arch = architecture_hash(model, shape)
         rng = np.random.default_rng(seed)
-        runs = runs or max(30, min(profile.measure.runs, 100))
+        runs = runs or max(30, int(profile.measure.runs))
         warmup = min(profile.measure.warmup, 20)
         blocks = interleave_blocks(profile, runs)
         samples = []
@@ -541,7 +541,7 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
     prunable = [g for g in groups if getattr(g, "prunable", True)]
     shape = tuple(example_inputs.shape[1:])
     rng = np.random.default_rng(seed)
-    runs = runs or max(30, min(profile.measure.runs, 100))
+    runs = runs or max(30, int(profile.measure.runs))
     warmup = min(profile.measure.warmup, 20)
     blocks = interleave_blocks(profile, runs)
     mult = profile_multiple(profile) if multiple is None else max(1, int(multiple))
