@@ -864,6 +864,8 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
            f"- Cells finished between {finished[0]} and {finished[-1]} (UTC)." if finished else "- No cell finished.",
            ""]
 
+    md += _coverage(cells, settings)
+
     md += ["## Base models", ""]
     rows = []
     for label, b in bases.items():
@@ -943,6 +945,24 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
     target = out_dir / "BENCHMARKS.md"
     _write_text(target, "\n".join(md))
     return [target, *written]
+
+
+def _coverage(cells: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """A 'Coverage' section: which cells of the full default grid finished (a partial run says so)."""
+    if settings.get("quick"):
+        return []
+    grid = plan_cells(parse_models(FULL_DEFAULTS["models"]), _floats(FULL_DEFAULTS["targets"], "targets", 0, 1),
+                      _ints(FULL_DEFAULTS["seeds"], "seeds"), _floats(FULL_DEFAULTS["sparsities"], "sparsities", 0, 1),
+                      METHODS)
+    done = [c.id for c in grid if cells.get(c.id, {}).get("status") == "ok"]
+    if len(done) == len(grid):
+        return ["## Coverage", "", f"All {len(grid)} cells of the full default grid finished.", ""]
+    missing = [c.id for c in grid if c.id not in done]
+    return ["## Coverage", "",
+            f"> **Partial run: {len(done)} of the {len(grid)} cells of the full default grid have finished.** "
+            "Tables below show only finished cells; rerun `.venv/bin/python tools/benchmark.py` to continue "
+            "(it resumes from `benchmarks/results.json`).", "",
+            "Not yet run: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
 
 
 def _seeds_of(rows: list[dict[str, Any]]) -> set[int]:
