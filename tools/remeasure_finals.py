@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Re-measure several final models against one dense model in common interleaved windows.
+
+    .venv/bin/python tools/remeasure_finals.py DENSE.onnx A.onnx B.onnx ... [--profile host-cpu]
+        [--windows 5] [--pause 20] [--json OUT]
+
+Every window interleaves all models (dense first) with the profile's blocks/runs; windows are
+`--pause` seconds apart, and each model's ratio to dense is reported per window and as the median
+over windows. Use it to compare methods at equal measured latency: on this shared 2-core VM the
+ratio of a 5 MB and a 1.3 MB model drifted from 0.38 to 0.44 within a minute even while idle
+(tools/drift_check.py), so finals measured in different windows are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rlprune_edge.fsutil import atomic_write_json  # noqa: E402
+from rlprune_edge.latency.backend import get_backend  # noqa: E402
+from rlprune_edge.profiles import load_profile  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dense")
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--profile", default="host-cpu")
+    ap.add_argument("--windows", type=int, default=5)
+    ap.add_argument("--pause", type=float, default=20.0)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    profile = load_profile(args.profile)
+    backend = get_backend(profile)
+    paths = [Path(args.dense), *(Path(m) for m in args.models)]
+    per_window = []
+    for w in range(args.windows):
+        if w:
+            time.sleep(args.pause)
+        ms = backend.compare(paths, blocks=int(profile.measure.blocks), warmup=int(profile.measure.warmup),
+                             runs=int(profile.measure.runs))
+        ratios = [float(m.ratio) for m in ms[1:]]
+        per_window.append({"dense_median_ms": ms[0].median_ms, "ratios": ratios})
+        print(f"window {w + 1}: dense {ms[0].median_ms:.3f} ms; " + ", ".join(f"{r:.3f}" for r in ratios), flush=True)
+    medians = [statistics.median(pw["ratios"][i] for pw in per_window) for i in range(len(args.models))]
+    for m, r in zip(args.models, medians, strict=True):
+        lo = min(pw["ratios"][args.models.index(m)] for pw in per_window)
+        hi = max(pw["ratios"][args.models.index(m)] for pw in per_window)
+        print(f"{m}: median ratio {r:.3f} (windows {lo:.3f}-{hi:.3f})")
+    if args.json:
+        atomic_write_json(args.json, {"dense": args.dense, "models": args.models, "windows": per_window,
+                                      "median_ratios": medians, "profile": profile.name})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
