@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlprune_edge.latency.model import LatencyModel, architecture_hash
+from rlprune_edge.latency.model import DEFAULT_FIT_VARIANTS, LatencyModel, architecture_hash
 from rlprune_edge.profiles import Profile
 
 
@@ -54,7 +54,7 @@ def save_cached(lm: LatencyModel, profile: Profile) -> Path:
 
 
 def get_or_fit(model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Profile,
-               n_variants: int = 16, seed: int = 0, refit: bool = False, **fit_kwargs: Any) -> LatencyModel:
+               n_variants: int = DEFAULT_FIT_VARIANTS, seed: int = 0, refit: bool = False, **fit_kwargs: Any) -> LatencyModel:
     """The cached latency model for (profile, architecture), fitting and caching it when missing."""
     arch = architecture_hash(model, tuple(example_inputs.shape[1:]))
     if not refit:

@@ -42,6 +42,7 @@ OUT_BLOCK = 8
 IN_BLOCK = 4
 MIN_FIXED_FRACTION = -2.0  # end-to-end ratio = u + (1 - u) * kernel ratio; slope 1 - u at most 3
 MIN_PREDICTED_RATIO = 0.02  # a prediction never falls below 2% of the dense latency
+DEFAULT_FIT_VARIANTS = 16  # profiled variants a latency model is fitted from
 FORMAT_VERSION = 2  # 2: fitted with spin-free interleaved measurements (older fits are refitted)
 
 
@@ -444,7 +445,7 @@ class LatencyModel:
 
     @classmethod
     def fit(cls, model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
-            n_variants: int = 16, seed: int = 0, *, pruner: Callable[..., Any] | None = None,
+            n_variants: int = DEFAULT_FIT_VARIANTS, seed: int = 0, *, pruner: Callable[..., Any] | None = None,
             runs: int | None = None, progress: Callable[[str], None] | None = None,
             multiple: int | None = None) -> LatencyModel:
         """Measure the dense model and `n_variants` random pruned variants on `backend`; fit the slots.
