@@ -93,18 +93,21 @@ def distill(
     config: DistillConfig | None = None,
     progress: bool = True,
     split: str = "train",
+    distributed: bool = True,
 ) -> nn.Module:
     """Fine-tune `student` in place from `teacher` on `data.loader(split, ...)`; returns `student`.
 
     `data` needs ``loader(split, batch_size, shuffle=..., augment=..., limit=..., seed=...)`` yielding
-    (x, y) batches. Under torchrun the process group is created if missing (and destroyed again).
+    (x, y) batches. Under torchrun the process group is created if missing (and destroyed again);
+    ``distributed=False`` trains in this process alone (e.g. the search's per-step fine-tune, which
+    only rank 0 runs).
     """
     import torch.distributed as dist
 
     config = config or DistillConfig()
     if config.epochs <= 0:
         return student
-    rank, world = dist_env()
+    rank, world = dist_env() if distributed else (0, 1)
     created = ensure_process_group() if world > 1 else False
     device = torch.device("cpu")
     if world > 1 and torch.cuda.is_available():

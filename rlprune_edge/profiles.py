@@ -60,11 +60,16 @@ class PruningSpec:
 
 @dataclass(frozen=True)
 class MeasureSpec:
-    """Measurement protocol: warm-up runs, timed runs, interleaved blocks for comparisons."""
+    """Measurement protocol: warm-up runs, timed runs, interleaved blocks for comparisons.
+
+    ``rounds``: separate windows a latency-model fit or check spreads each model's runs over
+    (median over windows), so slow machine drift averages out instead of landing on one variant.
+    """
 
     warmup: int = 20
     runs: int = 100
     blocks: int = 5
+    rounds: int = 1
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ _POSITIVE = {
     ("pruning", "channel_multiple"),
     ("measure", "runs"),
     ("measure", "blocks"),
+    ("measure", "rounds"),
     ("connection", "connect_timeout_s"),
     ("connection", "command_timeout_s"),
 }

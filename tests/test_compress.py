@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,48 @@ def test_unreachable_target_and_class_mismatch_exit_2_keep_old_outputs(env, caps
     assert main(["compress", *args, "--profile", prof, "--sparsity", "0.3", "--out", str(out)]) == 2
     assert "classes" in capsys.readouterr().err
     assert (out / "report.json").read_text() == "old"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m rlprune_edge compress ARGS` (2 CPU processes, gloo)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "rlprune_edge", "compress", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def test_compress_under_torchrun_two_gloo_processes(env):
+    """Rank 0 searches alone; both ranks then distil together (DDP); rank 0 writes the outputs."""
+    tmp, prof = env
+    out = tmp / "ddp"
+    res = _torchrun(tmp, [*TINY, "--profile", prof, "--sparsity", "0.3", "--step-ratio", "0.15", "--reward",
+                          "accuracy", "--kd-epochs", "1", "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["distill"]["processes"] == 2 and rep["distill"]["kd_s"] > 0
+    assert rep["final"]["params"] < rep["base"]["params"]
+    assert (out / "model.onnx").stat().st_size > 0
+    from rlprune_edge.checkpoint import load_checkpoint
+
+    from rlprune_edge.flops import count_params
+
+    model, _ = load_checkpoint(out / "model.pt")
+    assert count_params(model) == rep["final"]["params"]
+
+
+def test_compress_under_torchrun_bad_input_ends_without_hanging(env):
+    """Rank 0 rejects the target; the waiting rank is released instead of waiting for a search."""
+    tmp, prof = env
+    out = tmp / "ddp-bad"
+    res = _torchrun(tmp, [*TINY, "--profile", prof, "--target-latency", "0.0001ms", "--out", str(out)])
+    assert res.returncode != 0
+    assert "not reachable" in res.stderr and "Traceback (most recent call last)" not in res.stderr.split("error:")[0]
+    assert not (out / "report.json").exists()

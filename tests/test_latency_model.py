@@ -205,3 +205,69 @@ def test_fixed_fraction_calibrated_from_measured_ratios():
     assert lm.predict_ratio(held_out) == pytest.approx(0.3 + 0.7 * k)
     back = LatencyModel.from_dict(lm.to_dict())
     assert back.predict(held_out) == pytest.approx(lm.predict(held_out))
+
+
+class DriftingBackend:
+    """A machine whose speed ratio between models drifts from window to window (no timing involved).
+
+    Window w scales every model's latency by its own factor, and the ratio of a model to the dense
+    one by `drift[w]`; per-layer profiles shift the same way.
+    """
+
+    name = "drifting"
+
+    def __init__(self, true_ratios: dict[str, float], drift: list[float]):
+        self.true_ratios = true_ratios
+        self.drift = drift
+        self.window = 0
+        self.compare_calls: list[list[str]] = []
+        self.measure_calls: list[tuple[str, int]] = []
+
+    def compare(self, paths, *, blocks, warmup, runs):
+        self.compare_calls.append([str(p) for p in paths])
+        d = self.drift[self.window % len(self.drift)]
+        self.window += 1
+        out = [Measurement(2.0 * d, 2.0 * d, 2.0 * d, [2.0 * d], [], {}, {}, ratio=1.0)]
+        for p in paths[1:]:
+            r = self.true_ratios[str(p)] * d
+            out.append(Measurement(2.0 * r, 2.0 * r, 2.0 * r, [2.0 * r], [], {}, {}, ratio=r))
+        return out
+
+    def measure(self, path, *, warmup, runs, per_layer=False):
+        self.measure_calls.append((str(path), runs))
+        d = self.drift[len(self.measure_calls) % len(self.drift)]
+        t = self.true_ratios.get(str(path), 1.0) * d
+        layers = [LayerTime("conv", "Conv", t, ["conv"])] if per_layer else []
+        return Measurement(t, t, t, [t], layers, {}, {"name": "drifting"})
+
+
+def test_ratios_over_windows_measures_all_models_together_and_takes_median():
+    from types import SimpleNamespace
+
+    from rlprune_edge.latency.model import ratios_over_windows
+
+    truth = {"a.onnx": 0.5, "b.onnx": 0.25}
+    backend = DriftingBackend(truth, drift=[1.0, 1.3, 0.95])
+    profile = SimpleNamespace(measure=SimpleNamespace(blocks=5, runs=300, rounds=3))
+    ratios, dense_ms, by_window = ratios_over_windows(backend, profile, "dense.onnx", ["a.onnx", "b.onnx"],
+                                                      runs=300, warmup=2, rounds=3)
+    # every window holds the dense model and all variants; a slow spell shifts one window, not one variant
+    assert backend.compare_calls == [["dense.onnx", "a.onnx", "b.onnx"]] * 3
+    assert by_window == [[0.5, 0.25], [0.65, 0.325], [0.475, 0.2375]]
+    assert ratios == [0.5, 0.25]  # the median window
+    assert dense_ms == 2.0
+
+
+def test_slot_times_over_windows_spreads_each_model_over_passes():
+    from rlprune_edge.latency.model import slot_times_over_windows
+
+    backend = DriftingBackend({"a.onnx": 0.5}, drift=[1.0, 2.0, 1.1])
+    times, runtime = slot_times_over_windows(backend, ["dense.onnx", "a.onnx"], [{"conv"}, {"conv"}],
+                                             runs=300, warmup=2, rounds=3)
+    # passes go over all models in turn, each with runs / rounds runs
+    assert [p for p, _ in backend.measure_calls] == ["dense.onnx", "a.onnx"] * 3
+    assert {r for _, r in backend.measure_calls} == {100}
+    drifts = [[1.0, 2.0, 1.1][(k + 1) % 3] for k in range(6)]
+    assert times[0]["conv"] == pytest.approx(float(np.median(drifts[0::2])))
+    assert times[1]["conv"] == pytest.approx(0.5 * float(np.median(drifts[1::2])))
+    assert runtime == {"name": "drifting"}

@@ -6,7 +6,15 @@
 
 For each model: fit the latency model from per-layer profiles of `--fit-variants` random variants,
 then measure `--variants` fresh random variants (interleaved with the dense model) and report
-median / p90 absolute relative error of the predicted latency.
+median / p90 absolute relative error of the predicted latency ("separate windows": exactly what
+`rlprune-edge latency-check` does).
+
+Then, "shared windows": the dense model, the fit variants and the check variants are measured
+again together in the same interleaved windows; the model's end-to-end calibration is refitted from
+the *fit* variants' ratios only and scored on the *check* variants. Both sets then see the same
+machine state, so this error is the model's own, without the drift of this VM between the fit's
+and the check's minutes (the check variants' ratios measured in the two ways are compared too:
+that difference is the drift).
 """
 
 from __future__ import annotations
@@ -19,13 +27,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rlprune_edge.export import export_onnx  # noqa: E402
 from rlprune_edge.graph import prunable_groups  # noqa: E402
 from rlprune_edge.latency.backend import get_backend  # noqa: E402
-from rlprune_edge.latency.model import LatencyModel, check_model  # noqa: E402
+from rlprune_edge.latency.model import (  # noqa: E402
+    LatencyModel,
+    check_model,
+    profile_rounds,
+    ratios_over_windows,
+)
 from rlprune_edge.models import build_model  # noqa: E402
 from rlprune_edge.profiles import load_profile  # noqa: E402
 
@@ -35,6 +50,35 @@ def get_pruner():
     from rlprune_edge.prune import prune
 
     return prune
+
+
+def _errors(pred: list[float], meas: list[float]) -> dict[str, float]:
+    e = np.abs(np.asarray(pred) / np.asarray(meas) - 1.0)
+    return {"median_abs_rel_error": float(np.median(e)), "p90_abs_rel_error": float(np.percentile(e, 90)),
+            "max_abs_rel_error": float(np.max(e))}
+
+
+def shared_windows(lm: LatencyModel, model, example, check: dict, backend, profile, pruner, *, runs: int) -> dict:
+    """Re-measure dense + fit variants + check variants in the same windows; recalibrate on the fit ones."""
+    fit_keeps = lm.meta["calibration"]["keeps"][1:]
+    check_keeps = [v["keep"] for v in check["variants"]]
+    shape = tuple(example.shape[1:])
+    with tempfile.TemporaryDirectory(prefix="rlprune-shared-") as tmp:
+        dense = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
+        paths = [export_onnx(pruner(model, example, k, importance="l1"), Path(tmp) / f"s{i}.onnx", shape,
+                             batch=profile.input.batch) for i, k in enumerate([*fit_keeps, *check_keeps])]
+        ratios, dense_ms, by_round = ratios_over_windows(backend, profile, dense, paths, runs=runs,
+                                                         warmup=min(profile.measure.warmup, 20),
+                                                         rounds=profile_rounds(profile))
+    nf = len(fit_keeps)
+    joint = LatencyModel.from_dict(lm.to_dict())
+    joint.calibrate([{}, *fit_keeps], [1.0, *ratios[:nf]])
+    pred = [joint.predict_ratio(k) for k in check_keeps]
+    meas = ratios[nf:]
+    drift = np.abs(np.asarray([v["measured_ratio"] for v in check["variants"]]) / np.asarray(meas) - 1.0)
+    return {**_errors(pred, meas), "fixed_fraction": joint.fixed_fraction, "dense_ms": dense_ms,
+            "fit_ratios": ratios[:nf], "check_ratios": meas, "predicted_ratios": pred, "ratios_by_window": by_round,
+            "drift_median_abs": float(np.median(drift)), "drift_p90_abs": float(np.percentile(drift, 90))}
 
 
 def main() -> int:
@@ -47,6 +91,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--multiple", type=int, default=None,
                     help="keep counts are multiples of this (default: the profile's channel multiple; 1 = unaligned)")
+    ap.add_argument("--no-shared-windows", dest="shared_windows", action="store_false",
+                    help="skip the shared-window re-measurement (see above)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -71,6 +117,15 @@ def main() -> int:
         res.update(model=name, width=width_f, fit_s=fit_s, check_s=time.time() - t0,
                    n_groups=sum(1 for g in groups if g.prunable), unexplained=lm.meta.get("unexplained_nodes", []),
                    latency_model=lm.to_dict())
+        if args.shared_windows:
+            t0 = time.time()
+            res["shared_windows"] = shared_windows(lm, model, example, res, backend, profile, pruner,
+                                                   runs=args.runs or int(profile.measure.runs))
+            res["shared_windows"]["seconds"] = time.time() - t0
+            sw = res["shared_windows"]
+            print(f"{spec}: shared windows: median |rel err| {sw['median_abs_rel_error']:.3%}, "
+                  f"p90 {sw['p90_abs_rel_error']:.3%}; check ratios moved by median {sw['drift_median_abs']:.3%} "
+                  f"between the check's windows and these", flush=True)
         results[spec] = res
         print(f"{spec}: dense {lm.dense_ms:.3f} ms, median |rel err| {res['median_abs_rel_error']:.3%}, "
               f"p90 {res['p90_abs_rel_error']:.3%}, max {res['max_abs_rel_error']:.3%} "

@@ -103,8 +103,89 @@ def _dist() -> tuple[int, int]:
     return dist_env()
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads best top to bottom
-    """Validate everything first (nothing is written on bad input), then search, distill, export, report."""
+class _Announcer:
+    """Under torchrun: rank 0 tells the other ranks once whether to join the distillation.
+
+    Only rank 0 validates, measures latency and searches (a second process measuring at the same
+    time would disturb the measurements); the other ranks wait for this message, then distil with
+    it. Rank 0 always sends it, also when it stops early or fails, so nobody waits forever.
+    """
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.sent = False
+
+    def __call__(self, payload: dict[str, Any] | None) -> None:
+        if self.sent or self.world <= 1:
+            return
+        import torch.distributed as dist
+
+        self.sent = True
+        dist.broadcast_object_list([payload], src=0)
+
+
+def _init_process_group() -> None:
+    """The torchrun process group (gloo: it carries the announcement; DDP uses it for distillation)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if _cuda() else "gloo"
+        # the other ranks wait through rank 0's whole search
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=48))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _follow_rank0(args: argparse.Namespace) -> int:
+    """A rank other than 0: wait for rank 0's search, then take part in the distillation."""
+    import torch
+    import torch.distributed as dist
+
+    from rlprune_edge.checkpoint import load_checkpoint, resolve_model
+    from rlprune_edge.data import load_data
+    from rlprune_edge.distill import DistillConfig, distill
+
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    job = box[0]
+    if not job:  # rank 0 stopped before distillation (bad input, --stop-after, failure): it reports why
+        return 0
+    data = load_data(job["data_spec"], seed=args.seed)
+    torch.manual_seed(args.seed)  # as rank 0 did: a model name is then built with the same weights
+    dense, _ = resolve_model(job["model_spec"], width=args.width, num_classes=data.num_classes, data=data)
+    student, _ = load_checkpoint(job["searched"])
+    torch.manual_seed(args.seed + 12345)
+    distill(student, dense.eval(), data, DistillConfig(epochs=args.kd_epochs, lr=job["kd_lr"],
+                                                        limit=args.kd_images or None, seed=args.seed),
+            progress=False)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything first (nothing is written on bad input), then search, distill, export, report.
+
+    Under torchrun (WORLD_SIZE > 1) rank 0 runs the pipeline and all ranks distil together.
+    """
+    rank, world = _dist()
+    if world > 1:
+        _init_process_group()
+        if rank != 0:
+            return _follow_rank0(args)
+    announce = _Announcer(world)
+    try:
+        return _run_rank0(args, announce)
+    finally:
+        announce(None)  # no-op once the distillation was announced
+
+
+def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: C901 - reads best top to bottom
+    """The pipeline (rank 0, or the only process)."""
     t_start = time.perf_counter()
     from rlprune_edge.search.loop import SearchConfig, Target
 
@@ -138,7 +219,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
     from rlprune_edge.search.env import low_ms, robust_compare
     from rlprune_edge.search.reward import weights_for
 
-    rank, world = _dist()
     profile = load_profile(args.profile)
     model_spec = args.model or str(ensure_default_model(progress=not args.quiet))
     info_data = None
@@ -162,7 +242,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
     from rlprune_edge.search.loop import allocate_keep, max_prune_keep
 
     groups = prunable_groups(dense, example_inputs)
-    show = rank == 0
+    show = True
     if show:
         _say(f"compress: model {model_spec} ({info.model}, width {info.width}), data {data_spec}, "
              f"profile {profile.name}, target {target.describe()}, reward {args.reward}")
@@ -232,12 +312,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
 
         # --- validated: from here on we write into OUT ----------------------------------------------
         state_dir = out / "search"
-        if not args.resume and rank == 0 and state_dir.exists():
+        if not args.resume and state_dir.exists():
             _say(f"note: starting a fresh search in {out} (the previous search state there is replaced)")
             shutil.rmtree(state_dir)
         out.mkdir(parents=True, exist_ok=True)
         state_dir.mkdir(parents=True, exist_ok=True)
-        return _run_validated(args, target, data, data_spec, dense, info, model_spec, profile, backend,
+        return _run_validated(args, announce, target, data, data_spec, dense, info, model_spec, profile, backend,
                               latency_model, weights, dense_onnx, dense_ms, scratch, out, state_dir, t_start,
                               SearchConfig(step_ratio=args.step_ratio, candidates=args.candidates, rounds=args.rounds,
                                            max_steps=args.steps, seed=args.seed))
@@ -245,56 +325,46 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - the pipeline reads bes
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: str, dense: Any, info: Any,
+def _run_validated(args: argparse.Namespace, announce: _Announcer, target: Any, data: Any, data_spec: str, dense: Any, info: Any,
                    model_spec: str, profile: Any, backend: Any, latency_model: Any, weights: Any,
                    dense_onnx: Path, dense_ms: float, scratch: Path, out: Path, state_dir: Path,
                    t_start: float, config: Any) -> int:
     import torch
 
     from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
-    from rlprune_edge.distill import DistillConfig, dist_env, distill, ensure_process_group
+    from rlprune_edge.distill import DistillConfig, dist_env, distill
     from rlprune_edge.export import export_onnx
     from rlprune_edge.report import plot_pareto, summary_lines, write_report
     from rlprune_edge.search.env import EnvConfig, PruneEnv, accuracy, low_ms, robust_compare, tensors
     from rlprune_edge.search.loop import run_search
 
-    rank, world = dist_env()
+    _, world = dist_env()
     env = PruneEnv(dense, info, data, profile, backend, latency_model, dense_onnx, scratch,
                    EnvConfig(val_size=args.val_size, step_kd_batches=args.step_kd_batches, seed=args.seed))
     searched_path = state_dir / "searched.pt"
-    if rank == 0:
-        dense_fig = {"val_acc": env.evaluate(dense), "latency_ms": dense_ms,
-                     "flops": env.flops(dense), "params": env.params(dense)}
-        fingerprint = {"model": str(model_spec), "width": args.width, "data": data_spec, "profile": profile.name,
-                       "reward": args.reward, "val_size": args.val_size, "step_kd": args.step_kd_batches}
-        result = run_search(env, dense, target, weights, dense_fig, config, state_dir, resume=args.resume,
-                            fingerprint=fingerprint, progress=not args.quiet, log=_say, stop_after=args.stop_after)
-        if args.stop_after is not None and not result.reached and len(result.steps) >= args.stop_after:
-            _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {out}")
-            return 0
-        if not result.steps:
-            raise UserError("the search made no step (nothing left to prune); check --profile's channel multiple.")
-        if not result.reached:
-            _say(f"warning: stopped after {len(result.steps)} steps without meeting {target.describe()}")
-        save_checkpoint(searched_path, result.model, info)
-    if world > 1:  # the other ranks wait for the search, then all distill together
-        import datetime
-
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-        ensure_process_group()
-        dist.barrier()
-    student, _ = load_checkpoint(searched_path)
+    dense_fig = {"val_acc": env.evaluate(dense), "latency_ms": dense_ms,
+                 "flops": env.flops(dense), "params": env.params(dense)}
+    fingerprint = {"model": str(model_spec), "width": args.width, "data": data_spec, "profile": profile.name,
+                   "reward": args.reward, "val_size": args.val_size, "step_kd": args.step_kd_batches}
+    result = run_search(env, dense, target, weights, dense_fig, config, state_dir, resume=args.resume,
+                        fingerprint=fingerprint, progress=not args.quiet, log=_say, stop_after=args.stop_after)
+    if args.stop_after is not None and not result.reached and len(result.steps) >= args.stop_after:
+        _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {out}")
+        return 0
+    if not result.steps:
+        raise UserError("the search made no step (nothing left to prune); check --profile's channel multiple.")
+    if not result.reached:
+        _say(f"warning: stopped after {len(result.steps)} steps without meeting {target.describe()}")
+    save_checkpoint(searched_path, result.model, info)
     kd_lr = args.kd_lr if args.kd_lr is not None else DistillConfig.lr
+    # the other ranks (torchrun) wait for this, then distil together with this one
+    announce({"searched": str(searched_path), "model_spec": str(model_spec), "data_spec": data_spec, "kd_lr": kd_lr})
+    student, _ = load_checkpoint(searched_path)
     torch.manual_seed(args.seed + 12345)
     t_kd = time.perf_counter()
     distill(student, dense, data, DistillConfig(epochs=args.kd_epochs, lr=kd_lr, limit=args.kd_images or None,
                                                 seed=args.seed), progress=not args.quiet)
     kd_s = time.perf_counter() - t_kd
-    if rank != 0:
-        return 0
 
     # --- final figures (the test split is used only here, after the search) -------------------------
     student.eval()
@@ -344,7 +414,8 @@ def _run_validated(args: argparse.Namespace, target: Any, data: Any, data_spec: 
         "steps": steps_out,
         "search": {"step_ratio": config.step_ratio, "candidates": config.candidates, "rounds": config.rounds,
                    "val_size": args.val_size, "search_s": result.wall_s},
-        "distill": {"epochs": args.kd_epochs, "images_per_epoch": args.kd_images, "lr": kd_lr, "kd_s": kd_s},
+        "distill": {"epochs": args.kd_epochs, "images_per_epoch": args.kd_images, "lr": kd_lr, "kd_s": kd_s,
+                    "processes": world},
         "bundle": bundle,
         "wall_s": wall,
     }

@@ -43,7 +43,7 @@ IN_BLOCK = 4
 MIN_FIXED_FRACTION = -2.0  # end-to-end ratio = u + (1 - u) * kernel ratio; slope 1 - u at most 3
 MIN_PREDICTED_RATIO = 0.02  # a prediction never falls below 2% of the dense latency
 DEFAULT_FIT_VARIANTS = 16  # profiled variants a latency model is fitted from
-FORMAT_VERSION = 2  # 2: fitted with spin-free interleaved measurements (older fits are refitted)
+FORMAT_VERSION = 3  # 3: measurements spread over the profile's rounds (older fits are refitted)
 
 
 def _ceil(x: float, m: int) -> float:
@@ -269,6 +269,55 @@ def interleave_blocks(profile: Any, runs: int) -> int:
     return max(int(profile.measure.blocks), runs // 4)
 
 
+def profile_rounds(profile: Any) -> int:
+    """Windows a fit or check spreads its measurements over (the profile's measure.rounds, >= 1)."""
+    return max(1, int(getattr(getattr(profile, "measure", None), "rounds", 1) or 1))
+
+
+def ratios_over_windows(backend: Any, profile: Any, dense_path: str | Path, paths: Sequence[str | Path], *,
+                        runs: int, warmup: int, rounds: int) -> tuple[list[float], float, list[list[float]]]:
+    """Each model's latency over the dense model's, from `rounds` windows of interleaved blocks.
+
+    Every window holds the dense model and all `paths` together, in interleaved blocks of a few runs
+    each, so all models see the same machine state; the windows follow one another and each
+    model's ratio is the median over windows. Each model gets ``runs / rounds`` timed runs per
+    window. Returns (ratio per path, median dense ms over windows, per-window ratios).
+    """
+    per_round = max(8, -(-int(runs) // max(1, rounds)))
+    blocks = interleave_blocks(profile, per_round)
+    by_round: list[list[float]] = []
+    dense_ms: list[float] = []
+    for _ in range(max(1, rounds)):
+        res = backend.compare([dense_path, *paths], blocks=blocks, warmup=warmup, runs=per_round)
+        dense_ms.append(float(res[0].median_ms))
+        by_round.append([float(r.ratio) for r in res[1:]])
+    ratios = [float(np.median([rr[i] for rr in by_round])) for i in range(len(paths))]
+    return ratios, float(np.median(dense_ms)), by_round
+
+
+def slot_times_over_windows(backend: Any, paths: Sequence[str | Path], compute: Sequence[set[str]], *,
+                            runs: int, warmup: int, rounds: int) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Per-ONNX-node times of each model from per-layer profiles in `rounds` passes over all models.
+
+    Each pass profiles every model with ``runs / rounds`` runs; a node's time is its median over
+    passes, so a slow spell of the machine is spread over all models instead of one. Returns the
+    times per model and the runtime facts of the last measurement.
+    """
+    per_round = max(10, -(-int(runs) // max(1, rounds)))
+    passes: list[list[dict[str, float]]] = [[] for _ in paths]
+    runtime: dict[str, Any] = {}
+    for _ in range(max(1, rounds)):
+        for i, path in enumerate(paths):
+            prof = backend.measure(path, warmup=warmup, runs=per_round, per_layer=True)
+            passes[i].append(slot_times(prof.per_layer, compute[i]))
+            runtime = dict(getattr(prof, "runtime", {}) or {})
+    out = []
+    for per_pass in passes:
+        nodes = {n for t in per_pass for n in t}
+        out.append({n: float(np.median([t[n] for t in per_pass if n in t])) for n in nodes})
+    return out, runtime
+
+
 def staircase_keep(groups: Sequence[Any]) -> dict[str, int]:
     """Keep counts that differ between groups of equal width (group j drops j mod (channels/2 + 1)).
 
@@ -432,16 +481,27 @@ class LatencyModel:
                     meta=m)
         model.kernel_dense_ms = max(model.kernel_ms({}), 1e-9)
         if ratios is not None:
-            k = np.asarray([model.kernel_ms({g: int(v) for g, v in kp.items()}) for kp in keeps]) / model.kernel_dense_ms
-            r = np.asarray(ratios, dtype=np.float64)
-            den = float(np.sum((1 - k) ** 2))
-            u = float(np.sum((r - k) * (1 - k)) / den) if den > 1e-12 else 0.0
-            # u < 0 is allowed: profiled kernel times carry a per-node profiling overhead that pruning
-            # does not remove (MobileNetV3-L on host-cpu: profiled kernels sum to ~1.5x the unprofiled
-            # end-to-end time), so the kernel-sum ratio understates the end-to-end speed-up.
-            model.fixed_fraction = float(min(max(u, MIN_FIXED_FRACTION), 0.98))
-            m["calibration"] = {"ratios": r.tolist(), "kernel_ratios": k.tolist()}
+            model.calibrate([{g: int(v) for g, v in kp.items()} for kp in keeps], ratios)
         return model
+
+    def calibrate(self, keeps: Sequence[dict[str, int]], ratios: Sequence[float]) -> float:
+        """Refit the fixed fraction u from measured end-to-end ratios (variant / dense) of `keeps`.
+
+        Least squares of ``ratio = u + (1 - u) * kernel(keep) / kernel(dense)``; ``{}`` (the dense
+        model, ratio 1) may be among them. The keeps, ratios and kernel ratios are kept in
+        ``meta["calibration"]``. Returns u.
+        """
+        k = np.asarray([self.kernel_ms(kp) for kp in keeps]) / max(self.kernel_dense_ms, 1e-12)
+        r = np.asarray(ratios, dtype=np.float64)
+        den = float(np.sum((1 - k) ** 2))
+        u = float(np.sum((r - k) * (1 - k)) / den) if den > 1e-12 else 0.0
+        # u < 0 is allowed: profiled kernel times carry a per-node profiling overhead that pruning
+        # does not remove (MobileNetV3-L on host-cpu: profiled kernels sum to ~1.5x the unprofiled
+        # end-to-end time), so the kernel-sum ratio understates the end-to-end speed-up.
+        self.fixed_fraction = float(min(max(u, MIN_FIXED_FRACTION), 0.98))
+        self.meta["calibration"] = {"ratios": r.tolist(), "kernel_ratios": k.tolist(),
+                                    "keeps": [{g: int(v) for g, v in kp.items()} for kp in keeps]}
+        return self.fixed_fraction
 
     @classmethod
     def fit(cls, model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
@@ -466,10 +526,7 @@ class LatencyModel:
         rng = np.random.default_rng(seed)
         runs = runs or max(30, int(profile.measure.runs))
         warmup = min(profile.measure.warmup, 20)
-        blocks = interleave_blocks(profile, runs)
-        samples = []
-        ratios: list[float] = []
-        dense_ratios_ms: list[float] = []
+        rounds = profile_rounds(profile)
         with tempfile.TemporaryDirectory(prefix="rlprune-latfit-") as tmp:
             dense_path = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
             mult = profile_multiple(profile) if multiple is None else max(1, int(multiple))
@@ -479,36 +536,35 @@ class LatencyModel:
             # timed (an unaligned layer runs a different kernel path: the model covers aligned counts).
             n_random = n_variants if mult > 1 else n_variants - 1
             keeps += [random_keep(prunable, rng, multiple=mult) for _ in range(n_random)]
-            dense_ms = None
+            paths: list[Path] = []
+            dims_list = []
             for i, keep in enumerate(keeps):
                 if progress:
-                    progress(f"latency model: variant {i}/{len(keeps) - 1}")
+                    progress(f"latency model: exporting variant {i}/{len(keeps) - 1}")
                 if i == 0:
                     path = dense_path
                 else:
                     pruned = pruner(model, example_inputs, keep, importance="l1")
                     path = export_onnx(pruned, Path(tmp) / f"v{i}.onnx", shape, batch=profile.input.batch)
-                dims = onnx_node_dims(path)
-                if i == 1 and mult > 1:
-                    samples.append(({g: keep.get(g, c) for g, c in channels.items()}, dims, None))
-                    continue
-                prof = backend.measure(path, warmup=warmup, runs=runs, per_layer=True)
-                if i == 0:
-                    cmp = backend.compare([dense_path], blocks=blocks, warmup=warmup, runs=runs)
-                    dense_ms = cmp[0].median_ms
-                    ratio = 1.0
-                else:
-                    cmp = backend.compare([dense_path, path], blocks=blocks, warmup=warmup, runs=runs)
-                    ratio = float(cmp[1].ratio)
-                    dense_ratios_ms.append(cmp[0].median_ms)
-                compute = {n for n, d in dims.items() if d["op"] in WEIGHTED}
-                times = slot_times(prof.per_layer, compute)
-                ratios.append(ratio)
-                samples.append(({g: keep.get(g, c) for g, c in channels.items()}, dims, times))
-        assert dense_ms is not None
-        dense_ref = float(np.median([dense_ms, *dense_ratios_ms]))
-        meta = {"n_variants": n_variants, "seed": seed, "runs": runs, "runtime": getattr(prof, "runtime", {}),
-                "channel_multiple": mult}
+                paths.append(path)
+                dims_list.append(onnx_node_dims(path))
+            timed = [i for i in range(len(keeps)) if not (i == 1 and mult > 1)]
+            if progress:
+                progress(f"latency model: per-layer profiles of {len(timed)} models in {rounds} pass(es)")
+            times, prof_runtime = slot_times_over_windows(
+                backend, [paths[i] for i in timed],
+                [{n for n, d in dims_list[i].items() if d["op"] in WEIGHTED} for i in timed],
+                runs=runs, warmup=warmup, rounds=rounds)
+            if progress:
+                progress(f"latency model: end-to-end ratios of {len(timed) - 1} variants in {rounds} window(s)")
+            variant_ratios, dense_ref, by_round = ratios_over_windows(
+                backend, profile, dense_path, [paths[i] for i in timed[1:]], runs=runs, warmup=warmup, rounds=rounds)
+        time_of = dict(zip(timed, times, strict=True))
+        samples = [({g: keep.get(g, c) for g, c in channels.items()}, dims_list[i], time_of.get(i))
+                   for i, keep in enumerate(keeps)]
+        ratios = [1.0, *variant_ratios]
+        meta = {"n_variants": n_variants, "seed": seed, "runs": runs, "rounds": rounds, "runtime": prof_runtime,
+                "channel_multiple": mult, "ratios_by_window": by_round}
         return cls.fit_from_profiles(getattr(profile, "name", str(profile)), arch, channels, samples, dense_ref, meta,
                                      ratios=ratios)
 
@@ -531,7 +587,8 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
     Keep counts are multiples of `multiple` (default: the profile's channel multiple, as the
     search produces them; 1 checks unaligned counts).
 
-    Each variant is measured in interleaved blocks against the dense model in one window; its
+    All variants are measured together with the dense model in interleaved blocks, in the
+    profile's `rounds` windows (median over windows; see `ratios_over_windows`); a variant's
     measured latency is ``ratio x the dense latency the model was fitted with``, so the error is
     the error in the predicted speed-up, which is what the reward uses, free of slow drift.
     """
@@ -544,29 +601,36 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
     rng = np.random.default_rng(seed)
     runs = runs or max(30, int(profile.measure.runs))
     warmup = min(profile.measure.warmup, 20)
-    blocks = interleave_blocks(profile, runs)
+    rounds = profile_rounds(profile)
     mult = profile_multiple(profile) if multiple is None else max(1, int(multiple))
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlprune-latcheck-") as tmp:
         dense_path = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
+        keeps, paths = [], []
         for i in range(n_variants):
             if progress:
-                progress(f"latency check: variant {i + 1}/{n_variants}")
+                progress(f"latency check: exporting variant {i + 1}/{n_variants}")
             keep = random_keep(prunable, rng, multiple=mult)
             pruned = pruner(model, example_inputs, keep, importance="l1")
-            path = export_onnx(pruned, Path(tmp) / f"c{i}.onnx", shape, batch=profile.input.batch)
-            cmp = backend.compare([dense_path, path], blocks=blocks, warmup=warmup, runs=runs)
-            measured = float(cmp[1].ratio) * lm.dense_ms
+            keeps.append(keep)
+            paths.append(export_onnx(pruned, Path(tmp) / f"c{i}.onnx", shape, batch=profile.input.batch))
+        if progress:
+            progress(f"latency check: {n_variants} variants with the dense model in {rounds} window(s)")
+        ratios, dense_window_ms, by_round = ratios_over_windows(backend, profile, dense_path, paths, runs=runs,
+                                                                warmup=warmup, rounds=rounds)
+        for i, keep in enumerate(keeps):
+            measured = ratios[i] * lm.dense_ms
             predicted = lm.predict(keep)
             rows.append({"predicted_ms": predicted, "measured_ms": measured, "rel_error": predicted / measured - 1.0,
-                         "measured_ratio": float(cmp[1].ratio), "predicted_ratio": lm.predict_ratio(keep),
-                         "dense_median_ms_this_window": cmp[0].median_ms, "keep": keep})
-            os.unlink(path)
+                         "measured_ratio": ratios[i], "predicted_ratio": lm.predict_ratio(keep),
+                         "measured_ratio_by_window": [rr[i] for rr in by_round], "keep": keep})
     errs = np.abs([r["rel_error"] for r in rows]) if rows else np.zeros(1)
     return {
         "profile": getattr(profile, "name", str(profile)),
         "channel_multiple": mult,
         "dense_ms": lm.dense_ms,
+        "dense_ms_check_windows": dense_window_ms,
+        "rounds": rounds,
         "variants": rows,
         "median_abs_rel_error": float(np.median(errs)),
         "p90_abs_rel_error": float(np.percentile(errs, 90)),

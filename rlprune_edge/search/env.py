@@ -211,7 +211,7 @@ class PruneEnv:
 
         distill(model, self.dense, self.data,
                 DistillConfig(epochs=1, lr=self.config.step_kd_lr, batch_size=64, limit=64 * n,
-                              seed=self.config.seed + 1000 + step), progress=False)
+                              seed=self.config.seed + 1000 + step), progress=False, distributed=False)
 
     # --- persistence -------------------------------------------------------------------------------
     def save_model(self, path: Path, model: nn.Module) -> None:
