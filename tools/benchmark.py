@@ -66,6 +66,11 @@ FULL_DEFAULTS = MappingProxyType({
     "fidelity_variants": 30, "fidelity_fit_variants": 16, "uniform_iterations": 6, "uniform_max_ratio": 0.9,
     "uniform_repeats": 3, "torch_threads": 1,
 })
+# Finals of one (model, target, seed) re-measured together with their dense model: windows, pause s
+# between windows. Cells run minutes apart; on this VM a large/small model ratio drifts by up to ~15%
+# within a minute, so only finals measured in the same windows are compared at "equal latency".
+COMMON_WINDOWS = (5, 10.0)
+QUICK_COMMON_WINDOWS = (2, 0.0)
 QUICK_DEFAULTS = MappingProxyType({
     "models": "vgg11:0.125", "targets": "0.7", "seeds": "0", "sparsities": "0.4", "profile": "",
     "train_epochs": 1, "train_limit": 2000, "kd_epochs": 1, "kd_images": 256, "steps": 8, "step_ratio": 0.15,
@@ -548,6 +553,65 @@ RUNNERS: MappingProxyType[str, Callable[[Cell, Context], dict[str, Any]]] = Mapp
 })
 
 
+def _group_key(r: dict[str, Any]) -> str:
+    return f"{r['label']}@{r['target']:g}x/seed{r['seed']}"
+
+
+def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
+    """Every finished Pareto group (one model, target, seed; >= 2 methods): the dense model and all the
+    methods' final ONNX models measured together, `windows` interleaved windows `pause_s` apart;
+    each final's ratio to dense is the median over windows. Stored in results.json under "common"
+    (redone only when the group's members change)."""
+    from rlprune_edge.checkpoint import load_checkpoint
+    from rlprune_edge.export import export_onnx
+    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.model import interleave_blocks
+    from rlprune_edge.profiles import load_profile
+
+    common = ctx.results.doc.setdefault("common", {})
+    groups: dict[str, list[str]] = {}
+    for cid, r in ctx.results.cells.items():
+        if r.get("kind") == "pareto" and r.get("status") == "ok":
+            groups.setdefault(_group_key(r), []).append(cid)
+    profile = load_profile(ctx.settings.profile)
+    backend = None
+    for key, ids in sorted(groups.items()):
+        ids = sorted(ids)
+        paths = [ctx.work.parent / ctx.results.cells[i]["run_dir"] / "model.onnx" for i in ids]
+        if len(ids) < 2 or common.get(key, {}).get("members") == ids or not all(p.is_file() for p in paths):
+            continue
+        backend = backend or get_backend(profile)
+        rec = ctx.results.cells[ids[0]]
+        dense, info = load_checkpoint(ctx.base_ckpt(ModelSpec(rec["model"], float(rec["width"]))))
+        runs = int(profile.measure.runs)
+        per_window: list[dict[str, Any]] = []
+        _say(f"benchmark: {key}: {len(ids)} finals with the dense model in {windows} common windows")
+        with tempfile.TemporaryDirectory(prefix="bench-common-") as tmp:
+            dense_onnx = export_onnx(copy.deepcopy(dense).eval(), Path(tmp) / "dense.onnx", tuple(info.input_shape),
+                                     batch=int(profile.input.batch))
+            for w in range(windows):
+                if w and pause_s > 0:
+                    time.sleep(pause_s)
+                ms = backend.compare([dense_onnx, *paths], blocks=interleave_blocks(profile, runs),
+                                     warmup=int(profile.measure.warmup), runs=runs)
+                per_window.append({"dense_median_ms": ms[0].median_ms, "ratios": [float(m.ratio) for m in ms[1:]],
+                                   "medians_ms": [m.median_ms for m in ms[1:]]})
+        ratios = {cid: float(statistics.median(pw["ratios"][j] for pw in per_window)) for j, cid in enumerate(ids)}
+        common[key] = {"members": ids, "ratios": ratios, "windows": per_window, "pause_s": pause_s,
+                       "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        ctx.results.save()
+
+
+def _with_common(cells: dict[str, Any], common: dict[str, Any]) -> list[dict[str, Any]]:
+    """Finished Pareto records, each with `common_ratio` when its group was re-measured together."""
+    out = []
+    for cid, r in cells.items():
+        if r.get("kind") == "pareto" and r.get("status") == "ok":
+            c = common.get(_group_key(r), {})
+            out.append(r | {"common_ratio": c.get("ratios", {}).get(cid)})
+    return out
+
+
 def run_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
     """Run one cell; the record always has status, wall_s, load averages and a finish time."""
     runner = run_uniform_cell if (cell.kind == "pareto" and cell.method == "uniform") else (
@@ -673,7 +737,9 @@ def _pareto_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             _fmt_stat([r["test_acc"] for r in rs], ".2f", 100),
             _fmt_stat([r["test_acc"] - r["base_test_acc"] for r in rs], "+.2f", 100),
             _fmt_stat([r["latency_ms"] for r in rs], ".3f"), _fmt_stat([r["p90_ms"] for r in rs], ".3f"),
-            _fmt_stat([r["measured_ratio"] for r in rs], ".3f"), _fmt_stat([r["speedup"] for r in rs], ".2f") + "×",
+            _fmt_stat([r["measured_ratio"] for r in rs], ".3f"),
+            _fmt_stat([r["common_ratio"] for r in rs], ".3f") if all(r.get("common_ratio") for r in rs) else "—",
+            _fmt_stat([r["speedup"] for r in rs], ".2f") + "×",
             _fmt_stat([r["flops"] for r in rs], ".2f", 1e-6), _fmt_stat([r["params"] for r in rs], ",.0f"),
             _fmt_stat([r["search_s"] for r in rs], ".0f"), _fmt_stat([r["wall_s"] for r in rs], ".0f"),
             ("yes" if met else "**no**") + ("" if all(r.get("reached", True) for r in rs) else " (not met during the search)"),
@@ -683,7 +749,7 @@ def _pareto_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 PARETO_HEADER = ("method", "test acc %", "Δ acc (pts)", "latency median ms", "latency p90 ms", "latency / dense",
-                 "speed-up", "MFLOPs", "params", "search s", "cell wall s", "target met", "seeds")
+                 "latency / dense, common windows", "speed-up", "MFLOPs", "params", "search s", "cell wall s", "target met", "seeds")
 PAPER_HEADER = ("sparsity", "base acc %", "pruned acc %", "Δ acc (pts)", "FLOPs reduction %", "params reduction %",
                 "measured speed-up", "seeds")
 FIDELITY_HEADER = ("model", "variants", "median abs rel err %", "p90 abs rel err %", "max abs rel err %",
@@ -699,11 +765,13 @@ def _reading(pareto: list[dict[str, Any]]) -> list[str]:
     wins = ties = total = 0
     for (label, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
         by: dict[str, dict[str, float]] = {}
+        # latency compared in the common windows when the group was re-measured together (see remeasure_common)
+        key = "common_ratio" if all(r.get("common_ratio") for r in rs) else "measured_ratio"
         for method in METHODS:
             m = [r for r in rs if r["method"] == method]
             if m:
                 by[method] = {"acc": _mean([r["test_acc"] for r in m]) * 100,
-                              "ratio": _mean([r["measured_ratio"] for r in m]),
+                              "ratio": _mean([r[key] for r in m]),
                               "mflops": _mean([r["flops"] for r in m]) / 1e6}
         met = {k: v for k, v in by.items() if v["ratio"] <= target * MET_TOLERANCE}
         if "latency" not in by:
@@ -883,8 +951,14 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
     md += [_table(("model", "checkpoint", "epochs", "test acc %", "dense latency median ms", "p90 ms", "MFLOPs",
                    "params", "train time"), rows) if rows else "_No base model finished._", ""]
 
-    pareto = _ok(cells, "pareto")
+    pareto = _with_common(cells, doc.get("common", {}))
     md += ["## Pareto comparison at measured-latency targets", ""]
+    if pareto:
+        md += ["*latency / dense* is each cell's own final measurement (interleaved with the dense model, in the "
+               "cell's own window); it decides *target met*. *latency / dense, common windows*: all finals of one "
+               f"(model, target, seed) measured again together with their dense model, in {COMMON_WINDOWS[0]} "
+               f"windows {COMMON_WINDOWS[1]:g} s apart (median over windows): only these are compared at equal "
+               "latency, and the reading below uses them.", ""]
     if not pareto:
         md += ["_No Pareto cell finished._", ""]
     for label in _labels({k: v for k, v in cells.items() if v.get("kind") == "pareto"}):
@@ -1141,6 +1215,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                 _say(f"benchmark: {cell.id} FAILED: {rec['error']}")
             else:
                 _say(f"benchmark: {cell.id} done in {_fmt_s(rec['wall_s'])}")
+    with _torch_threads(settings.torch_threads):
+        windows, pause = QUICK_COMMON_WINDOWS if settings.quick else COMMON_WINDOWS
+        remeasure_common(ctx, windows, pause)
     written = render(results.doc, out_dir, command)
     for p in written:
         print(f"wrote {p}")
