@@ -803,10 +803,29 @@ def _reading(pareto: list[dict[str, Any]]) -> list[str]:
         lines.append(f"- {label} @ {target:g}×: latency reward {verdict}, {gap:+.2f} pts ({desc}) against the most "
                      f"accurate other method meeting the target, {METHOD_LABELS[best_k]} ({best['acc']:.2f}% at "
                      f"{best['ratio']:.2f}×, {best['mflops']:.2f} MFLOPs).")
+    lines += _why_lines(pareto)
     head = [f"The latency reward was at least as accurate at no higher measured latency (within "
             f"{MET_TOLERANCE:.2f}×) than every other method meeting the target in {wins} of {total} (model, target) "
             "settings" + (f" and tied in {ties}" if ties else "") + "."] if total else []
     return head + lines
+
+
+def _why_lines(pareto: list[dict[str, Any]]) -> list[str]:
+    """Per model: how closely measured latency followed FLOPs across its finals (room for a latency reward)."""
+    out = []
+    for label in sorted({r["label"] for r in pareto}):
+        rs = [r for r in pareto if r["label"] == label and r.get("base_flops")]
+        lat = [r["common_ratio"] or r["measured_ratio"] for r in rs]
+        fl = [r["flops"] / r["base_flops"] for r in rs]
+        if len(rs) < 3 or len(set(fl)) < 2 or len(set(lat)) < 2:
+            continue
+        corr = statistics.correlation(fl, lat)
+        gaps = [a - b for a, b in zip(lat, fl, strict=True)]
+        out.append(f"- Why, {label}: across its {len(rs)} finals, latency / dense vs FLOPs / dense has Pearson "
+                   f"r = {corr:.3f}; latency fraction minus FLOPs fraction spans {min(gaps):+.2f} to {max(gaps):+.2f}. "
+                   "The closer r is to 1 and the narrower that span, the less a latency reward can gain over a "
+                   "FLOPs reward on this runtime: removing FLOPs already removes time.")
+    return out
 
 
 def _pareto_plot(path: Path, label: str, rows: list[dict[str, Any]], base: dict[str, Any] | None, how: str) -> None:
