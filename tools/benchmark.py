@@ -375,6 +375,18 @@ def _slim_meta(meta: dict | None) -> dict[str, Any]:
                                                              "data", "lr", "batch_size", "seed", "best_epoch")}
 
 
+def _training_finished(ckpt: Path, epochs: int) -> bool:
+    """True when `ckpt` records a training that ran all `epochs` (not a best-so-far save of a cut run)."""
+    from rlprune_edge.checkpoint import load_checkpoint
+
+    try:
+        _, info = load_checkpoint(ckpt)
+    except UserError:
+        return False
+    meta = info.meta or {}
+    return int(meta.get("epochs_done", meta.get("epochs", 0)) or 0) >= epochs
+
+
 def run_base(cell: Cell, ctx: Context) -> dict[str, Any]:
     """Train the base model with `rlprune-edge train` (or reuse the shipped / cached one) and measure it."""
     s = ctx.settings
@@ -385,9 +397,9 @@ def run_base(cell: Cell, ctx: Context) -> dict[str, Any]:
     else:
         ckpt = ctx.ckpt(cell.model)
         source = "trained by this benchmark with `rlprune-edge train`"
-        if ckpt.is_file():
+        if ckpt.is_file() and _training_finished(ckpt, s.train_epochs):
             source += " (cached in benchmarks/ckpt)"
-        else:
+        else:  # absent, or a best-so-far checkpoint of an interrupted training: train afresh
             argv = ["train", "--model", cell.model.name, "--width", f"{cell.model.width:g}", "--data", s.data,
                     "--epochs", str(s.train_epochs), "--out", str(ckpt), "--seed", "0", "--save-each-epoch"]
             if s.train_limit:
@@ -677,7 +689,7 @@ def _fmt_stat(vals: Sequence[float], fmt: str, scale: float = 1.0) -> str:
         return "—"
     if len(vals) == 1:
         return format(vals[0], fmt)
-    return f"{format(_mean(vals), fmt)} ± {format(statistics.stdev(vals), fmt)}"
+    return f"{format(_mean(vals), fmt)} ± {format(statistics.stdev(vals), fmt.replace('+', ''))}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -770,9 +782,11 @@ def _reading(pareto: list[dict[str, Any]]) -> list[str]:
         for method in METHODS:
             m = [r for r in rs if r["method"] == method]
             if m:
-                by[method] = {"acc": _mean([r["test_acc"] for r in m]) * 100,
-                              "ratio": _mean([r[key] for r in m]),
-                              "mflops": _mean([r["flops"] for r in m]) / 1e6}
+                accs = [r["test_acc"] * 100 for r in m]
+                by[method] = {"acc": _mean(accs), "ratio": _mean([r[key] for r in m]),
+                              "mflops": _mean([r["flops"] for r in m]) / 1e6,
+                              # squared standard error of the mean accuracy (0 with one seed)
+                              "se2": statistics.variance(accs) / len(accs) if len(accs) > 1 else 0.0}
         met = {k: v for k, v in by.items() if v["ratio"] <= target * MET_TOLERANCE}
         if "latency" not in by:
             continue
@@ -792,7 +806,11 @@ def _reading(pareto: list[dict[str, Any]]) -> list[str]:
         # a win needs equal or lower measured latency too (within the tolerance): Pareto dominance
         ours_not_slower = ours["ratio"] <= best["ratio"] * MET_TOLERANCE
         other_not_slower = best["ratio"] <= ours["ratio"] * MET_TOLERANCE
-        if gap >= 0 and ours_not_slower:
+        se = math.sqrt(ours["se2"] + best["se2"])  # standard error of the gap (several seeds)
+        if se > 0 and abs(gap) <= se and (ours_not_slower or other_not_slower):
+            verdict = f"ties within seed noise (gap smaller than its standard error, {se:.2f} pts)"
+            ties += 1
+        elif gap >= 0 and ours_not_slower:
             verdict = "wins" if gap > 0 else "ties"
             wins += gap > 0
             ties += gap == 0
