@@ -153,7 +153,6 @@ def test_compress_under_torchrun_two_gloo_processes(env):
     assert rep["final"]["params"] < rep["base"]["params"]
     assert (out / "model.onnx").stat().st_size > 0
     from rlprune_edge.checkpoint import load_checkpoint
-
     from rlprune_edge.flops import count_params
 
     model, _ = load_checkpoint(out / "model.pt")

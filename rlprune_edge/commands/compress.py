@@ -242,11 +242,9 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
     from rlprune_edge.search.loop import allocate_keep, max_prune_keep
 
     groups = prunable_groups(dense, example_inputs)
-    show = True
-    if show:
-        _say(f"compress: model {model_spec} ({info.model}, width {info.width}), data {data_spec}, "
-             f"profile {profile.name}, target {target.describe()}, reward {args.reward}")
-        _say("groups:\n" + _groups_table(groups))
+    _say(f"compress: model {model_spec} ({info.model}, width {info.width}), data {data_spec}, "
+         f"profile {profile.name}, target {target.describe()}, reward {args.reward}")
+    _say("groups:\n" + _groups_table(groups))
     names = [g.name for g in groups]
     ch0 = [int(g.channels) for g in groups]
     prunable = [bool(g.prunable) for g in groups]
@@ -270,22 +268,19 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
         meas = profile.measure
         dense_m = backend.measure(dense_onnx, warmup=meas.warmup, runs=meas.runs)
         dense_ms = low_ms(dense_m)
-        if show:
-            _say(f"dense latency on {profile.name}: {dense_ms:.3f} ms (20th percentile; median "
-                 f"{dense_m.median_ms:.3f} ms, p90 {dense_m.p90_ms:.3f} ms)")
+        _say(f"dense latency on {profile.name}: {dense_ms:.3f} ms (20th percentile; median "
+             f"{dense_m.median_ms:.3f} ms, p90 {dense_m.p90_ms:.3f} ms)")
         t_fit = time.perf_counter()
         latency_model = _fit_latency_model(dense, example_inputs, groups, backend, profile,
                                            args.latency_variants, args.seed)
-        if show:
-            _say(f"latency model ready ({time.perf_counter() - t_fit:.0f}s)")
+        _say(f"latency model ready ({time.perf_counter() - t_fit:.0f}s)")
         goal_ms = target.latency_goal_ms(dense_ms)
         if goal_ms is not None:
             floor_ms = float(latency_model.predict(
                 {n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p}))
             verdict = "reachable" if floor_ms <= goal_ms else "NOT reachable by prediction"
-            if show:
-                _say(f"target {goal_ms:.3f} ms; smallest allowed model (every group at {m} channels) "
-                     f"predicted {floor_ms:.3f} ms -> {verdict}")
+            _say(f"target {goal_ms:.3f} ms; smallest allowed model (every group at {m} channels) "
+                 f"predicted {floor_ms:.3f} ms -> {verdict}")
             if floor_ms > goal_ms:
                 # confirm with a real measurement before refusing
                 from rlprune_edge.prune import prune
@@ -296,8 +291,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 _, tiny_m, tiny_ratio = robust_compare(backend, [dense_onnx, tiny_onnx], profile)
                 tiny_ms = low_ms(tiny_m)
                 reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
-                if show:
-                    _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
+                _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
                 if not reach:
                     raise UserError(
                         f"target {target.describe()} is not reachable for {model_spec} on {profile.name}: even with "
@@ -306,9 +300,8 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
         else:
             probe_keep = allocate_keep(ch0, prunable, [c / total0 if p else 0 for c, p in zip(ch0, prunable, strict=True)],
                                        int(round(target.value * total0)), m)
-            if show:
-                _say(f"sparsity {target.value} predicted latency "
-                     f"{float(latency_model.predict({n: k for n, k, p in zip(names, probe_keep, prunable, strict=True) if p})):.3f} ms (uniform split)")
+            _say(f"sparsity {target.value} predicted latency "
+                 f"{float(latency_model.predict({n: k for n, k, p in zip(names, probe_keep, prunable, strict=True) if p})):.3f} ms (uniform split)")
 
         # --- validated: from here on we write into OUT ----------------------------------------------
         state_dir = out / "search"
