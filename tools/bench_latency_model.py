@@ -38,6 +38,7 @@ from rlprune_edge.latency.backend import get_backend  # noqa: E402
 from rlprune_edge.latency.model import (  # noqa: E402
     LatencyModel,
     check_model,
+    error_summary,
     profile_rounds,
     ratios_over_windows,
 )
@@ -50,12 +51,6 @@ def get_pruner():
     from rlprune_edge.prune import prune
 
     return prune
-
-
-def _errors(pred: list[float], meas: list[float]) -> dict[str, float]:
-    e = np.abs(np.asarray(pred) / np.asarray(meas) - 1.0)
-    return {"median_abs_rel_error": float(np.median(e)), "p90_abs_rel_error": float(np.percentile(e, 90)),
-            "max_abs_rel_error": float(np.max(e))}
 
 
 def shared_windows(lm: LatencyModel, model, example, check: dict, backend, profile, pruner, *, runs: int) -> dict:
@@ -76,7 +71,7 @@ def shared_windows(lm: LatencyModel, model, example, check: dict, backend, profi
     pred = [joint.predict_ratio(k) for k in check_keeps]
     meas = ratios[nf:]
     drift = np.abs(np.asarray([v["measured_ratio"] for v in check["variants"]]) / np.asarray(meas) - 1.0)
-    return {**_errors(pred, meas), "fixed_fraction": joint.fixed_fraction, "dense_ms": dense_ms,
+    return {**error_summary(pred, meas), "fixed_fraction": joint.fixed_fraction, "dense_ms": dense_ms,
             "fit_ratios": ratios[:nf], "check_ratios": meas, "predicted_ratios": pred, "ratios_by_window": by_round,
             "drift_median_abs": float(np.median(drift)), "drift_p90_abs": float(np.percentile(drift, 90))}
 

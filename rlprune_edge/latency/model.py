@@ -569,6 +569,15 @@ class LatencyModel:
                                      ratios=ratios)
 
 
+def error_summary(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    """Median, p90 and max of |predicted / measured - 1|."""
+    errs = np.abs(np.asarray(predicted, dtype=np.float64) / np.asarray(measured, dtype=np.float64) - 1.0)
+    if errs.size == 0:
+        errs = np.zeros(1)
+    return {"median_abs_rel_error": float(np.median(errs)), "p90_abs_rel_error": float(np.percentile(errs, 90)),
+            "max_abs_rel_error": float(np.max(errs))}
+
+
 def _dw(node: dict[str, Any], dims: dict[str, Any]) -> dict[str, Any]:
     """Node description with the variant's spatial sizes; depthwise keeps its marker."""
     out = dict(node)
@@ -624,7 +633,6 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
             rows.append({"predicted_ms": predicted, "measured_ms": measured, "rel_error": predicted / measured - 1.0,
                          "measured_ratio": ratios[i], "predicted_ratio": lm.predict_ratio(keep),
                          "measured_ratio_by_window": [rr[i] for rr in by_round], "keep": keep})
-    errs = np.abs([r["rel_error"] for r in rows]) if rows else np.zeros(1)
     return {
         "profile": getattr(profile, "name", str(profile)),
         "channel_multiple": mult,
@@ -632,7 +640,5 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
         "dense_ms_check_windows": dense_window_ms,
         "rounds": rounds,
         "variants": rows,
-        "median_abs_rel_error": float(np.median(errs)),
-        "p90_abs_rel_error": float(np.percentile(errs, 90)),
-        "max_abs_rel_error": float(np.max(errs)),
+        **error_summary([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
     }
