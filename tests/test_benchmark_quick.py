@@ -158,3 +158,36 @@ def test_uniform_bisection_picks_smallest_ratio_meeting_the_target(tmp_path):
     assert max(kept) - min(kept) < 0.1  # uniform: every layer keeps about the same fraction
     assert output_layers(res.model, example)[0].out_features == 10
     assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+
+
+def test_unreachable_target_is_a_recorded_result_not_a_failure(bench, quick_run, monkeypatch, tmp_path):
+    """compress refusing a target below the model's floor becomes status 'unreachable' with the measured floor;
+    it is not retried and BENCHMARKS.md says so in the Pareto section instead of listing it as unfinished."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    doc = json.loads((quick_run / "benchmarks" / "results.json").read_text())
+    base = next(r for r in doc["cells"].values() if r["kind"] == "base")
+    ckpt = quick_run / base["checkpoint"]
+    profile = quick_run / "benchmarks" / "quick-profile.toml"
+    with pytest.raises(bench.CellUnreachable) as info:
+        bench.run_cli(["compress", "--model", str(ckpt), "--profile", str(profile), "--target-latency", "0.0001ms",
+                       "--out", str(tmp_path / "run"), "--quiet"])
+    assert "not reachable" in str(info.value)
+    assert info.value.floor_ratio is not None and info.value.floor_ratio > 0
+    assert not (tmp_path / "run").exists()
+
+    label = base["label"]
+    cell_id = f"pareto/{label}/0.01x/latency/seed0"
+    doc["cells"][cell_id] = {"kind": "pareto", "model": base["model"], "width": base["width"], "label": label,
+                             "method": "latency", "target": 0.01, "sparsity": 0.0, "seed": 0,
+                             "status": "unreachable", "error": str(info.value), "floor_ratio": info.value.floor_ratio}
+    out = tmp_path / "render"
+    bench.render(doc, out, "tools/benchmark.py --quick")
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "Target 0.01× dense latency:" in md
+    assert f"{info.value.floor_ratio:.2f}–{info.value.floor_ratio:.2f}× dense" in md
+    assert f"{label} @ 0.01×: below this model's floor" in md
+    assert "## Cells that did not finish" not in md
+    settings = bench.Settings(**doc["settings"])
+    (out / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks" / "results.json").write_text(json.dumps(doc))
+    assert bench.Results(out / "benchmarks" / "results.json", settings, fresh=False).done(cell_id)

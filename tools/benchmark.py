@@ -43,7 +43,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from rlprune_edge.errors import UserError
+from rlprune_edge.errors import TargetUnreachable, UserError
+
+FINISHED = ("ok", "unreachable")  # cell statuses that count as results (not retried)
+
+
+class CellUnreachable(RuntimeError):
+    """`compress` refused the cell's target as below the model's measured floor: a result, not a failure."""
+
+    def __init__(self, message: str, floor_ratio: float | None) -> None:
+        super().__init__(message)
+        self.floor_ratio = floor_ratio
 
 RESULTS_VERSION = 1
 METHODS = ("uniform", "accuracy", "flops", "latency")
@@ -256,7 +266,7 @@ class Results:
         return self.doc["cells"]
 
     def done(self, cell_id: str) -> bool:
-        return self.cells.get(cell_id, {}).get("status") == "ok"
+        return self.cells.get(cell_id, {}).get("status") in FINISHED
 
     def put(self, cell_id: str, record: dict[str, Any]) -> None:
         self.cells[cell_id] = record
@@ -292,6 +302,8 @@ def run_cli(argv: list[str]) -> None:
                            f"(exit {exc.code}); the command lacks a flag this benchmark needs") from None
     try:
         rc = int(args.func(args) or 0)
+    except TargetUnreachable as exc:
+        raise CellUnreachable(f"rlprune-edge {argv[0]}: {exc}", exc.floor_ratio) from None
     except UserError as exc:
         raise RuntimeError(f"rlprune-edge {argv[0]}: {exc}") from None
     if rc != 0:
@@ -636,6 +648,8 @@ def run_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
     try:
         rec |= runner(cell, ctx)
         rec["status"] = "ok"
+    except CellUnreachable as exc:
+        rec |= {"status": "unreachable", "error": str(exc), "floor_ratio": exc.floor_ratio}
     except (RuntimeError, UserError) as exc:
         rec |= {"status": "failed", "error": str(exc)}
     except KeyboardInterrupt:
@@ -758,6 +772,25 @@ def _pareto_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             str(len(rs)),
         ])
     return out
+
+
+def _unreachable(cells: dict[str, Any], label: str) -> list[dict[str, Any]]:
+    return [r for r in cells.values() if r.get("kind") == "pareto" and r.get("label") == label
+            and r.get("status") == "unreachable"]
+
+
+def _unreachable_lines(refused: list[dict[str, Any]]) -> list[str]:
+    """One line per method whose `compress` refused the target (the measured floor it reported)."""
+    out = []
+    for method in METHODS:
+        g = [r for r in refused if r["method"] == method]
+        if g:
+            floors = [r["floor_ratio"] for r in g if r.get("floor_ratio") is not None]
+            floor = f"{min(floors):.2f}–{max(floors):.2f}× dense" if floors else "unknown"
+            out.append(f"- {METHOD_LABELS[method]}: target not reachable; `compress` refused it with exit 2 after "
+                       f"measuring the smallest model the profile allows (every group at the channel multiple): "
+                       f"{floor} (seeds {', '.join(str(r['seed']) for r in g)}).")
+    return out + ([""] if out else [])
 
 
 PARETO_HEADER = ("method", "test acc %", "Δ acc (pts)", "latency median ms", "latency p90 ms", "latency / dense",
@@ -1000,18 +1033,28 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
         md += ["_No Pareto cell finished._", ""]
     for label in _labels({k: v for k, v in cells.items() if v.get("kind") == "pareto"}):
         rs = [r for r in pareto if r["label"] == label]
-        if not rs:
+        if not rs and not _unreachable(cells, label):
             continue
         md += [f"### {label}", ""]
-        for target in sorted({r["target"] for r in rs}, reverse=True):
-            md += [f"Target {target:g}× dense latency:", "",
-                   _table(PARETO_HEADER, _pareto_rows([r for r in rs if r["target"] == target])), ""]
+        refused = _unreachable(cells, label)
+        for target in sorted({r["target"] for r in rs} | {r["target"] for r in refused}, reverse=True):
+            md += [f"Target {target:g}× dense latency:", ""]
+            here = [r for r in rs if r["target"] == target]
+            if here:
+                md += [_table(PARETO_HEADER, _pareto_rows(here)), ""]
+            md += _unreachable_lines([r for r in refused if r["target"] == target])
+        if not rs:
+            continue
         png = bench / f"pareto_{label}.png"
         _pareto_plot(png, label, rs, bases.get(label), f"{machine}. {how}.")
         written.append(png)
         md += [f"![{label}: accuracy vs measured latency](benchmarks/{png.name})", ""]
     if pareto:
-        md += ["### Reading (generated from the rows above)", ""] + _reading(pareto) + [
+        floors = [f"- {lab} @ {t:g}×: below this model's floor on this profile; `compress` refuses it (see the "
+                  "table), so no reward can be compared there."
+                  for lab, t in sorted({(r["label"], r["target"]) for r in cells.values()
+                                        if r.get("status") == "unreachable" and r.get("method") == "latency"})]
+        md += ["### Reading (generated from the rows above)", ""] + _reading(pareto) + floors + [
             "", "FLOPs are shown next to each result: at equal measured latency, keeping more FLOPs means the search "
             "removed the channels that cost time on this runtime rather than the ones that cost arithmetic. "
             + ("Several seeds: ± is the sample standard deviation." if len(_seeds_of(pareto)) > 1 else
@@ -1056,7 +1099,7 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
     else:
         md += ["_No fidelity cell finished._", ""]
 
-    failed = [(k, r) for k, r in cells.items() if r.get("status") != "ok"]
+    failed = [(k, r) for k, r in cells.items() if r.get("status") not in FINISHED]
     if failed:
         md += ["## Cells that did not finish", "", "Rerun the same command to retry them.", ""]
         md += [f"- `{k}`: {r.get('error', 'unknown error')}" for k, r in failed] + [""]
@@ -1072,7 +1115,7 @@ def _coverage(cells: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     grid = plan_cells(parse_models(FULL_DEFAULTS["models"]), _floats(FULL_DEFAULTS["targets"], "targets", 0, 1),
                       _ints(FULL_DEFAULTS["seeds"], "seeds"), _floats(FULL_DEFAULTS["sparsities"], "sparsities", 0, 1),
                       METHODS)
-    done = [c.id for c in grid if cells.get(c.id, {}).get("status") == "ok"]
+    done = [c.id for c in grid if cells.get(c.id, {}).get("status") in FINISHED]
     if len(done) == len(grid):
         return ["## Coverage", "", f"All {len(grid)} cells of the full default grid finished.", ""]
     missing = [c.id for c in grid if c.id not in done]
@@ -1247,7 +1290,10 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                  f"{eta_line(pending[i:], results.cells)}")
             rec = run_cell(cell, ctx)
             results.put(cell.id, rec)
-            if rec["status"] != "ok":
+            if rec["status"] == "unreachable":
+                _say(f"benchmark: {cell.id}: target not reachable for this model (recorded as a result): "
+                     f"{rec['error']}")
+            elif rec["status"] != "ok":
                 failed += 1
                 _say(f"benchmark: {cell.id} FAILED: {rec['error']}")
             else:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rlprune_edge.errors import UserError
+from rlprune_edge.errors import TargetUnreachable, UserError
 
 DEFAULT_OUT = "runs/compress"
 DEFAULT_TARGET = "0.5x"
@@ -293,10 +293,10 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
                 _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
                 if not reach:
-                    raise UserError(
+                    raise TargetUnreachable(
                         f"target {target.describe()} is not reachable for {model_spec} on {profile.name}: even with "
                         f"every group cut to {m} channels it measures {tiny_ms:.3f} ms ({tiny_ratio:.2f}x of "
-                        f"{dense_ms:.3f} ms); choose a looser --target-latency.")
+                        f"{dense_ms:.3f} ms); choose a looser --target-latency.", floor_ratio=float(tiny_ratio))
         else:
             probe_keep = allocate_keep(ch0, prunable, [c / total0 if p else 0 for c, p in zip(ch0, prunable, strict=True)],
                                        int(round(target.value * total0)), m)
