@@ -33,6 +33,7 @@ def test_train_then_inspect(tmp_path, capsys, tiny_data, single_thread):
     model, info = load_checkpoint(out)
     assert info.model == "resnet20" and info.meta["epochs"] == 1 and 0.0 <= info.meta["test_acc"] <= 1.0
     assert info.meta["data"] == "fashion-mnist" and info.class_names[0] == "T-shirt/top"
+    assert info.meta["torch_threads"] == 1  # the single_thread fixture's setting, recorded for reproducibility
     assert not [p for p in out.parent.iterdir() if p.name != "r20.pt"]  # no temp files left behind
 
     assert main(["inspect", "--model", str(out), "--layers"]) == 0

@@ -383,7 +383,7 @@ def _measure_dense(ckpt: Path, ctx: Context) -> dict[str, Any]:
 
 
 def _slim_meta(meta: dict | None) -> dict[str, Any]:
-    return {k: v for k, v in (meta or {}).items() if k in ("epochs", "epochs_done", "val_acc", "test_acc", "wall_s",
+    return {k: v for k, v in (meta or {}).items() if k in ("epochs", "epochs_done", "val_acc", "test_acc", "wall_s", "torch_threads",
                                                              "data", "lr", "batch_size", "seed", "best_epoch")}
 
 
@@ -410,7 +410,8 @@ def run_base(cell: Cell, ctx: Context) -> dict[str, Any]:
         ckpt = ctx.ckpt(cell.model)
         source = "trained by this benchmark with `rlprune-edge train`"
         if ckpt.is_file() and _training_finished(ckpt, s.train_epochs):
-            source += " (cached in benchmarks/ckpt)"
+            source = ("`rlprune-edge train` with this benchmark's arguments, found finished in benchmarks/ckpt "
+                      "(train time from the checkpoint's metadata)")
         else:  # absent, or a best-so-far checkpoint of an interrupted training: train afresh
             argv = ["train", "--model", cell.model.name, "--width", f"{cell.model.width:g}", "--data", s.data,
                     "--epochs", str(s.train_epochs), "--out", str(ckpt), "--seed", "0", "--save-each-epoch"]
@@ -1017,9 +1018,11 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
         meta = b.get("train_meta", {})
         rows.append([label, b["source"], str(meta.get("epochs", b.get("train_epochs", "—"))),
                      f"{b['test_acc'] * 100:.2f}", f"{b['latency_ms']:.3f}", f"{b['p90_ms']:.3f}",
-                     f"{b['flops'] / 1e6:.2f}", f"{b['params']:,}", _fmt_s(b.get("train_s"))])
+                     f"{b['flops'] / 1e6:.2f}", f"{b['params']:,}",
+                     _fmt_s(b.get("train_s") if b.get("train_s") is not None else meta.get("wall_s")),
+                     str(meta.get("torch_threads", "—"))])
     md += [_table(("model", "checkpoint", "epochs", "test acc %", "dense latency median ms", "p90 ms", "MFLOPs",
-                   "params", "train time"), rows) if rows else "_No base model finished._", ""]
+                   "params", "train time", "train threads"), rows) if rows else "_No base model finished._", ""]
 
     pareto = _with_common(cells, doc.get("common", {}))
     md += ["## Pareto comparison at measured-latency targets", ""]

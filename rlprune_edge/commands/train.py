@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--lr must be a positive number, got {args.lr}.")
     if args.limit is not None and args.limit < 2:
         raise UserError(f"--limit must be at least 2, got {args.limit}.")
+    import torch
+
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}.")
-        import torch
-
         torch.set_num_threads(args.threads)
     if not is_model_name(args.model):
         build_model(args.model, args.width)  # raises UserError listing the valid names, before data loads
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
                                "test_acc": test_acc, "epochs": args.epochs, "epochs_done": epochs_done,
                                "wall_s": round(time.perf_counter() - start, 1), "data": args.data, "lr": args.lr,
                                "batch_size": args.batch_size, "seed": args.seed,
+                               "torch_threads": torch.get_num_threads(),
                                "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result["history"]]})
         save_checkpoint(out, model, info)
         return test_acc
