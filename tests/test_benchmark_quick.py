@@ -191,3 +191,17 @@ def test_unreachable_target_is_a_recorded_result_not_a_failure(bench, quick_run,
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
     (out / "benchmarks" / "results.json").write_text(json.dumps(doc))
     assert bench.Results(out / "benchmarks" / "results.json", settings, fresh=False).done(cell_id)
+
+
+def test_paired_reading_counts_wins_losses_and_trade_offs_per_seed(bench):
+    def rec(method, seed, acc, ratio):
+        return {"label": "m", "target": 0.5, "method": method, "seed": seed, "test_acc": acc, "common_ratio": ratio}
+
+    rows = [rec("latency", 0, 0.90, 0.50), rec("flops", 0, 0.88, 0.50),   # win: more accurate, same latency
+            rec("latency", 1, 0.85, 0.50), rec("flops", 1, 0.86, 0.49),   # loss: less accurate, other no slower
+            rec("latency", 2, 0.90, 0.60), rec("flops", 2, 0.80, 0.45)]   # trade-off: more accurate but slower
+    lines = bench._paired_lines({("m", 0.5): rows})
+    assert len(lines) == 1
+    assert "FLOPs reward: 1 win(s), 1 loss(es), 1 trade-off(s) over 3 seeds" in lines[0]
+    assert "per seed +2.0, -1.0, +10.0" in lines[0] and "accuracy reward" not in lines[0]
+    assert bench._paired_lines({("m", 0.5): rows[:2]}) == []  # one seed: nothing to pair

@@ -855,11 +855,50 @@ def _reading(pareto: list[dict[str, Any]]) -> list[str]:
         lines.append(f"- {label} @ {target:g}×: latency reward {verdict}, {gap:+.2f} pts ({desc}) against the most "
                      f"accurate other method meeting the target, {METHOD_LABELS[best_k]} ({best['acc']:.2f}% at "
                      f"{best['ratio']:.2f}×, {best['mflops']:.2f} MFLOPs).")
+    lines += _paired_lines(groups)
     lines += _why_lines(pareto)
     head = [f"The latency reward was at least as accurate at no higher measured latency (within "
             f"{MET_TOLERANCE:.2f}×) than every other method meeting the target in {wins} of {total} (model, target) "
             "settings" + (f" and tied in {ties}" if ties else "") + "."] if total else []
     return head + lines
+
+
+def _paired_lines(groups: dict[tuple[str, float], list[dict[str, Any]]]) -> list[str]:
+    """Per (model, target) with several seeds: the latency reward against each other RL reward, seed by seed.
+
+    A seed is a win when the latency reward is at least as accurate at no higher measured latency (within
+    MET_TOLERANCE), a loss when it is less accurate and the other is no slower, else a trade-off. Uses the
+    common-window ratios when the group has them. Pairing by seed removes the seed-to-seed spread that the
+    means carry (same base model, same validation draw per seed)."""
+    lines: list[str] = []
+    for (label, target), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        key = "common_ratio" if all(r.get("common_ratio") for r in rs) else "measured_ratio"
+        ours = {r["seed"]: r for r in rs if r["method"] == "latency"}
+        parts = []
+        for method in ("accuracy", "flops"):
+            other = {r["seed"]: r for r in rs if r["method"] == method}
+            seeds = sorted(set(ours) & set(other))
+            if len(seeds) < 2:
+                continue
+            win = loss = trade = 0
+            gaps = []
+            for sd in seeds:
+                a, b = ours[sd], other[sd]
+                gap = (a["test_acc"] - b["test_acc"]) * 100
+                gaps.append(gap)
+                if gap >= 0 and a[key] <= b[key] * MET_TOLERANCE:
+                    win += 1
+                elif gap < 0 and b[key] <= a[key] * MET_TOLERANCE:
+                    loss += 1
+                else:
+                    trade += 1
+            parts.append(f"against {METHOD_LABELS[method]}: {win} win(s), {loss} loss(es), {trade} trade-off(s) over "
+                         f"{len(seeds)} seeds, mean paired gap {_mean(gaps):+.2f} pts "
+                         f"(per seed {', '.join(f'{g:+.1f}' for g in gaps)})")
+        if parts:
+            lines.append(f"- {label} @ {target:g}×, seed by seed (win = at least as accurate at no higher measured "
+                         f"latency within {MET_TOLERANCE:.2f}×): " + "; ".join(parts) + ".")
+    return lines
 
 
 def _why_lines(pareto: list[dict[str, Any]]) -> list[str]:
