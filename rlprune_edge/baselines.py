@@ -63,6 +63,25 @@ def _taylor_grads(model: nn.Module, calib: Sequence[tuple[torch.Tensor, torch.Te
         F.cross_entropy(model(x), y).backward()
 
 
+def _capped_ratios(model: nn.Module, ratio: float, round_to: int, ignored: Sequence[nn.Module]) -> dict[nn.Module, float]:
+    """Per-layer ratios that leave at least `round_to` channels in every layer.
+
+    Torch-Pruning 1.6's ``round_to`` rounds the *kept* channel count down to a multiple of
+    ``round_to``; a layer asked to keep fewer than ``round_to`` channels is rounded to 0 kept, which
+    Torch-Pruning then refuses, leaving the layer unpruned. Uncapped, a higher ratio can therefore
+    prune *less* (a 16-channel layer: ratio 0.5 keeps 8, ratio 0.6 keeps all 16), which breaks the
+    bisection. Capping each layer at ``1 - (round_to + 0.5) / channels`` keeps the prune monotonic.
+    """
+    skip = set(ignored)
+    out: dict[nn.Module, float] = {}
+    for m in model.modules():
+        if m in skip or not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        channels = m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+        out[m] = max(0.0, min(ratio, 1.0 - (round_to + 0.5) / channels))
+    return out
+
+
 def uniform_taylor_prune(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -80,9 +99,11 @@ def uniform_taylor_prune(
         return pruned
     ignored = output_layers(pruned, example_inputs)
     _taylor_grads(pruned, calib)
+    round_to = round_to if round_to and round_to > 1 else None
     pruner = tp.pruner.MetaPruner(
         pruned, example_inputs, importance=tp.importance.TaylorImportance(), global_pruning=False,
-        pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to if round_to and round_to > 1 else None,
+        pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to,
+        pruning_ratio_dict=_capped_ratios(pruned, ratio, round_to, ignored) if round_to else None,
     )
     pruner.step()
     pruned.zero_grad(set_to_none=True)

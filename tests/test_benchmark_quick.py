@@ -205,3 +205,25 @@ def test_paired_reading_counts_wins_losses_and_trade_offs_per_seed(bench):
     assert "FLOPs reward: 1 win(s), 1 loss(es), 1 trade-off(s) over 3 seeds" in lines[0]
     assert "per seed +2.0, -1.0, +10.0" in lines[0] and "accuracy reward" not in lines[0]
     assert bench._paired_lines({("m", 0.5): rows[:2]}) == []  # one seed: nothing to pair
+
+
+def test_uniform_prune_with_round_to_is_monotonic_and_keeps_round_to_channels():
+    """Torch-Pruning rounds kept channels *down* to round_to; uncapped, a 16-channel layer asked to keep
+    1.6 channels keeps all 16. The baseline caps each layer so a larger ratio never prunes less."""
+    import torch
+
+    from rlprune_edge.baselines import uniform_taylor_prune
+    from rlprune_edge.checkpoint import resolve_model
+
+    model, info = resolve_model("resnet20", width=0.5, num_classes=10)  # groups of 8/16/32 channels
+    x = torch.randn(1, *info.input_shape)
+    calib = [(torch.randn(4, *info.input_shape), torch.randint(0, 10, (4,)))]
+    sizes = []
+    for ratio in (0.3, 0.6, 0.9):
+        pruned = uniform_taylor_prune(model, x, ratio, calib, round_to=8)
+        convs = [m.out_channels for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert min(convs) >= 8 and all(c % 8 == 0 for c in convs), convs
+        sizes.append(sum(p.numel() for p in pruned.parameters()))
+    dense = sum(p.numel() for p in model.parameters())
+    assert dense > sizes[0] >= sizes[1] >= sizes[2]
+    assert sizes[2] < sizes[0]  # 0.9 really prunes more than 0.3 (it pruned nothing before the cap)
