@@ -258,6 +258,22 @@ def test_ratios_over_windows_measures_all_models_together_and_takes_median():
     assert dense_ms == 2.0
 
 
+def test_measure_windows_pauses_between_windows_and_keeps_per_window_figures(monkeypatch):
+    from types import SimpleNamespace
+
+    import rlprune_edge.latency.model as lm
+
+    slept: list[float] = []
+    monkeypatch.setattr(lm.time, "sleep", slept.append)
+    backend = DriftingBackend({"a.onnx": 0.5}, drift=[1.0, 1.2])
+    profile = SimpleNamespace(measure=SimpleNamespace(blocks=5, runs=300, rounds=1))
+    windows = lm.measure_windows(backend, profile, "dense.onnx", ["a.onnx"], windows=2, runs=40, warmup=1, pause_s=7.0)
+    assert slept == [7.0]  # between windows only
+    assert backend.compare_calls == [["dense.onnx", "a.onnx"]] * 2
+    assert [w["ratios"] for w in windows] == [[0.5], [0.6]]
+    assert windows[0]["dense_median_ms"] == 2.0 and windows[1]["medians_ms"] == [1.2]
+
+
 def test_slot_times_over_windows_spreads_each_model_over_passes():
     from rlprune_edge.latency.model import slot_times_over_windows
 

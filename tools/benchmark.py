@@ -590,7 +590,7 @@ def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.export import export_onnx
     from rlprune_edge.latency.backend import get_backend
-    from rlprune_edge.latency.model import interleave_blocks
+    from rlprune_edge.latency.model import measure_windows
     from rlprune_edge.profiles import load_profile
 
     common = ctx.results.doc.setdefault("common", {})
@@ -608,19 +608,13 @@ def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
         backend = backend or get_backend(profile)
         rec = ctx.results.cells[ids[0]]
         dense, info = load_checkpoint(ctx.base_ckpt(ModelSpec(rec["model"], float(rec["width"]))))
-        runs = int(profile.measure.runs)
-        per_window: list[dict[str, Any]] = []
         _say(f"benchmark: {key}: {len(ids)} finals with the dense model in {windows} common windows")
         with tempfile.TemporaryDirectory(prefix="bench-common-") as tmp:
             dense_onnx = export_onnx(copy.deepcopy(dense).eval(), Path(tmp) / "dense.onnx", tuple(info.input_shape),
                                      batch=int(profile.input.batch))
-            for w in range(windows):
-                if w and pause_s > 0:
-                    time.sleep(pause_s)
-                ms = backend.compare([dense_onnx, *paths], blocks=interleave_blocks(profile, runs),
-                                     warmup=int(profile.measure.warmup), runs=runs)
-                per_window.append({"dense_median_ms": ms[0].median_ms, "ratios": [float(m.ratio) for m in ms[1:]],
-                                   "medians_ms": [m.median_ms for m in ms[1:]]})
+            per_window = measure_windows(backend, profile, dense_onnx, paths, windows=windows,
+                                         runs=int(profile.measure.runs), warmup=int(profile.measure.warmup),
+                                         pause_s=pause_s)
         ratios = {cid: float(statistics.median(pw["ratios"][j] for pw in per_window)) for j, cid in enumerate(ids)}
         common[key] = {"members": ids, "ratios": ratios, "windows": per_window, "pause_s": pause_s,
                        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

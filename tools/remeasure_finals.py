@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlprune_edge.fsutil import atomic_write_json  # noqa: E402
 from rlprune_edge.latency.backend import get_backend  # noqa: E402
+from rlprune_edge.latency.model import measure_windows  # noqa: E402
 from rlprune_edge.profiles import load_profile  # noqa: E402
 
 
@@ -37,16 +37,11 @@ def main() -> int:
     args = ap.parse_args()
     profile = load_profile(args.profile)
     backend = get_backend(profile)
-    paths = [Path(args.dense), *(Path(m) for m in args.models)]
-    per_window = []
-    for w in range(args.windows):
-        if w:
-            time.sleep(args.pause)
-        ms = backend.compare(paths, blocks=int(profile.measure.blocks), warmup=int(profile.measure.warmup),
-                             runs=int(profile.measure.runs))
-        ratios = [float(m.ratio) for m in ms[1:]]
-        per_window.append({"dense_median_ms": ms[0].median_ms, "ratios": ratios})
-        print(f"window {w + 1}: dense {ms[0].median_ms:.3f} ms; " + ", ".join(f"{r:.3f}" for r in ratios), flush=True)
+    per_window = measure_windows(backend, profile, Path(args.dense), [Path(m) for m in args.models],
+                                 windows=args.windows, runs=int(profile.measure.runs),
+                                 warmup=int(profile.measure.warmup), pause_s=args.pause)
+    for w, pw in enumerate(per_window):
+        print(f"window {w + 1}: dense {pw['dense_median_ms']:.3f} ms; " + ", ".join(f"{r:.3f}" for r in pw["ratios"]))
     medians = [statistics.median(pw["ratios"][i] for pw in per_window) for i in range(len(args.models))]
     for m, r in zip(args.models, medians, strict=True):
         lo = min(pw["ratios"][args.models.index(m)] for pw in per_window)

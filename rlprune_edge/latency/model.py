@@ -27,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,15 +285,29 @@ def ratios_over_windows(backend: Any, profile: Any, dense_path: str | Path, path
     window. Returns (ratio per path, median dense ms over windows, per-window ratios).
     """
     per_round = max(8, -(-int(runs) // max(1, rounds)))
-    blocks = interleave_blocks(profile, per_round)
-    by_round: list[list[float]] = []
-    dense_ms: list[float] = []
-    for _ in range(max(1, rounds)):
-        res = backend.compare([dense_path, *paths], blocks=blocks, warmup=warmup, runs=per_round)
-        dense_ms.append(float(res[0].median_ms))
-        by_round.append([float(r.ratio) for r in res[1:]])
+    windows = measure_windows(backend, profile, dense_path, paths, windows=rounds, runs=per_round, warmup=warmup)
+    by_round = [w["ratios"] for w in windows]
     ratios = [float(np.median([rr[i] for rr in by_round])) for i in range(len(paths))]
-    return ratios, float(np.median(dense_ms)), by_round
+    return ratios, float(np.median([w["dense_median_ms"] for w in windows])), by_round
+
+
+def measure_windows(backend: Any, profile: Any, dense_path: str | Path, paths: Sequence[str | Path], *,
+                    windows: int, runs: int, warmup: int, pause_s: float = 0.0) -> list[dict[str, Any]]:
+    """`windows` windows, `pause_s` apart, each interleaving the dense model and all `paths` in blocks.
+
+    Per window: ``{"dense_median_ms", "ratios", "medians_ms"}`` (ratios to the dense model from that
+    window's interleaved blocks). Models measured in the same windows are comparable; on a shared
+    machine models measured in different windows are not.
+    """
+    blocks = interleave_blocks(profile, runs)
+    out: list[dict[str, Any]] = []
+    for w in range(max(1, windows)):
+        if w and pause_s > 0:
+            time.sleep(pause_s)
+        res = backend.compare([dense_path, *paths], blocks=blocks, warmup=warmup, runs=runs)
+        out.append({"dense_median_ms": float(res[0].median_ms), "ratios": [float(r.ratio) for r in res[1:]],
+                    "medians_ms": [float(r.median_ms) for r in res[1:]]})
+    return out
 
 
 def slot_times_over_windows(backend: Any, paths: Sequence[str | Path], compute: Sequence[set[str]], *,
