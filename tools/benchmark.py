@@ -1069,10 +1069,10 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
         md += ["_No Pareto cell finished._", ""]
     for label in _labels({k: v for k, v in cells.items() if v.get("kind") == "pareto"}):
         rs = [r for r in pareto if r["label"] == label]
-        if not rs and not _unreachable(cells, label):
+        refused = _unreachable(cells, label)
+        if not rs and not refused:
             continue
         md += [f"### {label}", ""]
-        refused = _unreachable(cells, label)
         for target in sorted({r["target"] for r in rs} | {r["target"] for r in refused}, reverse=True):
             md += [f"Target {target:g}× dense latency:", ""]
             here = [r for r in rs if r["target"] == target]
