@@ -65,6 +65,7 @@ def test_compress_outputs_and_resume_matches_uninterrupted(env):
         assert 0.0 <= rep[part]["test_acc"] <= 1.0 and rep[part]["latency_ms"] > 0
     assert rep["final"]["params"] < rep["base"]["params"] and rep["final"]["flops"] < rep["base"]["flops"]
     assert len(rep["steps"]) >= 2 and rep["steps"][-1]["sparsity"] >= 0.4 - 0.05
+    assert rep["search"]["channel_multiple"] == 2  # the profile's, recorded
     for s in rep["steps"]:
         assert s["measured_latency_ms"] > 0 and s["predicted_latency_ms"] > 0 and 0 <= s["val_acc"] <= 1
         assert 0 <= s["test_acc"] <= 1
@@ -97,7 +98,8 @@ def _nothing_written(out: Path) -> bool:
 
 
 @pytest.mark.parametrize("args", [["--sparsity", "1.5"], ["--sparsity", "0"], ["--target-latency", "fast"],
-                                  ["--target-latency", "2x"], ["--threads", "0"]])
+                                  ["--target-latency", "2x"], ["--threads", "0"],
+                                  ["--channel-multiple", "0"]])
 def test_bad_targets_exit_2_and_write_nothing(env, args, capsys):
     tmp, prof = env
     out = tmp / "bad"
@@ -122,6 +124,12 @@ def test_unreachable_target_and_class_mismatch_exit_2_keep_old_outputs(env, caps
     args = [str(ckpt) if a == "vgg11" else a for a in TINY]
     assert main(["compress", *args, "--profile", prof, "--sparsity", "0.3", "--out", str(out)]) == 2
     assert "classes" in capsys.readouterr().err
+    assert (out / "report.json").read_text() == "old"
+    # vgg11 w0.0625 (groups of 4..32 channels): 0.8 sparsity fits the profile's multiple of 2, not a multiple of 8
+    assert main(["compress", *TINY, "--profile", prof, "--sparsity", "0.8", "--channel-multiple", "8",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "keeping at least 8 channels per group" in err and "--channel-multiple" in err
     assert (out / "report.json").read_text() == "old"
 
 

@@ -12,7 +12,14 @@ import torch
 from torch import nn
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.search.loop import SearchConfig, Target, allocate_keep, max_prune_keep, run_search
+from rlprune_edge.search.loop import (
+    SearchConfig,
+    Target,
+    allocate_keep,
+    keep_for_latency,
+    max_prune_keep,
+    run_search,
+)
 from rlprune_edge.search.reward import RewardWeights
 
 
@@ -104,9 +111,11 @@ def dense_figures(env: FakeEnv) -> dict:
 
 def search(tmp: Path, target: Target, **kw):
     env = kw.pop("env", None) or FakeEnv()
-    cfg = SearchConfig(step_ratio=0.1, candidates=3, rounds=2, seed=kw.pop("seed", 0))
+    cfg = SearchConfig(step_ratio=kw.pop("step_ratio", 0.1), candidates=3, rounds=2, seed=kw.pop("seed", 0),
+                       equal_latency_steps=kw.pop("equal_latency_steps", True))
+    weights = kw.pop("weights", RewardWeights(latency=1.0))
     torch.manual_seed(0)
-    return run_search(env, FakeModel(env.dense), target, RewardWeights(latency=1.0), dense_figures(env), cfg,
+    return run_search(env, FakeModel(env.dense), target, weights, dense_figures(env), cfg,
                       tmp, progress=False, log=lambda s: None, **kw)
 
 
@@ -123,6 +132,66 @@ def test_allocate_keep_splits_in_multiples_and_respects_caps():
     keep = allocate_keep([20, 64], [True, True], [1.0, 0.0], 8, 8)
     assert keep[0] % 8 == 0 and keep[1] == 64
     assert max_prune_keep([16, 32, 10], [True, True, False], 8) == [8, 8, 10]
+
+
+def test_keep_for_latency_is_the_fewest_channels_that_reach_the_goal():
+    env = FakeEnv()
+    names, ch, prunable = ["a", "b", "c", "fc"], [16, 32, 64, 10], [True, True, True, False]
+    action = [0.2, 0.3, 0.5, 0.0]
+
+    def pred(keep):
+        return env.predict_ms(dict(zip(names, keep, strict=True)))
+
+    goal = 0.8 * pred(ch)
+    keep = keep_for_latency(env, names, ch, prunable, action, 4, goal)
+    removed = sum(ch) - sum(keep)
+    assert pred(keep) <= goal and keep[3] == 10
+    assert pred(allocate_keep(ch, prunable, action, removed - 4, 4)) > goal  # one unit less is too slow
+    # an action that puts the cut on the cheap group needs more channels for the same latency
+    cheap = keep_for_latency(env, names, ch, prunable, [0.01, 0.01, 0.98, 0.0], 4, goal)
+    assert pred(cheap) <= goal and sum(ch) - sum(cheap) > removed
+    # unreachable: the smallest allowed widths
+    assert keep_for_latency(env, names, ch, prunable, action, 4, 0.0) == max_prune_keep(ch, prunable, 4)
+
+
+def test_latency_steps_size_candidates_to_one_predicted_latency(tmp_path):
+    res = search(tmp_path / "eq", Target.parse_latency("0.6x"))
+    assert res.reached
+    for s in res.steps:
+        assert s["step_goal_ms"] is not None and s["predicted_latency_ms"] <= s["step_goal_ms"] + 1e-9
+    # the channel-budget rule of the paper: off for rewards without a latency term, and on request
+    acc = search(tmp_path / "acc", Target.parse_latency("0.6x"), weights=RewardWeights(latency=0.0))
+    off = search(tmp_path / "off", Target.parse_latency("0.6x"), equal_latency_steps=False)
+    for r in (acc, off):
+        assert all(s["step_goal_ms"] is None for s in r.steps)
+        # step_ratio 0.1 of 112 prunable channels, in units of 4: 12 per step (the last may be shrunk)
+        assert all(s["channels_removed"] == 12 for s in r.steps[:-1])
+
+
+class OptimisticEnv(FakeEnv):
+    """A predictor that stays 30% optimistic: corrections are ignored."""
+
+    def predict_ms(self, keep):
+        return 0.7 * self._true(keep)
+
+    def correct(self, keep, measured_ms):
+        pass
+
+
+def test_latency_steps_keep_going_when_the_predictor_is_optimistic(tmp_path):
+    res = search(tmp_path, Target.parse_latency("0.5x"), env=OptimisticEnv(), step_ratio=0.3)
+    assert res.reached and res.steps[-1]["measured_ratio"] <= 0.5
+    # once the predictor thinks the goal is met, a step is the PD's halved step (34 channels -> 4 units
+    # of 4), not the one unit that would meet the (wrong) prediction
+    assert min(s["channels_removed"] for s in res.steps) >= 16
+
+
+def test_latency_target_resume_matches_uninterrupted(tmp_path):
+    full = search(tmp_path / "full", Target.parse_latency("0.5x"))
+    search(tmp_path / "part", Target.parse_latency("0.5x"), stop_after=2)
+    resumed = search(tmp_path / "part", Target.parse_latency("0.5x"), resume=True)
+    assert [s["keep"] for s in resumed.steps] == [s["keep"] for s in full.steps]
+    assert [s["step_goal_ms"] for s in resumed.steps] == [s["step_goal_ms"] for s in full.steps]
 
 
 def test_target_parsing():

@@ -74,7 +74,7 @@ FULL_DEFAULTS = MappingProxyType({
     "kd_epochs": 1, "kd_images": 12000, "steps": 60, "step_ratio": 0.06, "candidates": 4, "rounds": 2,
     "val_size": 1000, "latency_variants": 16, "test_images": 0, "pareto_test_size": 2000,
     "fidelity_variants": 30, "fidelity_fit_variants": 16, "uniform_iterations": 6, "uniform_max_ratio": 0.9,
-    "uniform_repeats": 3, "torch_threads": 1,
+    "uniform_repeats": 3, "torch_threads": 1, "paper_channel_multiple": 1,
 })
 # Finals of one (model, target, seed) re-measured together with their dense model: windows, pause s
 # between windows. Cells run minutes apart; on this VM a large/small model ratio drifts by up to ~15%
@@ -86,7 +86,7 @@ QUICK_DEFAULTS = MappingProxyType({
     "train_epochs": 1, "train_limit": 2000, "kd_epochs": 1, "kd_images": 256, "steps": 8, "step_ratio": 0.15,
     "candidates": 2, "rounds": 1, "val_size": 100, "latency_variants": 2, "test_images": 300,
     "pareto_test_size": 100, "fidelity_variants": 3, "fidelity_fit_variants": 2, "uniform_iterations": 3,
-    "uniform_max_ratio": 0.9, "uniform_repeats": 1, "torch_threads": 1,
+    "uniform_max_ratio": 0.9, "uniform_repeats": 1, "torch_threads": 1, "paper_channel_multiple": 1,
 })
 # --quick measures on this profile (this machine's ONNX Runtime CPU, few runs) instead of host-cpu.
 QUICK_PROFILE = """name = "bench-quick-cpu"
@@ -145,6 +145,7 @@ class Settings:
     uniform_repeats: int
     torch_threads: int
     use_shipped: bool
+    paper_channel_multiple: int  # paper-table cells: compress --channel-multiple (1 = no rounding, as the paper)
 
 
 @dataclass(frozen=True)
@@ -438,7 +439,8 @@ def _compress_argv(cell: Cell, ctx: Context, out: Path) -> list[str]:
             # no per-step KD: every method (the uniform baseline too) gets the same final KD budget
             "--step-kd-batches", "0"]
     if cell.kind == "paper":
-        argv += ["--sparsity", f"{cell.sparsity:g}", "--reward", "accuracy"]
+        argv += ["--sparsity", f"{cell.sparsity:g}", "--reward", "accuracy",
+                 "--channel-multiple", str(s.paper_channel_multiple)]
     else:
         argv += ["--target-latency", f"{cell.target:g}x", "--reward", cell.method]
     if ctx.quiet:
@@ -1099,7 +1101,14 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
     paper = _ok(cells, "paper")
     md += ["## Paper-style table: sparsity with the accuracy reward", "",
            "RL-Pruner's layout (accuracy, FLOPs and parameter reduction at a given channel sparsity), "
-           "`rlprune-edge compress --sparsity S --reward accuracy` with the budget above.", ""]
+           f"`rlprune-edge compress --sparsity S --reward accuracy --channel-multiple "
+           f"{settings.get('paper_channel_multiple', 1)}` with the budget above. "
+           + ("Channel counts are not rounded (multiple 1, as in the paper), so every sparsity is reachable on "
+              "every model; the speed-up column is measured on the profile anyway, and unrounded widths run "
+              "slower per FLOP on ONNX Runtime than the multiple-of-8 widths the Pareto cells use."
+              if settings.get("paper_channel_multiple", 1) == 1 else
+              "Kept channels are rounded to that multiple, which caps the reachable sparsity of narrow models."),
+           ""]
     if not paper:
         md += ["_No paper-table cell finished._", ""]
     for label in _labels({k: v for k, v in cells.items() if v.get("kind") == "paper"}):
@@ -1204,6 +1213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interleaved windows per bisection probe, median taken (default 3)")
     p.add_argument("--uniform-round-to", type=int, default=0,
                    help="Torch-Pruning round_to for the uniform baseline (0 = the profile's channel multiple)")
+    p.add_argument("--paper-channel-multiple", type=int, default=None,
+                   help="compress --channel-multiple for the paper-table cells (default 1: no rounding, as the paper)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch CPU threads for training/search/KD (default 1)")
     p.add_argument("--no-shipped", action="store_true", help="train VGG-19 w0.25 too instead of using the shipped checkpoint")
     p.add_argument("--only", default=None, metavar="REGEX", help="run only cells whose id matches REGEX")
@@ -1219,13 +1230,14 @@ def _settings(args: argparse.Namespace, out_dir: Path) -> tuple[Settings, dict[s
     d = dict(QUICK_DEFAULTS if args.quick else FULL_DEFAULTS)
     for key in ("models", "targets", "seeds", "sparsities", "profile", "train_epochs", "kd_epochs", "kd_images",
                 "steps", "step_ratio", "candidates", "rounds", "val_size", "latency_variants", "test_images",
-                "fidelity_variants", "uniform_iterations", "uniform_repeats", "torch_threads"):
+                "fidelity_variants", "uniform_iterations", "uniform_repeats", "torch_threads",
+                "paper_channel_multiple"):
         v = getattr(args, key)
         if v is not None:
             d[key] = v
     for key in ("train_epochs", "kd_epochs", "kd_images", "steps", "candidates", "rounds", "val_size",
                 "latency_variants", "test_images", "fidelity_variants", "uniform_iterations", "uniform_repeats",
-                "torch_threads", "uniform_round_to"):
+                "torch_threads", "uniform_round_to", "paper_channel_multiple"):
         v = d.get(key, getattr(args, key, 0))
         lo = 0 if key in ("kd_epochs", "kd_images", "test_images", "uniform_iterations", "uniform_round_to") else 1
         if v < lo:
@@ -1241,7 +1253,8 @@ def _settings(args: argparse.Namespace, out_dir: Path) -> tuple[Settings, dict[s
                  pareto_test_size=d["pareto_test_size"], fidelity_variants=d["fidelity_variants"],
                  fidelity_fit_variants=d["fidelity_fit_variants"], uniform_iterations=d["uniform_iterations"],
                  uniform_max_ratio=d["uniform_max_ratio"], uniform_round_to=args.uniform_round_to,
-                 uniform_repeats=d["uniform_repeats"], torch_threads=d["torch_threads"], use_shipped=not args.no_shipped)
+                 uniform_repeats=d["uniform_repeats"], torch_threads=d["torch_threads"], use_shipped=not args.no_shipped,
+                 paper_channel_multiple=d["paper_channel_multiple"])
     return s, d
 
 

@@ -61,6 +61,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="test images for the dense/final accuracy in the report (0 = the whole test split)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after N search steps, leaving the step checkpoint (continue with --resume)")
+    p.add_argument("--channel-multiple", type=int, default=None,
+                   help="round every group's kept channels to this multiple and keep at least this many "
+                        "(default: the profile's; 1 = any count, as in the RL-Pruner paper)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch's search and distillation (default: torch's choice); latency is "
                         "always measured with the profile's own thread settings")
@@ -203,6 +206,9 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
         raise UserError(f"--step-ratio {args.step_ratio} is outside (0, 0.5); e.g. 0.05 removes 5% of channels per step.")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}.")
+    if args.channel_multiple is not None and not 1 <= args.channel_multiple <= 256:
+        raise UserError(f"--channel-multiple must be between 1 and 256, got {args.channel_multiple}; "
+                        "e.g. 8 for ONNX Runtime on x86, 1 for no rounding.")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose a directory path.")
@@ -220,6 +226,8 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
     from rlprune_edge.search.reward import weights_for
 
     profile = load_profile(args.profile)
+    if args.channel_multiple is not None:
+        profile = replace(profile, pruning=replace(profile.pruning, channel_multiple=args.channel_multiple))
     model_spec = args.model or str(ensure_default_model(progress=not args.quiet))
     info_data = None
     if Path(model_spec).is_file():
@@ -257,7 +265,8 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
 
     if target.kind == "sparsity" and target.value > max_sparsity + 1e-9:
         raise UserError(f"--sparsity {target.value} is not reachable: keeping at least {m} channels per group "
-                        f"(profile {profile.name} channel multiple) allows at most {max_sparsity:.2f}.")
+                        f"(profile {profile.name} channel multiple) allows at most {max_sparsity:.2f}; lower --sparsity or "
+                        "pass a smaller --channel-multiple.")
 
     from rlprune_edge.export import export_onnx
 
@@ -338,7 +347,8 @@ def _run_validated(args: argparse.Namespace, announce: _Announcer, target: Any, 
     dense_fig = {"val_acc": env.evaluate(dense), "latency_ms": dense_ms,
                  "flops": env.flops(dense), "params": env.params(dense)}
     fingerprint = {"model": str(model_spec), "width": args.width, "data": data_spec, "profile": profile.name,
-                   "reward": args.reward, "val_size": args.val_size, "step_kd": args.step_kd_batches}
+                   "reward": args.reward, "val_size": args.val_size, "step_kd": args.step_kd_batches,
+                   "channel_multiple": env.channel_multiple}
     result = run_search(env, dense, target, weights, dense_fig, config, state_dir, resume=args.resume,
                         fingerprint=fingerprint, progress=not args.quiet, log=_say, stop_after=args.stop_after)
     if args.stop_after is not None and not result.reached and len(result.steps) >= args.stop_after:
@@ -406,7 +416,7 @@ def _run_validated(args: argparse.Namespace, announce: _Announcer, target: Any, 
         "reached": result.reached,
         "steps": steps_out,
         "search": {"step_ratio": config.step_ratio, "candidates": config.candidates, "rounds": config.rounds,
-                   "val_size": args.val_size, "search_s": result.wall_s},
+                   "val_size": args.val_size, "channel_multiple": env.channel_multiple, "search_s": result.wall_s},
         "distill": {"epochs": args.kd_epochs, "images_per_epoch": args.kd_images, "lr": kd_lr, "kd_s": kd_s,
                     "processes": world},
         "bundle": bundle,

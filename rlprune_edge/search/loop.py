@@ -99,6 +99,10 @@ class SearchConfig:
     seed: int = 0
     adaptive_last_step: bool = True  # shrink a latency-target step that the predictor says overshoots
     confirm: bool = True  # re-measure before stopping on a latency target
+    # With a latency target and a latency term in the reward: every candidate of a step is sized to the
+    # same predicted latency (the PD's own step), not the same channel count, so candidates compete on
+    # accuracy at equal latency instead of the search drifting to cheap-to-remove, slow-to-pay channels.
+    equal_latency_steps: bool = True
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def fingerprint(self) -> dict:
@@ -250,6 +254,8 @@ def run_search(
     else:
         ratio = (goal_ms or base.latency_ms) / base.latency_ms
         planned = max(1, math.ceil(max(0.05, 1.0 - math.sqrt(min(1.0, ratio))) / config.step_ratio))
+    # ours: candidates sized to one predicted latency per step (the paper's channel budget otherwise)
+    latency_steps = config.equal_latency_steps and goal_ms is not None and weights.latency > 0
     steps: list[dict] = []
     model = dense
     wall_before = 0.0
@@ -272,6 +278,8 @@ def run_search(
         env.correct(dict(zip(names, ch0, strict=True)), base.latency_ms)  # same anchor as the fresh run
         for s in steps:  # replay, don't re-measure: measurements must not change a resumed run
             env.correct(dict(zip(names, s["keep"], strict=True)), s["measured_latency_ms"])
+            if latency_steps:
+                goal_ms = _goal_in_window(target, goal_ms, s["measured_latency_ms"], s["measured_ratio"])
         if steps:
             model = env.load_model(state_dir / steps[-1]["model_file"])
             if steps[-1].get("done"):
@@ -310,10 +318,19 @@ def run_search(
                 say("nothing left to prune within the channel multiple; stopping before the target")
                 break
             scores = env.scores(model, groups)
+            step_goal_ms = None
+            if latency_steps:
+                pd_keep = allocate_keep(ch, prunable, policy.pd, budget, m)
+                step_goal_ms = env.predict_ms(dict(zip(names, pd_keep, strict=True)))
+                if env.predict_ms(dict(zip(names, ch, strict=True))) > goal_ms:
+                    step_goal_ms = max(goal_ms, step_goal_ms)  # don't overshoot; else the model was wrong: go on
             buffer: list[dict] = []
             for _ in range(config.rounds):
                 for action in policy.sample(config.candidates):
-                    keep_list = allocate_keep(ch, prunable, action, budget, m)
+                    if step_goal_ms is None:
+                        keep_list = allocate_keep(ch, prunable, action, budget, m)
+                    else:
+                        keep_list = keep_for_latency(env, names, ch, prunable, action, m, step_goal_ms)
                     keep = dict(zip(names, keep_list, strict=True))
                     cand = env.candidate(model, keep, scores, groups)
                     acc = float(env.evaluate(cand))
@@ -341,6 +358,8 @@ def run_search(
                 measured_ms, measured_ratio = (measured_ms + again_ms) / 2, (measured_ratio + again_ratio) / 2
             keep = dict(zip(names, chosen["keep"], strict=True))
             env.correct(keep, measured_ms)
+            if latency_steps:
+                goal_ms = _goal_in_window(target, goal_ms, measured_ms, measured_ratio)
             sparsity = 1.0 - sum(k for k, p in zip(chosen["keep"], prunable, strict=True) if p) / total0
             reached = target.met(measured_ms=measured_ms, measured_ratio=measured_ratio, sparsity=sparsity,
                                  unit_fraction=m / total0)
@@ -350,7 +369,9 @@ def run_search(
                 "step": step + 1, "val_acc": chosen["acc"], "reward": chosen["q"],
                 "predicted_latency_ms": chosen["pred"], "measured_latency_ms": measured_ms,
                 "measured_ratio": measured_ratio, "flops": chosen["flops"], "params": chosen["params"],
-                "sparsity": sparsity, "channels_removed": budget, "keep": chosen["keep"],
+                "sparsity": sparsity,
+                "channels_removed": sum(a - b for a, b in zip(ch, chosen["keep"], strict=True)),
+                "step_goal_ms": step_goal_ms, "keep": chosen["keep"],
                 "explored": pick != 0, "pd_reset": reset, "candidates": config.candidates * config.rounds,
                 "step_s": time.perf_counter() - t0, "model_file": model_file, "reached": reached,
                 "done": reached,
@@ -374,6 +395,46 @@ def run_search(
             bar.close()
     return SearchResult(model, steps, dict(dense_figures), reached,
                         wall_before + time.perf_counter() - start, state_dir)
+
+
+def _goal_in_window(target: Target, goal_ms: float | None, measured_ms: float, measured_ratio: float) -> float | None:
+    """A ratio target's goal in ms, re-anchored to the dense latency of the latest measurement window.
+
+    The latency model is corrected with each step's measurement, so the goal it is compared with must
+    be on the same window's scale: on a drifting machine the first dense measurement is not.
+    """
+    if target.kind != "ratio" or goal_ms is None or measured_ratio <= 0:
+        return goal_ms
+    return target.value * measured_ms / measured_ratio
+
+
+def keep_for_latency(
+    env: SearchEnv, names: list[str], ch: list[int], prunable: list[bool], action: np.ndarray, m: int,
+    goal_ms: float,
+) -> list[int]:
+    """Keep counts that split removal ∝ `action` with the fewest channels predicted to reach `goal_ms`.
+
+    Bisects the channel budget (units of m); when even the smallest allowed widths are predicted
+    slower than `goal_ms`, returns those widths.
+    """
+    cap = sum(c - k for c, k, p in zip(ch, max_prune_keep(ch, prunable, m), prunable, strict=True) if p)
+
+    def keep_at(units: int) -> list[int]:
+        return allocate_keep(ch, prunable, action, units * m, m)
+
+    def fits(units: int) -> bool:
+        return env.predict_ms(dict(zip(names, keep_at(units), strict=True))) <= goal_ms
+
+    lo, hi = 1, max(1, cap // m)
+    if not fits(hi):
+        return keep_at(hi)
+    while lo < hi:  # smallest budget that fits (prediction falls as the budget grows)
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return keep_at(lo)
 
 
 def _shrink_budget(
