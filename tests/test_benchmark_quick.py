@@ -71,6 +71,10 @@ def test_quick_run_produces_every_table_column_and_plot(bench, quick_run):
     assert cells and all(r["status"] == "ok" for r in cells.values()), {k: r.get("error") for k, r in cells.items()}
     assert {r["method"] for r in cells.values() if r["kind"] == "pareto"} == set(bench.METHODS)
     assert {r["kind"] for r in cells.values()} == {"base", "fidelity", "pareto", "paper"}
+    for r in cells.values():  # paper cells run at the paper's unrounded widths, the others at the profile's
+        if r["kind"] in ("paper", "pareto") and r["method"] != "uniform":
+            cm = r["command"][r["command"].index("--channel-multiple") + 1] if "--channel-multiple" in r["command"] else None
+            assert cm == ("1" if r["kind"] == "paper" else None), r["command"]
 
     md = (out / "BENCHMARKS.md").read_text()
     for section in ("## How it was measured", "## Base models", "## Pareto comparison", "### Reading",
