@@ -1,11 +1,15 @@
 """Channel importance per coupled group: first-order Taylor (Molchanov et al.), L1, random.
 
-Taylor: for channel c of a group, |sum over every parameter that disappears with c (the conv filter,
-its bias, the BatchNorm affine pair, the consumers' input slices) of w * dL/dw|, the first-order
-estimate of the loss change when the whole coupled channel is removed (Molchanov et al. 2019,
-group form). Gradients of the cross-entropy loss are accumulated over the calibration batches with
-the model in eval mode (BatchNorm statistics untouched) through ``torch.autograd.grad``, so no
-``.grad`` is left on the model.
+Taylor (Molchanov et al. 2019, group form): for channel c of a group and calibration batch b, the
+first-order estimate of the loss change when the whole coupled channel is removed is
+``t_c(b) = sum over every parameter that disappears with c (the conv filter, its bias, the BatchNorm
+affine pair, the consumers' input slices) of w * dL_b/dw``, with L_b the batch's mean cross-entropy.
+The score is the mean over batches of ``t_c(b)**2``. Squaring *per batch* is what makes it stable:
+on a converged network the gradient summed over many samples is near zero, so ``|sum_b t_c(b)|`` is
+mostly noise (median per-group Spearman 0.15-0.26 between two disjoint draws of the shipped VGG-19),
+while the mean of squares measures how much the loss reacts to the channel at all (≥ 0.7 with 512
+images; tests/test_importance.py). Gradients are taken with the model in eval mode (BatchNorm
+statistics untouched) through ``torch.autograd.grad``, so no ``.grad`` is left on the model.
 """
 
 from __future__ import annotations
@@ -67,16 +71,34 @@ def _accumulate(
     return score
 
 
-def _taylor_grads(
-    model: nn.Module, modules: list[nn.Module], calib: Iterable, seed: int, max_batches: int | None
-) -> tuple[dict[nn.Module, dict[str, torch.Tensor]], int]:
-    """Per module {'weight': w*g, 'bias': b*g} (gradients summed over the calibration set), sample count."""
+def _wg(modules: list[nn.Module], params: list[nn.Parameter], got: Sequence[torch.Tensor | None]) -> dict:
+    """Per module {'weight': w*g, 'bias': b*g} for one batch's gradients `got` (aligned with `params`)."""
+    out: dict[nn.Module, dict[str, torch.Tensor]] = {}
+    k = 0
+    for m in modules:
+        entry = {}
+        for attr in ("weight", "bias"):
+            p = getattr(m, attr, None)
+            if isinstance(p, nn.Parameter):
+                g = got[k]
+                entry[attr] = p.detach() * g if g is not None else torch.zeros_like(p)
+                k += 1
+        out[m] = entry
+    assert k == len(params)
+    return out
+
+
+def _taylor_scores(
+    model: nn.Module, groups: Sequence[Group], modules: list[nn.Module], calib: Iterable, seed: int,
+    max_batches: int | None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """{group: mean over batches of (per-batch group Taylor term)**2}, and the number of batches."""
     params = [p for m in modules for p in _member_params(m)]
-    grads: list[torch.Tensor | None] = [None] * len(params)
+    sums = {g.name: torch.zeros(g.channels, dtype=torch.float64) for g in groups}
     modes = {m: m.training for m in model.modules()}
     flags = [p.requires_grad for p in params]
     device = params[0].device if params else torch.device("cpu")
-    seen = 0
+    n_batches = 0
     try:
         model.eval()
         for p in params:
@@ -99,36 +121,25 @@ def _taylor_grads(
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 try:
-                    loss = F.cross_entropy(out, y.to(device), reduction="sum")
+                    loss = F.cross_entropy(out, y.to(device))
                 except (IndexError, RuntimeError, ValueError) as exc:
                     raise UserError(
                         f"calibration labels do not fit the model outputs of shape {tuple(out.shape)} ({exc}); "
                         "check num_classes and the dataset."
                     ) from exc
                 got = torch.autograd.grad(loss, params, allow_unused=True)
-                for j, g in enumerate(got):
-                    if g is not None:
-                        grads[j] = g if grads[j] is None else grads[j].add_(g)
-                seen += int(y.shape[0])
+                values = _wg(modules, params, got)
+                for g in groups:
+                    sums[g.name] += _accumulate(g, model, values, filters_only=False).square()
+                n_batches += 1
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
         for m, mode in modes.items():
             m.training = mode
-    if seen == 0:
+    if n_batches == 0:
         raise UserError("the calibration data yielded no batches; Taylor importance needs labelled samples.")
-    out: dict[nn.Module, dict[str, torch.Tensor]] = {}
-    k = 0
-    for m in modules:
-        entry = {}
-        for attr in ("weight", "bias"):
-            p = getattr(m, attr, None)
-            if isinstance(p, nn.Parameter):
-                g = grads[k]
-                entry[attr] = p.detach() * g if g is not None else torch.zeros_like(p)
-                k += 1
-        out[m] = entry
-    return out, seen
+    return {name: v / n_batches for name, v in sums.items()}, n_batches
 
 
 def channel_scores(
@@ -142,7 +153,8 @@ def channel_scores(
 ) -> dict[str, torch.Tensor]:
     """Importance of every channel of every prunable group: {group name: float tensor [channels]}.
 
-    `calib` yields (inputs, labels) batches (needed for "taylor"; `max_batches` caps them). The model
+    `calib` yields (inputs, labels) batches (needed for "taylor"; `max_batches` caps them); Taylor needs
+    several batches to be stable (≥ 1,000 images in batches of 32-64 is what the search uses). The model
     is left as it was (no .grad, same train/eval modes, same requires_grad flags).
     """
     if method not in METHODS:
@@ -165,6 +177,6 @@ def channel_scores(
         return {g.name: _accumulate(g, model, values, filters_only=True).float() for g in groups}
     if calib is None:
         raise UserError("Taylor importance needs calibration data: pass calib=(inputs, labels) batches, or use importance='l1'.")
-    values, seen = _taylor_grads(model, modules, calib, seed, max_batches)
-    return {g.name: (_accumulate(g, model, values, filters_only=False).abs() / seen).float() for g in groups}
+    scores, _ = _taylor_scores(model, groups, modules, calib, seed, max_batches)
+    return {name: v.float() for name, v in scores.items()}
 

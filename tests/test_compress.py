@@ -53,7 +53,7 @@ def test_compress_outputs_and_resume_matches_uninterrupted(env):
     """One uninterrupted run (checks every output), one cut after a step and resumed: same result."""
     tmp, prof = env
     common = [*TINY, "--profile", prof, "--sparsity", "0.4", "--step-ratio", "0.15", "--reward", "accuracy",
-              "--seed", "3"]
+              "--seed", "3", "--search", "paper"]
     out = tmp / "full"
     assert main(["compress", *common, "--out", str(out)]) == 0
     for name in ("model.pt", "model.onnx", "report.json", "pareto.png"):
@@ -129,8 +129,54 @@ def test_unreachable_target_and_class_mismatch_exit_2_keep_old_outputs(env, caps
     assert main(["compress", *TINY, "--profile", prof, "--sparsity", "0.8", "--channel-multiple", "8",
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "keeping at least 8 channels per group" in err and "--channel-multiple" in err
+    assert "at most" in err and "--min-keep" in err and "--channel-multiple" in err
     assert (out / "report.json").read_text() == "old"
+    assert main(["compress", *TINY, "--profile", prof, "--sparsity", "0.8", "--channel-multiple", "8",
+                 "--search", "paper", "--out", str(out)]) == 2
+    assert "every group cut to 8 channels" in capsys.readouterr().err
+
+
+PLAN = ["--probe-batches", "1", "--select-size", "64", "--confirm-size", "64", "--per-round", "2"]
+
+
+def test_plan_search_outputs_report_and_resume_matches_uninterrupted(env):
+    """The default search end to end (sparsity target: no timing in the search), cut after a round and resumed."""
+    tmp, prof = env
+    common = [*TINY, *PLAN, "--candidates", "4", "--profile", prof, "--sparsity", "0.4", "--reward", "accuracy",
+              "--seed", "1"]
+    out = tmp / "plan"
+    assert main(["compress", *common, "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    s = rep["search"]
+    assert s["method"] == "plan" and s["candidates"] == 4 and len(s["plans"]) == 5 and len(rep["steps"]) == 2
+    assert s["uniform"]["proxy_acc"] is not None and s["chosen"]["confirm_acc"] is not None
+    assert isinstance(s["fallback_to_uniform"], bool) and len(s["probes"]) >= 1
+    assert rep["final"]["params"] < rep["base"]["params"] and 0 < rep["measured_ratio"]
+    cut = tmp / "plan-cut"
+    assert main(["compress", *common, "--out", str(cut), "--stop-after", "1"]) == 0
+    assert not (cut / "report.json").exists()
+    assert main(["compress", *common, "--out", str(cut), "--resume"]) == 0
+    a = json.loads((out / "search" / "plan_state.json").read_text())
+    b = json.loads((cut / "search" / "plan_state.json").read_text())
+    def plans(state):  # predicted ms depends on each run's own dense measurement; plans and scores must not
+        return [(r["keep"], r["acc"], r["kl"]) for r in state["records"]]
+
+    assert plans(a) == plans(b) and a["decision"] == b["decision"]
+    sa = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    sb = torch.load(cut / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_uniform_search_with_a_latency_target_measures_and_reports(env):
+    tmp, prof = env
+    out = tmp / "uniform"
+    assert main(["compress", *TINY, *PLAN, "--profile", prof, "--target-latency", "0.9x", "--search", "uniform",
+                 "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    s = rep["search"]
+    assert s["method"] == "uniform" and s["fallback_to_uniform"] and len(s["plans"]) == 1
+    assert s["measurements"] and s["uniform"]["measured_ratio"] is not None
+    assert rep["measured_ratio"] > 0 and "windows" in rep["latency_statistic"]
 
 
 def _free_port() -> int:

@@ -45,14 +45,32 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--kd-images", type=int, default=0,
                    help="training images per distillation epoch (0 = the whole train split)")
     p.add_argument("--kd-lr", type=float, default=None, help="distillation learning rate (default 0.01)")
-    p.add_argument("--steps", type=int, default=60, help="maximum search steps")
+    p.add_argument("--search", default="plan", choices=["plan", "uniform", "paper"],
+                   help="plan: whole plans one-shot from the dense model, judged at equal predicted latency "
+                        "(default); uniform: the uniform plan alone through the same pipeline (baseline); "
+                        "paper: the step-wise RL-Pruner loop")
+    p.add_argument("--min-keep", type=float, default=0.1,
+                   help="plan/uniform search: every group keeps at least this fraction of its channels "
+                        "(and at least the channel multiple); default 0.1")
+    p.add_argument("--per-round", type=int, default=8, help="plan search: plans per round (default 8)")
+    p.add_argument("--probe-top", type=int, default=3,
+                   help="plan search: best plans that get a short KD probe beside the uniform plan (default 3)")
+    p.add_argument("--probe-batches", type=int, default=50,
+                   help="plan search: KD batches (of 64 images) per probe (0 = no probes)")
+    p.add_argument("--select-size", type=int, default=2000,
+                   help="plan search: validation images that rank plans (default 2000)")
+    p.add_argument("--confirm-size", type=int, default=2000,
+                   help="plan search: other validation images on which the winner must beat uniform (default 2000)")
+    p.add_argument("--steps", type=int, default=60, help="paper search: maximum search steps")
     p.add_argument("--step-ratio", type=float, default=0.05,
-                   help="fraction of the dense model's prunable channels removed per step (paper: 0.01)")
-    p.add_argument("--candidates", type=int, default=3, help="actions sampled per round, K (paper: 10)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds per step, R (paper: 10)")
-    p.add_argument("--val-size", type=int, default=800, help="validation images scoring each candidate")
+                   help="paper search: fraction of the dense model's prunable channels removed per step (paper: 0.01)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="plan search: plans sampled besides the uniform one (default 64); paper search: actions "
+                        "per round, K (default 3; the paper: 10)")
+    p.add_argument("--rounds", type=int, default=None, help="paper search: rounds per step, R (default 2; the paper: 10)")
+    p.add_argument("--val-size", type=int, default=800, help="paper search: validation images scoring each candidate")
     p.add_argument("--step-kd-batches", type=int, default=100,
-                   help="KD batches (of 64 images) after each step (0 = off; the paper fine-tunes every step)")
+                   help="paper search: KD batches (of 64 images) after each step (0 = off)")
     p.add_argument("--latency-variants", type=int, default=16,
                    help="pruned variants profiled to fit the latency model (default 16)")
     p.add_argument("--pareto-test-size", type=int, default=2000,
@@ -60,7 +78,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=0,
                    help="test images for the dense/final accuracy in the report (0 = the whole test split)")
     p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after N search steps, leaving the step checkpoint (continue with --resume)")
+                   help="stop after N search steps (paper) or rounds (plan), leaving the state (continue with --resume)")
     p.add_argument("--channel-multiple", type=int, default=None,
                    help="round every group's kept channels to this multiple and keep at least this many "
                         "(default: the profile's; 1 = any count, as in the RL-Pruner paper)")
@@ -190,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: C901 - reads best top to bottom
     """The pipeline (rank 0, or the only process)."""
     t_start = time.perf_counter()
-    from rlprune_edge.search.loop import SearchConfig, Target
+    from rlprune_edge.search.loop import Target
 
     # --- cheap validation ------------------------------------------------------------------------
     if args.sparsity is not None:
@@ -199,9 +217,15 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
         target = Target.parse_latency(args.target_latency or DEFAULT_TARGET)
     for name, value, lo in (("--steps", args.steps, 1), ("--candidates", args.candidates, 1),
                             ("--rounds", args.rounds, 1), ("--val-size", args.val_size, 10),
-                            ("--kd-epochs", args.kd_epochs, 0), ("--kd-images", args.kd_images, 0)):
-        if value < lo:
+                            ("--kd-epochs", args.kd_epochs, 0), ("--kd-images", args.kd_images, 0),
+                            ("--per-round", args.per_round, 1), ("--probe-top", args.probe_top, 0),
+                            ("--probe-batches", args.probe_batches, 0), ("--select-size", args.select_size, 10),
+                            ("--confirm-size", args.confirm_size, 10)):
+        if value is not None and value < lo:
             raise UserError(f"{name} {value} is too small; give at least {lo}.")
+    if not (0.0 <= args.min_keep < 1.0):
+        raise UserError(f"--min-keep {args.min_keep} is outside [0, 1); give the smallest fraction of a group's "
+                        "channels to keep, e.g. 0.1.")
     if not 0.0 < args.step_ratio < 0.5:
         raise UserError(f"--step-ratio {args.step_ratio} is outside (0, 0.5); e.g. 0.05 removes 5% of channels per step.")
     if args.threads is not None and args.threads < 1:
@@ -247,7 +271,8 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
     weights = weights_for(args.reward, profile)
 
     from rlprune_edge.graph import prunable_groups
-    from rlprune_edge.search.loop import allocate_keep, max_prune_keep
+    from rlprune_edge.search.loop import max_prune_keep
+    from rlprune_edge.search.plan import PlanSpace, follower_groups
 
     groups = prunable_groups(dense, example_inputs)
     _say(f"compress: model {model_spec} ({info.model}, width {info.width}), data {data_spec}, "
@@ -260,13 +285,23 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
         raise UserError(f"model {model_spec} has no prunable channel group; nothing to compress.")
     m = max(1, int(profile.pruning.channel_multiple))
     total0 = sum(c for c, p in zip(ch0, prunable, strict=True) if p)
-    min_keep = max_prune_keep(ch0, prunable, m)
+    space = PlanSpace.build(names, ch0, prunable, m, min_fraction=args.min_keep,
+                            followers=follower_groups(dense, example_inputs, groups))
+    if args.search == "paper":
+        min_keep = max_prune_keep(ch0, prunable, m)
+        bound_text, bound_flag = f"every group cut to {m} channels", "pass a smaller --channel-multiple"
+    else:
+        min_keep = space.floor_keep()
+        bound_text = f"every group cut to max({m} channels, {args.min_keep:g} of its width)"
+        bound_flag = "lower --min-keep (or pass a smaller --channel-multiple)"
+        if space.followers:
+            _say("followers (keep their producer's fraction): "
+                 + ", ".join(f"{names[f]} <- {names[p]}" for f, p in space.followers.items()))
     max_sparsity = 1.0 - sum(k for k, p in zip(min_keep, prunable, strict=True) if p) / total0
 
     if target.kind == "sparsity" and target.value > max_sparsity + 1e-9:
-        raise UserError(f"--sparsity {target.value} is not reachable: keeping at least {m} channels per group "
-                        f"(profile {profile.name} channel multiple) allows at most {max_sparsity:.2f}; lower --sparsity or "
-                        "pass a smaller --channel-multiple.")
+        raise UserError(f"--sparsity {target.value} is not reachable: with {bound_text} (profile {profile.name}) "
+                        f"at most {max_sparsity:.2f} can be removed; lower --sparsity or {bound_flag}.")
 
     from rlprune_edge.export import export_onnx
 
@@ -288,7 +323,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
             floor_ms = float(latency_model.predict(
                 {n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p}))
             verdict = "reachable" if floor_ms <= goal_ms else "NOT reachable by prediction"
-            _say(f"target {goal_ms:.3f} ms; smallest allowed model (every group at {m} channels) "
+            _say(f"target {goal_ms:.3f} ms; smallest allowed model ({bound_text}) "
                  f"predicted {floor_ms:.3f} ms -> {verdict}")
             if floor_ms > goal_ms:
                 # confirm with a real measurement before refusing
@@ -304,13 +339,12 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 if not reach:
                     raise TargetUnreachable(
                         f"target {target.describe()} is not reachable for {model_spec} on {profile.name}: even with "
-                        f"every group cut to {m} channels it measures {tiny_ms:.3f} ms ({tiny_ratio:.2f}x of "
-                        f"{dense_ms:.3f} ms); choose a looser --target-latency.", floor_ratio=float(tiny_ratio))
+                        f"{bound_text} it measures {tiny_ratio:.2f}x dense ({tiny_ms:.3f} ms in that window); "
+                        f"choose a looser --target-latency or {bound_flag}.", floor_ratio=float(tiny_ratio))
         else:
-            probe_keep = allocate_keep(ch0, prunable, [c / total0 if p else 0 for c, p in zip(ch0, prunable, strict=True)],
-                                       int(round(target.value * total0)), m)
+            probe_keep, _ = space.size_to_channels(space.uniform_prefs(), int(round((1 - target.value) * total0)))
             _say(f"sparsity {target.value} predicted latency "
-                 f"{float(latency_model.predict({n: k for n, k, p in zip(names, probe_keep, prunable, strict=True) if p})):.3f} ms (uniform split)")
+                 f"{float(latency_model.predict(space.as_dict(probe_keep))):.3f} ms (uniform plan)")
 
         # --- validated: from here on we write into OUT ----------------------------------------------
         state_dir = out / "search"
@@ -319,113 +353,13 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
             shutil.rmtree(state_dir)
         out.mkdir(parents=True, exist_ok=True)
         state_dir.mkdir(parents=True, exist_ok=True)
-        return _run_validated(args, announce, target, data, data_spec, dense, info, model_spec, profile, backend,
-                              latency_model, weights, dense_onnx, dense_ms, scratch, out, state_dir, t_start,
-                              SearchConfig(step_ratio=args.step_ratio, candidates=args.candidates, rounds=args.rounds,
-                                           max_steps=args.steps, seed=args.seed))
+        from rlprune_edge.pipeline import CompressJob, search_distil_report
+
+        return search_distil_report(CompressJob(
+            args=args, target=target, data=data, data_spec=data_spec, dense=dense, info=info, model_spec=model_spec,
+            profile=profile, backend=backend, latency_model=latency_model, weights=weights, dense_onnx=dense_onnx,
+            dense_ms=dense_ms, scratch=scratch, out=out, state_dir=state_dir, t_start=t_start, groups=groups,
+            space=space), announce)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-def _run_validated(args: argparse.Namespace, announce: _Announcer, target: Any, data: Any, data_spec: str, dense: Any, info: Any,
-                   model_spec: str, profile: Any, backend: Any, latency_model: Any, weights: Any,
-                   dense_onnx: Path, dense_ms: float, scratch: Path, out: Path, state_dir: Path,
-                   t_start: float, config: Any) -> int:
-    import torch
-
-    from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
-    from rlprune_edge.distill import DistillConfig, dist_env, distill
-    from rlprune_edge.export import export_onnx
-    from rlprune_edge.report import plot_pareto, summary_lines, write_report
-    from rlprune_edge.search.env import EnvConfig, PruneEnv, accuracy, low_ms, robust_compare, tensors
-    from rlprune_edge.search.loop import run_search
-
-    _, world = dist_env()
-    env = PruneEnv(dense, info, data, profile, backend, latency_model, dense_onnx, scratch,
-                   EnvConfig(val_size=args.val_size, step_kd_batches=args.step_kd_batches, seed=args.seed))
-    searched_path = state_dir / "searched.pt"
-    dense_fig = {"val_acc": env.evaluate(dense), "latency_ms": dense_ms,
-                 "flops": env.flops(dense), "params": env.params(dense)}
-    fingerprint = {"model": str(model_spec), "width": args.width, "data": data_spec, "profile": profile.name,
-                   "reward": args.reward, "val_size": args.val_size, "step_kd": args.step_kd_batches,
-                   "channel_multiple": env.channel_multiple}
-    result = run_search(env, dense, target, weights, dense_fig, config, state_dir, resume=args.resume,
-                        fingerprint=fingerprint, progress=not args.quiet, log=_say, stop_after=args.stop_after)
-    if args.stop_after is not None and not result.reached and len(result.steps) >= args.stop_after:
-        _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {out}")
-        return 0
-    if not result.steps:
-        raise UserError("the search made no step (nothing left to prune); check --profile's channel multiple.")
-    if not result.reached:
-        _say(f"warning: stopped after {len(result.steps)} steps without meeting {target.describe()}")
-    save_checkpoint(searched_path, result.model, info)
-    kd_lr = args.kd_lr if args.kd_lr is not None else DistillConfig.lr
-    # the other ranks (torchrun) wait for this, then distil together with this one
-    announce({"searched": str(searched_path), "model_spec": str(model_spec), "data_spec": data_spec, "kd_lr": kd_lr})
-    student, _ = load_checkpoint(searched_path)
-    torch.manual_seed(args.seed + 12345)
-    t_kd = time.perf_counter()
-    distill(student, dense, data, DistillConfig(epochs=args.kd_epochs, lr=kd_lr, limit=args.kd_images or None,
-                                                seed=args.seed), progress=not args.quiet)
-    kd_s = time.perf_counter() - t_kd
-
-    # --- final figures (the test split is used only here, after the search) -------------------------
-    student.eval()
-    test_x, test_y = tensors(data.subset("test", args.test_images, seed=args.seed) if args.test_images
-                             else data.test)
-    base_acc = accuracy(dense, test_x, test_y)
-    final_acc = accuracy(student, test_x, test_y)
-    pareto_x, pareto_y = tensors(data.subset("test", args.pareto_test_size, seed=args.seed))
-    steps_out = []
-    for s in result.steps:
-        step_model = env.load_model(state_dir / s["model_file"])
-        steps_out.append({k: s[k] for k in ("step", "val_acc", "predicted_latency_ms", "measured_latency_ms",
-                                            "measured_ratio", "flops", "params", "sparsity", "reward",
-                                            "explored", "pd_reset", "step_s")}
-                         | {"test_acc": accuracy(step_model, pareto_x, pareto_y)})
-    final_info = replace(info, meta={**(info.meta or {}), "compressed_from": str(model_spec), "profile": profile.name,
-                                     "target": target.describe(), "test_acc": final_acc, "data": data_spec})
-    save_checkpoint(out / "model.pt", student, final_info)
-    export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-    base_m, final_m, speed_ratio = robust_compare(backend, [dense_onnx, out / "model.onnx"], profile)
-    base_ms, final_ms = low_ms(base_m), low_ms(final_m)
-    bundle = None
-    if not args.no_bundle:
-        try:
-            from rlprune_edge.export import export_bundle
-
-            manifest = export_bundle(student, final_info, profile, out / "bundle",
-                                     precision=profile.runtime.precision, data=data, measure=False,
-                                     verify_images=200, test_limit=1000, log=None)
-            bundle = str(out / "bundle") if manifest is not None else None
-        except UserError as exc:
-            _say(f"warning: bundle not written: {exc}")
-    wall = time.perf_counter() - t_start
-    report = {
-        "profile": profile.name,
-        "target": {"kind": target.kind, "value": target.value, "text": target.describe(),
-                   "goal_ms": target.latency_goal_ms(dense_ms)},
-        "reward": {"preset": args.reward, "latency": weights.latency, "flops": weights.flops, "params": weights.params},
-        "model": str(model_spec), "data": data_spec, "seed": args.seed,
-        "base": {"test_acc": base_acc, "latency_ms": base_ms, "median_ms": base_m.median_ms, "p90_ms": base_m.p90_ms,
-                 "flops": env.flops(dense), "params": env.params(dense), "val_acc": result.dense["val_acc"]},
-        "final": {"test_acc": final_acc, "latency_ms": final_ms, "median_ms": final_m.median_ms, "p90_ms": final_m.p90_ms, "flops": env.flops(student),
-                  "params": env.params(student)},
-        "measured_speedup": 1.0 / speed_ratio if speed_ratio > 0 else None,
-        "measured_ratio": speed_ratio,
-        "reached": result.reached,
-        "steps": steps_out,
-        "search": {"step_ratio": config.step_ratio, "candidates": config.candidates, "rounds": config.rounds,
-                   "val_size": args.val_size, "channel_multiple": env.channel_multiple, "search_s": result.wall_s},
-        "distill": {"epochs": args.kd_epochs, "images_per_epoch": args.kd_images, "lr": kd_lr, "kd_s": kd_s,
-                    "processes": world},
-        "bundle": bundle,
-        "wall_s": wall,
-    }
-    write_report(out, report)
-    plot_pareto(out / "pareto.png", steps_out, report["base"], report["final"],
-                title=f"{info.model} w{info.width} on {profile.name}, reward {args.reward}")
-    print("\n".join(summary_lines(report)))
-    print(f"wrote {out / 'model.pt'}, {out / 'model.onnx'}, {out / 'report.json'}, {out / 'pareto.png'}"
-          + (f", {bundle}" if bundle else ""))
-    return 0

@@ -126,3 +126,68 @@ class PruneDistribution:
         self.rng.bit_generator.state = state["rng"]
         self.resets = int(state["resets"])
         self.config = PolicyConfig(**state["config"])
+
+
+@dataclass(frozen=True)
+class PlanPolicyConfig:
+    """The default search's agent: a Gaussian over log keep-preferences, moved toward the best plan."""
+
+    sigma: float = 0.35  # initial exploration noise, relative (log space): keep fractions ×e^±0.35
+    sigma_min: float = 0.08  # noise at the last round (cosine decay)
+    lr: float = 0.5  # λ: mean ← mean + λ (best − mean) after every round
+
+
+class PlanDistribution:
+    """RL-Pruner's prune distribution over whole plans, in log space.
+
+    The mean starts at 0 (the uniform plan). Each round samples K preference vectors
+    ``mean + σ_r · z`` (noise relative to every entry, decaying over rounds), the environment sizes
+    each to the goal and scores it, and the mean moves toward the best plan found so far (elitist,
+    like RL-Pruner's update toward the best action). Vectors are centred: only their differences
+    matter because the global scale is bisected. State (mean, round, RNG) is JSON-serialisable.
+    """
+
+    def __init__(self, dim: int, rounds: int, config: PlanPolicyConfig | None = None, seed: int = 0) -> None:
+        self.dim = int(dim)
+        self.rounds = max(1, int(rounds))
+        self.config = config or PlanPolicyConfig()
+        self.mean = np.zeros(self.dim)
+        self.round = 0
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def sigma(self, r: int | None = None) -> float:
+        """σ for round `r` (0-based): cosine decay from sigma to sigma_min over the rounds."""
+        r = self.round if r is None else r
+        c = self.config
+        t = min(1.0, r / max(1, self.rounds - 1))
+        return c.sigma_min + (c.sigma - c.sigma_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def sample(self, k: int) -> list[np.ndarray]:
+        """K centred preference vectors around the mean."""
+        s = self.sigma()
+        out = []
+        for _ in range(k):
+            v = self.mean + s * self.rng.standard_normal(self.dim)
+            out.append(v - v.mean() if self.dim else v)
+        return out
+
+    def update(self, best: np.ndarray) -> None:
+        """Move the mean toward the best plan so far; next round."""
+        best = np.asarray(best, dtype=np.float64)
+        if self.dim:
+            self.mean = self.mean + self.config.lr * (best - self.mean)
+            self.mean -= self.mean.mean()
+        self.round += 1
+
+    def state_dict(self) -> dict:
+        return {"dim": self.dim, "rounds": self.rounds, "mean": self.mean.tolist(), "round": self.round,
+                "rng": self.rng.bit_generator.state, "config": asdict(self.config)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["dim"]) != self.dim:
+            raise ValueError("plan policy state was saved for a different number of groups")
+        self.rounds = int(state["rounds"])
+        self.mean = np.asarray(state["mean"], dtype=np.float64)
+        self.round = int(state["round"])
+        self.rng.bit_generator.state = state["rng"]
+        self.config = PlanPolicyConfig(**state["config"])

@@ -1,0 +1,219 @@
+"""Whole pruning plans: the search space of the default search, with bounds, followers and sizing.
+
+A *plan* gives every prunable group a keep count. The search does not move step by step; it
+proposes whole plans, each pruned one-shot from the dense model. A plan is written as a vector of
+log keep-preferences ``prefs`` (one per free group) and one global ``scale``::
+
+    keep_g = clamp(round_to_multiple(channels_g * min(1, scale * exp(prefs_g))), min_keep_g, channels_g)
+
+``prefs = 0`` is the uniform plan (every group keeps the same fraction). ``size_to_latency`` bisects
+the scale so that the plan's *predicted* latency meets the goal with as many channels as possible
+(AMC's clipped action, NetAdapt's equal-latency proposals), so plans compete on accuracy at equal
+predicted latency. ``size_to_channels`` does the same for a channel (sparsity) budget.
+
+Bounds: every group keeps at least ``max(multiple, ceil(min_fraction * channels))`` rounded up to
+the multiple. *Followers* (squeeze-excitation reducers and other layers that only run on a pooled
+1×1 map) take the keep fraction of the group that feeds them instead of a preference of their own:
+they cost almost no latency, so a latency-driven search would otherwise strip them for free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_MIN_FRACTION = 0.1
+
+
+def _round_to(x: float, m: int) -> int:
+    """Nearest multiple of m (halves up)."""
+    return int(math.floor(x / m + 0.5)) * m
+
+
+@dataclass(frozen=True)
+class PlanSpace:
+    """Groups, their bounds and followers; turns (prefs, scale) into keep counts."""
+
+    names: tuple[str, ...]
+    channels: tuple[int, ...]
+    prunable: tuple[bool, ...]
+    min_keep: tuple[int, ...]
+    multiple: int
+    followers: dict[int, int] = field(default_factory=dict)  # follower index -> producer index
+
+    @classmethod
+    def build(
+        cls,
+        names: Sequence[str],
+        channels: Sequence[int],
+        prunable: Sequence[bool],
+        multiple: int = 1,
+        min_fraction: float = DEFAULT_MIN_FRACTION,
+        followers: dict[str, str] | None = None,
+    ) -> PlanSpace:
+        """Bounds from the channel multiple and `min_fraction`; `followers` maps group → producer group."""
+        m = max(1, int(multiple))
+        lows = []
+        for c, p in zip(channels, prunable, strict=True):
+            c = int(c)
+            if not p or c <= m:
+                lows.append(c)
+                continue
+            low = max(m, int(math.ceil(min_fraction * c / m - 1e-9)) * m)
+            lows.append(min(c, low))
+        index = {n: i for i, n in enumerate(names)}
+        fol = {}
+        for f, prod in (followers or {}).items():
+            if f in index and prod in index and prunable[index[f]] and prunable[index[prod]] and f != prod:
+                fol[index[f]] = index[prod]
+        return cls(tuple(names), tuple(int(c) for c in channels), tuple(bool(p) for p in prunable), tuple(lows), m, fol)
+
+    # --- coordinates -----------------------------------------------------------------------------
+    @property
+    def free(self) -> list[int]:
+        """Indices of the groups a plan chooses for (prunable, not followers, can shrink)."""
+        return [i for i, (p, c, lo) in enumerate(zip(self.prunable, self.channels, self.min_keep, strict=True))
+                if p and lo < c and i not in self.followers]
+
+    @property
+    def dim(self) -> int:
+        return len(self.free)
+
+    def uniform_prefs(self) -> np.ndarray:
+        return np.zeros(self.dim)
+
+    def full_keep(self) -> list[int]:
+        return list(self.channels)
+
+    def floor_keep(self) -> list[int]:
+        """The smallest plan within the bounds (every group at its minimum)."""
+        return list(self.min_keep)
+
+    def as_dict(self, keep: Sequence[int]) -> dict[str, int]:
+        """{group: keep} for prunable groups (what ``prune`` and the latency model take)."""
+        return {n: int(k) for n, k, p in zip(self.names, keep, self.prunable, strict=True) if p}
+
+    # --- plans -----------------------------------------------------------------------------------
+    def keep_at(self, prefs: np.ndarray, scale: float) -> list[int]:
+        """Keep counts of the plan `prefs` at global `scale` (monotone non-decreasing in scale)."""
+        keep = list(self.channels)
+        m = self.multiple
+        for j, i in enumerate(self.free):
+            c = self.channels[i]
+            frac = min(1.0, scale * math.exp(float(prefs[j])))
+            keep[i] = int(min(c, max(self.min_keep[i], _round_to(frac * c, m))))
+        for f, prod in self.followers.items():
+            c = self.channels[f]
+            frac = keep[prod] / self.channels[prod]
+            keep[f] = int(min(c, max(self.min_keep[f], _round_to(frac * c, m))))
+        return keep
+
+    def _scale_range(self, prefs: np.ndarray) -> tuple[float, float]:
+        """(scale at which every free group is at its minimum, scale at which every group is whole)."""
+        if self.dim == 0:
+            return 1.0, 1.0
+        e = np.exp(np.asarray(prefs, dtype=np.float64))
+        lo = min(0.5 * self.multiple / self.channels[i] / e[j] for j, i in enumerate(self.free))
+        hi = max(1.0 / e[j] for j in range(self.dim))
+        return max(lo, 1e-9), max(hi, lo * 2)
+
+    def _largest_scale(self, prefs: np.ndarray, fits: Callable[[list[int]], bool], iterations: int = 48) -> float | None:
+        """Largest scale whose plan `fits` (bisection in log scale); None when even the floor does not."""
+        lo, hi = self._scale_range(prefs)
+        if fits(self.keep_at(prefs, hi)):
+            return hi
+        if not fits(self.keep_at(prefs, lo)):
+            return None
+        a, b = math.log(lo), math.log(hi)
+        for _ in range(iterations):
+            mid = 0.5 * (a + b)
+            if fits(self.keep_at(prefs, math.exp(mid))):
+                a = mid
+            else:
+                b = mid
+        return math.exp(a)
+
+    def size_to_latency(self, prefs: np.ndarray, predict_ms: Callable[[list[int]], float], goal_ms: float) -> tuple[list[int], float]:
+        """(keep, scale): the plan along `prefs` with the most channels whose predicted latency ≤ goal.
+
+        When no scale fits, returns the smallest plan along `prefs` (the caller checks reachability).
+        """
+        scale = self._largest_scale(prefs, lambda k: predict_ms(k) <= goal_ms)
+        if scale is None:
+            lo, _ = self._scale_range(prefs)
+            return self.keep_at(prefs, lo), lo
+        return self.keep_at(prefs, scale), scale
+
+    def size_to_channels(self, prefs: np.ndarray, keep_total: int) -> tuple[list[int], float]:
+        """(keep, scale): the plan along `prefs` keeping at most `keep_total` prunable channels (most such)."""
+        def kept(k: list[int]) -> int:
+            return sum(v for v, p in zip(k, self.prunable, strict=True) if p)
+
+        scale = self._largest_scale(prefs, lambda k: kept(k) <= keep_total)
+        if scale is None:
+            lo, _ = self._scale_range(prefs)
+            return self.keep_at(prefs, lo), lo
+        return self.keep_at(prefs, scale), scale
+
+    def shrink(self, prefs: np.ndarray, scale: float) -> tuple[list[int], float]:
+        """The next smaller plan along `prefs` (at least one group one multiple smaller), or the same at the floor."""
+        now = self.keep_at(prefs, scale)
+        lo, _ = self._scale_range(prefs)
+        s = scale
+        while s > lo:
+            s *= 0.99
+            k = self.keep_at(prefs, s)
+            if k != now:
+                return k, s
+        return now, scale
+
+
+def follower_groups(model: object, example_inputs: object, groups: Sequence[object]) -> dict[str, str]:
+    """{follower group: producer group} for groups whose own layer runs on a pooled 1×1 map.
+
+    Squeeze-excitation reducers are the case in point: their conv sees a globally pooled vector,
+    costs next to nothing, and exists to model the producer's channels, so it keeps the producer's
+    fraction. The producer is the group whose channels the follower's layer consumes.
+    """
+    import torch
+    from torch import nn
+
+    from rlprune_edge.graph import IN
+
+    model = model  # type: ignore[assignment]
+    spatial: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, mod in model.named_modules():  # type: ignore[attr-defined]
+        if isinstance(mod, nn.modules.conv._ConvNd):
+            hooks.append(mod.register_forward_hook(
+                lambda _m, inp, _o, name=name: spatial.__setitem__(name, tuple(inp[0].shape[2:]))))
+    try:
+        with torch.no_grad():
+            was = model.training  # type: ignore[attr-defined]
+            model.eval()  # type: ignore[attr-defined]
+            model(example_inputs)  # type: ignore[operator]
+            model.train(was)  # type: ignore[attr-defined]
+    finally:
+        for h in hooks:
+            h.remove()
+    in_spatial = tuple(example_inputs.shape[2:])  # type: ignore[attr-defined]
+    consumers: dict[str, str] = {}  # module -> group whose channels it takes as input
+    for g in groups:
+        if getattr(g, "prunable", False):
+            for mod, kind in getattr(g, "members", []):
+                if kind == IN:
+                    consumers.setdefault(mod, g.name)
+    out = {}
+    for g in groups:
+        if not getattr(g, "prunable", False):
+            continue
+        shape = spatial.get(g.name)
+        if shape is None or in_spatial == shape or any(s != 1 for s in shape):
+            continue
+        prod = consumers.get(g.name)
+        if prod is not None and prod != g.name:
+            out[g.name] = prod
+    return out

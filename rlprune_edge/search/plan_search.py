@@ -1,0 +1,389 @@
+"""The default search: whole plans, one-shot from the dense model, compared at equal predicted latency.
+
+RL-Pruner's idea (a distribution over layers, sampled candidates, the distribution moved toward the
+best, Taylor pruning, KD) with candidates made and judged so that the result can be trusted:
+
+1. **Candidates are whole plans** (:mod:`rlprune_edge.search.plan`), each pruned one-shot from the
+   dense model and sized by the latency model to the goal, so they compete on accuracy alone. The
+   uniform plan is candidate 0 and the starting incumbent.
+2. **Proxy**: BatchNorm recalibration (EagleEye), accuracy on a selection split of the validation
+   data, KL to the dense model as tie-break. The best few and the uniform plan get a short KD probe
+   and are re-ranked.
+3. **Guarantee**: the re-ranked winner is compared with the uniform plan on a held-out confirmation
+   split; unless it beats uniform by more than one paired standard error, the uniform plan is
+   returned (and the report says so).
+4. **Measurement**: the chosen and the uniform plan are measured in the same interleaved windows;
+   a chosen plan over the target is shrunk (latency model corrected by the measurement, then at
+   least one channel-multiple step) and measured again.
+
+The environment (:class:`PlanEnv`, real one in :mod:`rlprune_edge.search.proxy`) builds, scores,
+probes and measures; this module only decides. State is written after every round and phase, and a
+resumed run replays recorded measurements, so it ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from rlprune_edge.errors import UserError
+from rlprune_edge.search.plan import PlanSpace
+from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
+from rlprune_edge.search.reward import Baseline, RewardWeights, reward
+
+STATE_VERSION = 2
+STATE_FILE = "plan_state.json"
+
+
+@dataclass(frozen=True)
+class PlanSearchConfig:
+    """Budget and rules of the default search (see docs/compress.md for what each bought)."""
+
+    candidates: int = 64  # sampled plans besides the uniform one
+    per_round: int = 8  # plans per round (the distribution moves after each round)
+    probe_top: int = 3  # best plans that get a KD probe beside the uniform plan (0 = none)
+    shrink_tries: int = 4  # measurements of a plan over the target before giving up
+    uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
+    seed: int = 0
+    policy: PlanPolicyConfig = field(default_factory=PlanPolicyConfig)
+
+    @property
+    def rounds(self) -> int:
+        return 0 if self.uniform_only else math.ceil(max(0, self.candidates) / max(1, self.per_round))
+
+
+@dataclass
+class Evaluation:
+    """A model's proxy figures on the selection split."""
+
+    acc: float
+    kl: float
+    correct: np.ndarray  # per image, bool
+
+
+class PlanEnv(Protocol):
+    """What the search needs from the world; see :class:`rlprune_edge.search.proxy.PlanProxy`."""
+
+    def predict_ms(self, keep: dict[str, int]) -> float: ...
+    def build(self, keep: dict[str, int]) -> Any: ...
+    def evaluate(self, model: Any) -> Evaluation: ...
+    def confirm(self, model: Any) -> np.ndarray: ...
+    def probe(self, model: Any, index: int) -> None: ...
+    def flops(self, model: Any) -> int: ...
+    def params(self, model: Any) -> int: ...
+    def measure(self, models: list[Any]) -> tuple[float, list[tuple[float, float]]]: ...
+    def correct(self, keep: dict[str, int], measured_ms: float) -> None: ...
+    def anchor(self, keep: dict[str, int], measured_ms: float) -> None: ...
+
+
+@dataclass
+class PlanResult:
+    """The chosen plan and how it was found (all JSON-able but `model`)."""
+
+    keep: dict[str, int]
+    model: Any
+    chosen: dict[str, Any]
+    uniform: dict[str, Any]
+    fallback_to_uniform: bool
+    reached: bool | None
+    records: list[dict[str, Any]]
+    rounds: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    measurements: list[dict[str, Any]]
+    wall_s: float
+
+
+def paired_gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(mean of a − b, its standard error) for per-image correctness vectors of one split."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else 0.0, float("inf")
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def _met(target: Any, ms: float, ratio: float) -> bool:
+    return ratio <= target.value if target.kind == "ratio" else ms <= target.value
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class _Search:
+    """One run of the plan search (holds the state that is checkpointed)."""
+
+    def __init__(self, env: PlanEnv, space: PlanSpace, target: Any, weights: RewardWeights, base: Baseline,
+                 config: PlanSearchConfig, state_dir: Path, fingerprint: dict, log: Callable[[str], None]) -> None:
+        self.env, self.space, self.target, self.weights, self.base = env, space, target, weights, base
+        self.config, self.state_dir, self.log = config, state_dir, log
+        self.policy = PlanDistribution(space.dim, config.rounds, config.policy, seed=config.seed)
+        self.fp = {"version": STATE_VERSION, "target": asdict(target), "weights": asdict(weights),
+                   "config": asdict(config), "groups": [list(space.names), list(space.channels), list(space.min_keep)],
+                   **fingerprint}
+        self.goal_ms = target.latency_goal_ms(base.latency_ms)
+        self.records: list[dict[str, Any]] = []
+        self.rounds: list[dict[str, Any]] = []
+        self.probes: list[dict[str, Any]] | None = None
+        self.decision: dict[str, Any] | None = None
+        self.measurements: list[dict[str, Any]] = []
+        self.wall_before = 0.0
+        self.start = time.perf_counter()
+        self._cache: dict[tuple[int, ...], int] = {}
+
+    # --- state -------------------------------------------------------------------------------------
+    def save(self) -> None:
+        _atomic_json(self.state_dir / STATE_FILE, {
+            "fingerprint": self.fp, "policy": self.policy.state_dict(), "records": self.records,
+            "rounds": self.rounds, "probes": self.probes, "decision": self.decision,
+            "measurements": self.measurements, "wall_s": self.wall_before + time.perf_counter() - self.start,
+            "base": asdict(self.base),
+        })
+
+    def load(self) -> None:
+        path = self.state_dir / STATE_FILE
+        if not path.exists():
+            raise UserError(f"no plan-search state in {self.state_dir} to resume; start without resuming.")
+        state = json.loads(path.read_text())
+        if state.get("fingerprint") != json.loads(json.dumps(self.fp)):
+            raise UserError(f"the search in {self.state_dir} was started with different settings (model, data, "
+                            "profile, target, reward, bounds or seed); rerun with the same settings or start afresh.")
+        self.policy.load_state_dict(state["policy"])
+        self.records, self.rounds = state["records"], state["rounds"]
+        self.probes, self.decision = state["probes"], state["decision"]
+        self.measurements = state["measurements"]
+        self.wall_before = float(state["wall_s"])
+        self.base = Baseline(**state["base"])  # the first run's dense measurement: the same goal again
+        self.goal_ms = self.target.latency_goal_ms(self.base.latency_ms)
+        self._cache = {tuple(r["keep"]): i for i, r in enumerate(self.records) if not r.get("duplicate_of")}
+
+    # --- candidates --------------------------------------------------------------------------------
+    def predict(self, keep: list[int]) -> float:
+        return float(self.env.predict_ms(self.space.as_dict(keep)))
+
+    def size(self, prefs: np.ndarray) -> tuple[list[int], float]:
+        if self.target.kind == "sparsity":
+            total = sum(c for c, p in zip(self.space.channels, self.space.prunable, strict=True) if p)
+            return self.space.size_to_channels(prefs, int(round((1.0 - self.target.value) * total)))
+        return self.space.size_to_latency(prefs, self.predict, float(self.goal_ms))
+
+    def score(self, acc: float, pred: float, flops: float, params: float) -> float:
+        return float(reward(acc, pred, flops, params, self.base, self.weights))
+
+    def evaluate(self, prefs: np.ndarray, round_: int) -> dict[str, Any]:
+        keep, scale = self.size(prefs)
+        rec: dict[str, Any] = {"round": round_, "prefs": [float(v) for v in prefs], "scale": scale, "keep": keep}
+        hit = self._cache.get(tuple(keep))
+        if hit is not None:
+            src = self.records[hit]
+            rec.update({k: src[k] for k in ("acc", "kl", "pred_ms", "flops", "params", "q")}, duplicate_of=hit)
+        else:
+            model = self.env.build(self.space.as_dict(keep))
+            ev = self.env.evaluate(model)
+            pred = self.predict(keep)
+            fl, pa = int(self.env.flops(model)), int(self.env.params(model))
+            rec.update(acc=ev.acc, kl=ev.kl, pred_ms=pred, flops=fl, params=pa, q=self.score(ev.acc, pred, fl, pa))
+            self._cache[tuple(keep)] = len(self.records)
+        self.records.append(rec)
+        return rec
+
+    @staticmethod
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        return (r["q"], -r["kl"])
+
+    def best(self) -> dict[str, Any]:
+        return max(self.records, key=self.key)  # ties: the earliest (uniform first)
+
+    # --- phases ------------------------------------------------------------------------------------
+    def search(self, bar: Any, stop_after: int | None) -> bool:
+        """Uniform plan, then the rounds; False when stopped early by `stop_after` (rounds)."""
+        if not self.records:
+            self.evaluate(self.space.uniform_prefs(), -1)
+            self.save()
+            if bar is not None:
+                bar.update(1)
+        cfg = self.config
+        while self.policy.round < cfg.rounds:
+            if stop_after is not None and len(self.rounds) >= stop_after:
+                return False
+            r = self.policy.round
+            k = min(cfg.per_round, cfg.candidates - r * cfg.per_round)
+            t0 = time.perf_counter()
+            for prefs in self.policy.sample(k):
+                self.evaluate(prefs, r)
+                if bar is not None:
+                    bar.update(1)
+            best = self.best()
+            self.policy.update(np.asarray(best["prefs"]))
+            self.rounds.append({"round": r, "sigma": self.policy.sigma(r), "best_acc": best["acc"],
+                                "best_q": best["q"], "best_pred_ms": best["pred_ms"], "round_s": time.perf_counter() - t0})
+            if bar is not None:
+                bar.set_postfix(best=f"{100 * best['acc']:.1f}%", uniform=f"{100 * self.records[0]['acc']:.1f}%")
+            self.save()
+        return True
+
+    def probe_and_decide(self) -> None:
+        """KD-probe the uniform plan and the best few, re-rank, confirm against uniform on held-out data."""
+        if self.decision is not None:
+            return
+        uniform = self.records[0]
+        distinct = sorted((i for i, r in enumerate(self.records) if i and not r.get("duplicate_of")
+                           and r["keep"] != uniform["keep"]), key=lambda i: self.key(self.records[i]), reverse=True)
+        picks = [0] + distinct[: max(0, self.config.probe_top)]
+        probes = []
+        for n, i in enumerate(picks):
+            rec = self.records[i]
+            model = self.env.build(self.space.as_dict(rec["keep"]))
+            if self.config.probe_top > 0:
+                self.env.probe(model, n)
+            ev = self.env.evaluate(model)
+            conf = self.env.confirm(model)
+            probes.append({"record": i, "acc": ev.acc, "kl": ev.kl, "q": self.score(ev.acc, rec["pred_ms"], rec["flops"],
+                                                                                     rec["params"]),
+                           "confirm_acc": float(np.mean(conf)) if len(conf) else 0.0,
+                           "confirm": np.asarray(conf, dtype=np.uint8).tolist()})
+        self.probes = probes
+        u = probes[0]
+        challengers = probes[1:]
+        decision: dict[str, Any] = {"chosen_record": 0, "fallback_to_uniform": True, "gain": 0.0, "se": 0.0,
+                                    "why": "no other plan was distinct from uniform"}
+        if challengers:
+            best = max(challengers, key=lambda p: (p["q"], -p["kl"]))
+            br, ur = self.records[best["record"]], self.records[0]
+            extra = (self.score(0.0, br["pred_ms"], br["flops"], br["params"])
+                     - self.score(0.0, ur["pred_ms"], ur["flops"], ur["params"]))  # non-accuracy reward terms
+            gain, se = paired_gain(np.asarray(best["confirm"]), np.asarray(u["confirm"]))
+            gain += extra
+            wins = gain > 0 and gain > se
+            decision = {"chosen_record": best["record"] if wins else 0, "fallback_to_uniform": not wins,
+                        "gain": gain, "se": se, "candidate_record": best["record"],
+                        "why": (f"best plan beats uniform on the confirmation split by {100 * gain:+.2f} points "
+                                f"(paired SE {100 * se:.2f})" if wins else
+                                f"best plan's confirmation gain over uniform {100 * gain:+.2f} points is within one "
+                                f"paired SE ({100 * se:.2f}): uniform plan kept")}
+        self.decision = decision
+        self.save()
+        self.log(f"search: {decision['why']}")
+
+    def measure_and_fit(self) -> tuple[list[int], bool | None]:
+        """Measure chosen + uniform together; shrink the chosen plan until it meets the target."""
+        i = int(self.decision["chosen_record"])  # type: ignore[index]
+        rec = self.records[i]
+        keep, prefs, scale = list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"])
+        if self.target.kind == "sparsity":
+            return keep, None
+        ukeep = self.records[0]["keep"]
+        goal = float(self.goal_ms)  # type: ignore[arg-type]
+        for t in range(self.config.shrink_tries + 1):
+            if t < len(self.measurements):  # replay (resume): never re-measure
+                m = self.measurements[t]
+            else:
+                models = [self.env.build(self.space.as_dict(keep))]
+                if keep != ukeep:
+                    models.append(self.env.build(self.space.as_dict(ukeep)))
+                dense_ms, res = self.env.measure(models)
+                m = {"try": t, "keep": keep, "dense_ms": dense_ms, "ms": res[0][0], "ratio": res[0][1],
+                     "uniform_ms": res[-1][0], "uniform_ratio": res[-1][1], "pred_ms": self.predict(keep)}
+                self.measurements.append(m)
+                self.save()
+                self.log(f"measured: chosen {m['ratio']:.3f}x dense, uniform {m['uniform_ratio']:.3f}x "
+                         f"(same windows, {m['dense_ms']:.3f} ms dense)")
+            keep = list(m["keep"])
+            if _met(self.target, m["ms"], m["ratio"]):
+                return keep, True
+            if t == self.config.shrink_tries:
+                break
+            # the latency model learns from the measurement; the goal moves to this window's scale
+            self.env.correct(self.space.as_dict(keep), float(m["ms"]))
+            if self.target.kind == "ratio":
+                goal = self.target.value * float(m["dense_ms"])
+            new, new_scale = self.space.size_to_latency(prefs, self.predict, goal)
+            if sum(new) >= sum(keep):
+                new, new_scale = self.space.shrink(prefs, scale)
+            if new == keep:
+                break  # at the floor along this plan
+            keep, scale = new, new_scale
+        return keep, False
+
+
+def run_plan_search(
+    env: PlanEnv,
+    space: PlanSpace,
+    target: Any,
+    weights: RewardWeights,
+    base: Baseline,
+    dense_keep: dict[str, int],
+    config: PlanSearchConfig,
+    state_dir: str | os.PathLike,
+    resume: bool = False,
+    fingerprint: dict | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> PlanResult | None:
+    """Search plans for `target`; returns None when `stop_after` rounds were done (resume later)."""
+    say = log or (lambda s: print(s, file=sys.stderr))
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    s = _Search(env, space, target, weights, base, config, state_dir, fingerprint or {}, say)
+    if resume:
+        s.load()
+        say(f"resuming the plan search after {len(s.records)} plans")
+    env.anchor(dense_keep, s.base.latency_ms)  # anchor the latency model to the dense measurement
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1 + (0 if config.uniform_only else config.candidates), initial=min(len(s.records), 1 + config.candidates),
+                   desc="search plans", unit="plan", file=sys.stderr, dynamic_ncols=True, leave=False)
+    try:
+        if not s.search(bar, stop_after):
+            return None
+    finally:
+        if bar is not None:
+            bar.close()
+    if config.uniform_only:
+        s.decision = s.decision or {"chosen_record": 0, "fallback_to_uniform": True, "gain": 0.0, "se": 0.0,
+                                    "why": "uniform plan asked for (--search uniform)"}
+        s.probes = s.probes or []
+    else:
+        s.probe_and_decide()
+    keep, reached = s.measure_and_fit()
+    chosen_rec = s.records[int(s.decision["chosen_record"])]  # type: ignore[index]
+    model = env.build(space.as_dict(keep))
+    if keep != chosen_rec["keep"]:
+        ev = env.evaluate(model)
+        chosen_rec = {**chosen_rec, "keep": keep, "acc": ev.acc, "kl": ev.kl, "pred_ms": s.predict(keep)}
+    last = s.measurements[-1] if s.measurements else {}
+    probe_of = {p["record"]: p for p in (s.probes or [])}
+
+    def summary(rec: dict[str, Any], idx: int, ms: float | None, ratio: float | None) -> dict[str, Any]:
+        p = probe_of.get(idx, {})
+        return {"keep": space.as_dict(rec["keep"]), "proxy_acc": rec["acc"], "proxy_kl": rec["kl"],
+                "predicted_ms": rec["pred_ms"], "probe_acc": p.get("acc"), "confirm_acc": p.get("confirm_acc"),
+                "measured_ms": ms, "measured_ratio": ratio, "flops": rec["flops"], "params": rec["params"]}
+
+    idx = int(s.decision["chosen_record"])  # type: ignore[index]
+    s.save()
+    return PlanResult(
+        keep=space.as_dict(keep), model=model,
+        chosen=summary(chosen_rec, idx, last.get("ms"), last.get("ratio")),
+        uniform=summary(s.records[0], 0, last.get("uniform_ms"), last.get("uniform_ratio")),
+        fallback_to_uniform=bool(s.decision["fallback_to_uniform"]), reached=reached,  # type: ignore[index]
+        records=[{k: v for k, v in r.items() if k != "prefs"} for r in s.records], rounds=s.rounds,
+        probes=[{k: v for k, v in p.items() if k != "confirm"} for p in (s.probes or [])],
+        measurements=s.measurements, wall_s=s.wall_before + time.perf_counter() - s.start,
+    )

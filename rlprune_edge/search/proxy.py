@@ -1,0 +1,173 @@
+"""The plan search's environment for real models: one-shot pruning from the dense model, the
+accuracy proxy, KD probes and latency measurement on the profile.
+
+Every data subset is fixed once from the seed, so a plan's score depends only on the plan:
+
+* Taylor importance of the dense model, once, over ``calib_images`` training images (Molchanov's
+  per-batch estimator, :mod:`rlprune_edge.importance`);
+* BatchNorm recalibration (EagleEye's adaptive BN) on ``bn_images`` other training images;
+* a *selection* split (``select_size`` validation images) that ranks plans, with KL divergence to
+  the dense model's outputs as the tie-break, and a disjoint *confirmation* split
+  (``confirm_size``) on which the winner must beat the uniform plan. The test split is never used.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlprune_edge.search.env import recalibrate_bn, tensors
+from rlprune_edge.search.plan_search import Evaluation
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Sizes of the fixed subsets and the KD probe (defaults: issue 15's bars)."""
+
+    select_size: int = 2000
+    confirm_size: int = 2000
+    calib_images: int = 1024
+    calib_batch: int = 32
+    bn_images: int = 1024
+    bn_batch: int = 256
+    probe_batches: int = 50
+    probe_batch_size: int = 64
+    probe_lr: float = 0.01
+    eval_batch: int = 500
+    seed: int = 0
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Eval-mode logits of `model` on `x`, batched, channels-last (≈1.7× faster on CPU)."""
+    was = model.training
+    model.eval()
+    model.to(memory_format=torch.channels_last)
+    try:
+        outs = [model(x[i : i + batch].contiguous(memory_format=torch.channels_last)) for i in range(0, len(x), batch)]
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+        model.train(was)
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+class PlanProxy:
+    """Implements :class:`rlprune_edge.search.plan_search.PlanEnv` with the project's stack."""
+
+    def __init__(self, dense: nn.Module, info: Any, data: Any, groups: list, profile: Any, backend: Any,
+                 latency_model: Any, dense_onnx: Path, work_dir: Path, config: ProxyConfig | None = None) -> None:
+        from rlprune_edge.flops import count_flops, count_params
+        from rlprune_edge.importance import channel_scores
+
+        self.config = c = config or ProxyConfig()
+        self.dense = dense.eval()
+        self.info, self.data, self.groups = info, data, groups
+        self.profile, self.backend, self.latency_model = profile, backend, latency_model
+        self.dense_onnx, self.work_dir = Path(dense_onnx), Path(work_dir)
+        self.input_shape = tuple(info.input_shape)
+        self.example_inputs = torch.zeros(1, *self.input_shape)
+        self._count_flops, self._count_params = count_flops, count_params
+        val = data.val
+        perm = torch.randperm(len(val), generator=torch.Generator().manual_seed(c.seed + 101))
+        n_sel = min(c.select_size, len(val) - min(len(val) // 2, c.confirm_size))
+        n_conf = min(c.confirm_size, len(val) - n_sel)
+        self.sel_x, self.sel_y = tensors(val.take(perm[:n_sel]))
+        self.conf_x, self.conf_y = tensors(val.take(perm[n_sel : n_sel + n_conf]))
+        self.teacher_logp = F.log_softmax(logits_of(self.dense, self.sel_x, c.eval_batch), dim=1)
+        need = c.calib_images + c.bn_images
+        tx, ty = tensors(data.subset("train", need, seed=c.seed + 1))
+        n_cal = min(c.calib_images, max(1, len(tx) // 2)) if len(tx) < need else c.calib_images
+        self.calib = [(tx[i : i + c.calib_batch], ty[i : i + c.calib_batch]) for i in range(0, n_cal, c.calib_batch)]
+        bn_x = tx[n_cal:] if len(tx) > n_cal else tx
+        self.bn_batches = [bn_x[i : i + c.bn_batch] for i in range(0, min(len(bn_x), c.bn_images), c.bn_batch)]
+        self.scores = channel_scores(self.dense, self.example_inputs, groups, method="taylor", calib=self.calib)
+
+    # --- models --------------------------------------------------------------------------------------
+    def build(self, keep: dict[str, int]) -> nn.Module:
+        """The plan pruned one-shot from the dense model, BatchNorm recalibrated."""
+        from rlprune_edge.prune import prune
+
+        new = prune(self.dense, self.example_inputs, keep=keep, channel_multiple=1, scores=self.scores,
+                    groups=self.groups)
+        return recalibrate_bn(new, self.bn_batches)
+
+    def evaluate(self, model: nn.Module) -> Evaluation:
+        logits = logits_of(model, self.sel_x, self.config.eval_batch)
+        correct = (logits.argmax(1) == self.sel_y).numpy()
+        kl = F.kl_div(F.log_softmax(logits, dim=1), self.teacher_logp, reduction="batchmean", log_target=True)
+        return Evaluation(float(correct.mean()) if len(correct) else 0.0, float(kl), correct)
+
+    def confirm(self, model: nn.Module) -> np.ndarray:
+        logits = logits_of(model, self.conf_x, self.config.eval_batch)
+        return (logits.argmax(1) == self.conf_y).numpy()
+
+    def probe(self, model: nn.Module, index: int) -> None:
+        """A short KD fine-tune of `model` in place (``probe_batches`` batches), seeded per probe."""
+        from rlprune_edge.distill import DistillConfig, distill
+
+        c = self.config
+        if c.probe_batches <= 0:
+            return
+        distill(model, self.dense, self.data,
+                DistillConfig(epochs=1, lr=c.probe_lr, batch_size=c.probe_batch_size,
+                              limit=c.probe_batch_size * c.probe_batches, seed=c.seed + 500),
+                progress=False, distributed=False)
+        model.eval()
+
+    def flops(self, model: nn.Module) -> int:
+        return int(self._count_flops(model, self.input_shape))
+
+    def params(self, model: nn.Module) -> int:
+        return int(self._count_params(model))
+
+    # --- latency -------------------------------------------------------------------------------------
+    def _lm_keep(self, keep: dict[str, int]) -> dict[str, int]:
+        known = getattr(self.latency_model, "channels", None)
+        return dict(keep) if known is None else {k: v for k, v in keep.items() if k in known}
+
+    def predict_ms(self, keep: dict[str, int]) -> float:
+        return float(self.latency_model.predict(self._lm_keep(keep)))
+
+    def correct(self, keep: dict[str, int], measured_ms: float) -> None:
+        self.latency_model.correct(self._lm_keep(keep), measured_ms)
+
+    def anchor(self, keep: dict[str, int], measured_ms: float) -> None:
+        """Replace any earlier correction with one that makes `keep` predict `measured_ms` exactly."""
+        self.latency_model.n_corrections = 0
+        self.latency_model.correct(self._lm_keep(keep), measured_ms)
+
+    def measure(self, models: list[nn.Module]) -> tuple[float, list[tuple[float, float]]]:
+        """(dense ms, [(ms, ratio to dense)]) with every model in the same interleaved windows.
+
+        The profile's ``rounds`` windows, each interleaving dense and all `models` in short blocks;
+        a model's ratio is its median over windows of the per-window block ratio, its ms that ratio
+        times the dense model's median over windows (one statistic for every model).
+        """
+        from rlprune_edge.export import export_onnx
+        from rlprune_edge.latency.model import profile_rounds, ratios_over_windows
+
+        paths = []
+        try:
+            for mdl in models:
+                fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=self.work_dir)
+                os.close(fd)
+                paths.append(Path(tmp))
+                export_onnx(copy.deepcopy(mdl), tmp, self.input_shape, batch=int(self.profile.input.batch))
+            pm = self.profile.measure
+            ratios, dense_ms, _ = ratios_over_windows(self.backend, self.profile, self.dense_onnx, paths,
+                                                      runs=int(pm.runs), warmup=int(pm.warmup),
+                                                      rounds=profile_rounds(self.profile))
+        finally:
+            for p in paths:
+                if p.exists():
+                    p.unlink()
+        return dense_ms, [(r * dense_ms, r) for r in ratios]

@@ -1,0 +1,269 @@
+"""The default search (whole plans): bounds, followers, sizing, the uniform guarantee, shrinking on a
+measured miss, resume == uninterrupted (stub environments), and followers found on MobileNetV3."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlprune_edge.search.loop import Target
+from rlprune_edge.search.plan import PlanSpace, follower_groups
+from rlprune_edge.search.plan_search import Evaluation, PlanSearchConfig, paired_gain, run_plan_search
+from rlprune_edge.search.policy import PlanDistribution
+from rlprune_edge.search.reward import Baseline, RewardWeights
+
+NAMES = ["a", "b", "c", "d", "se", "fc"]
+CHANNELS = [16, 32, 64, 64, 8, 10]
+PRUNABLE = [True, True, True, True, True, False]
+COST = {"a": 0.010, "b": 0.008, "c": 0.004, "d": 0.004, "se": 0.0005}  # ms per kept channel
+FIXED_MS = 0.1
+
+
+def space(min_fraction: float = 0.1) -> PlanSpace:
+    return PlanSpace.build(NAMES, CHANNELS, PRUNABLE, multiple=4, min_fraction=min_fraction, followers={"se": "c"})
+
+
+def true_ms(keep: dict[str, int]) -> float:
+    return FIXED_MS + sum(COST[n] * keep.get(n, c) for n, c in zip(NAMES, CHANNELS, strict=True) if n in COST)
+
+
+class StubEnv:
+    """Predicted latency is linear in kept channels; the 'device' is `slow` × slower than predicted."""
+
+    n_images = 1000
+
+    def __init__(self, accuracy, slow: float = 1.0) -> None:
+        self.accuracy = accuracy  # keep dict -> accuracy fraction
+        self.slow = slow
+        self.correction = 1.0
+        self.builds = 0
+        self.measured: list[list[dict[str, int]]] = []
+        self.probed = 0
+
+    def predict_ms(self, keep):
+        return true_ms(keep) * self.correction
+
+    def correct(self, keep, measured_ms):
+        self.correction = measured_ms / true_ms(keep)
+
+    def anchor(self, keep, measured_ms):
+        self.correction = measured_ms / true_ms(keep)
+
+    def build(self, keep):
+        self.builds += 1
+        return {"keep": dict(keep), "bonus": 0.0}
+
+    def _correct(self, model):
+        acc = min(1.0, max(0.0, self.accuracy(model["keep"]) + model["bonus"]))
+        v = np.zeros(self.n_images, dtype=bool)
+        v[: int(round(acc * self.n_images))] = True
+        return v
+
+    def evaluate(self, model):
+        c = self._correct(model)
+        return Evaluation(float(c.mean()), 1.0 - float(c.mean()), c)
+
+    def confirm(self, model):
+        return self._correct(model)
+
+    def probe(self, model, index):
+        self.probed += 1
+        model["bonus"] = 0.01
+
+    def flops(self, model):
+        return sum(model["keep"].values())
+
+    def params(self, model):
+        return sum(model["keep"].values())
+
+    def measure(self, models):
+        self.measured.append([m["keep"] for m in models])
+        dense = true_ms({}) * self.slow
+        return dense, [(true_ms(m["keep"]) * self.slow, true_ms(m["keep"]) / true_ms({})) for m in models]
+
+
+def fractions(keep: dict[str, int]) -> dict[str, float]:
+    return {n: keep.get(n, c) / c for n, c in zip(NAMES, CHANNELS, strict=True)}
+
+
+def run(env, tmp_path, target=Target("ratio", 0.5), config=None, **kw):
+    sp = space()
+    cfg = config or PlanSearchConfig(candidates=24, per_round=6, probe_top=2, seed=kw.pop("seed", 0))
+    base = Baseline(true_ms({}), 1000.0, 1000.0)
+    return run_plan_search(env, sp, target, RewardWeights(latency=1.0), base, sp.as_dict(sp.full_keep()), cfg,
+                           tmp_path / "state", progress=False, log=lambda s: None, **kw)
+
+
+# --- the plan space ----------------------------------------------------------------------------------
+def test_bounds_followers_and_uniform_plan():
+    sp = space(min_fraction=0.1)
+    assert sp.min_keep == (4, 4, 8, 8, 4, 10)  # max(multiple, 10% rounded up to the multiple); fc unprunable
+    assert [sp.names[i] for i in sp.free] == ["a", "b", "c", "d"] and sp.followers == {4: 2}
+    keep = sp.keep_at(sp.uniform_prefs(), 0.5)
+    assert keep == [8, 16, 32, 32, 4, 10]  # the same fraction everywhere; se follows c (0.5 of 8 = 4)
+    assert sp.keep_at(sp.uniform_prefs(), 1e-6) == sp.floor_keep() == [4, 4, 8, 8, 4, 10]
+    big = PlanSpace.build(NAMES, CHANNELS, PRUNABLE, multiple=4, min_fraction=0.5)
+    assert big.min_keep[:4] == (8, 16, 32, 32)
+
+
+def test_keep_is_monotone_in_scale_and_sizing_is_the_largest_plan_under_the_goal():
+    sp = space()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        prefs = rng.normal(0, 0.5, sp.dim)
+        last = None
+        for s in np.geomspace(0.01, 10, 60):
+            k = sp.keep_at(prefs, s)
+            assert last is None or all(x >= y for x, y in zip(k, last, strict=True))
+            last = k
+        goal = 0.5 * true_ms({})
+        keep, scale = sp.size_to_latency(prefs, lambda k: true_ms(sp.as_dict(k)), goal)
+        assert true_ms(sp.as_dict(keep)) <= goal
+        bigger, _ = sp.keep_at(prefs, scale * 1.01), None
+        assert bigger == keep or true_ms(sp.as_dict(bigger)) > goal
+        smaller, _ = sp.shrink(prefs, scale)
+        assert sum(smaller) < sum(keep)
+
+
+def test_channel_sizing_for_sparsity_targets():
+    sp = space()
+    keep, _ = sp.size_to_channels(sp.uniform_prefs(), 92)
+    kept = sum(k for k, p in zip(keep, PRUNABLE, strict=True) if p)
+    assert kept == 92 and keep[:5] == [8, 16, 32, 32, 4]
+
+
+def test_plan_policy_samples_relative_centred_noise_that_decays_and_resumes():
+    pol = PlanDistribution(5, rounds=4, seed=3)
+    assert pol.sigma(0) > pol.sigma(3) and pol.sigma(3) == pytest.approx(pol.config.sigma_min)
+    xs = pol.sample(3)
+    assert all(abs(x.mean()) < 1e-12 for x in xs)
+    state = json.loads(json.dumps(pol.state_dict()))
+    pol.update(xs[0])
+    assert np.allclose(pol.mean, 0.5 * xs[0]) and pol.round == 1
+    again = PlanDistribution(5, rounds=4, seed=99)
+    again.load_state_dict(state)
+    again.update(xs[0])
+    assert np.allclose(again.sample(2), pol.sample(2))
+
+
+def test_paired_gain():
+    a = np.array([1, 1, 1, 0, 0, 1, 1, 0], dtype=bool)
+    b = np.array([1, 0, 1, 0, 0, 1, 0, 0], dtype=bool)
+    gain, se = paired_gain(a, b)
+    assert gain == pytest.approx(0.25) and se == pytest.approx(np.std([0, 1, 0, 0, 0, 0, 1, 0], ddof=1) / np.sqrt(8))
+
+
+# --- the search ------------------------------------------------------------------------------------
+def test_when_every_perturbation_scores_worse_the_uniform_plan_is_returned_exactly(tmp_path):
+    sp = space()
+    goal = 0.5 * true_ms({})
+    uniform, _ = sp.size_to_latency(sp.uniform_prefs(), lambda k: true_ms(sp.as_dict(k)), goal)
+    ufrac = fractions(sp.as_dict(uniform))
+
+    def acc(keep):  # the uniform plan is the best there is; any departure costs accuracy
+        f = fractions(keep)
+        return 0.9 - 0.5 * sum(abs(f[n] - ufrac[n]) for n in f)
+
+    env = StubEnv(acc)
+    res = run(env, tmp_path)
+    assert res.fallback_to_uniform and res.keep == sp.as_dict(uniform)
+    assert res.chosen["keep"] == res.uniform["keep"] == sp.as_dict(uniform)
+    assert all(r["pred_ms"] <= goal + 1e-12 for r in res.records)  # never over the predicted goal
+    assert len(res.records) == 1 + 24 and res.reached is True
+    assert env.measured and all(len(ms) == 1 for ms in env.measured)  # chosen is uniform: measured once per window
+
+
+def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_path):
+    sens = {"a": 0.4, "b": 0.2, "c": 0.02, "d": 0.02, "se": 0.0}
+
+    def acc(keep):  # early layers matter: a plan that keeps them beats uniform
+        f = fractions(keep)
+        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+
+    env = StubEnv(acc)
+    res = run(env, tmp_path)
+    assert not res.fallback_to_uniform
+    assert res.chosen["probe_acc"] > res.uniform["probe_acc"] and res.chosen["confirm_acc"] > res.uniform["confirm_acc"]
+    f = fractions(res.keep)
+    assert f["a"] > f["c"]
+    assert env.probed == 3  # uniform + the top 2
+    assert env.measured[0][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
+    assert res.uniform["measured_ratio"] is not None
+
+
+def test_a_plan_over_the_target_is_shrunk_and_measured_again(tmp_path):
+    env = StubEnv(lambda keep: 0.9, slow=1.0)
+    env.correct = env.anchor = lambda keep, ms: None  # a predictor that never learns: only the forced shrink helps
+    real = true_ms
+
+    def optimistic(keep):  # predicts 20% too fast, so the first sized plan misses the target
+        return 0.8 * real(keep)
+
+    env.predict_ms = optimistic
+    res = run(env, tmp_path, config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, shrink_tries=40))
+    assert len(res.measurements) > 1
+    assert res.reached is True and res.chosen["measured_ratio"] <= 0.5
+    sizes = [sum(m["keep"]) for m in res.measurements]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
+    sens = {"a": 1.0, "b": 0.5, "c": 0.1, "d": 0.2, "se": 0.0}
+
+    def acc(keep):
+        f = fractions(keep)
+        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+
+    whole = run(StubEnv(acc, slow=1.3), tmp_path / "whole")
+    part = run(StubEnv(acc, slow=1.3), tmp_path / "part", stop_after=2)
+    assert part is None
+    state = json.loads((tmp_path / "part" / "state" / "plan_state.json").read_text())
+    assert len(state["rounds"]) == 2
+    resumed = run(StubEnv(acc, slow=1.3), tmp_path / "part", resume=True)
+    assert resumed.keep == whole.keep and resumed.records == whole.records
+    assert resumed.measurements == whole.measurements and resumed.fallback_to_uniform == whole.fallback_to_uniform
+    done = run(StubEnv(acc, slow=1.3), tmp_path / "part", resume=True)  # resuming a finished search: same answer
+    assert done.keep == whole.keep
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    from rlprune_edge.errors import UserError
+
+    run(StubEnv(lambda k: 0.9), tmp_path, stop_after=1)
+    with pytest.raises(UserError, match="different settings"):
+        run(StubEnv(lambda k: 0.9), tmp_path, target=Target("ratio", 0.4), resume=True)
+
+
+def test_sparsity_target_plans_compete_at_equal_channel_count(tmp_path):
+    env = StubEnv(lambda keep: 0.9)
+    res = run(env, tmp_path, target=Target("sparsity", 0.5))
+    total = sum(c for c, p in zip(CHANNELS, PRUNABLE, strict=True) if p)
+    assert all(sum(v for n, v in zip(NAMES, r["keep"], strict=True) if n != "fc") <= total * 0.5 + 1e-9
+               for r in res.records)
+    assert res.reached is None and not env.measured
+
+
+def test_squeeze_excitation_reducers_follow_their_producer():
+    from rlprune_edge.checkpoint import resolve_model
+    from rlprune_edge.graph import prunable_groups
+
+    torch.manual_seed(0)
+    model, info = resolve_model("mobilenetv3_small", width=0.5)
+    x = torch.zeros(1, *info.input_shape)
+    groups = prunable_groups(model, x)
+    fol = follower_groups(model, x, groups)
+    assert fol, "MobileNetV3 has squeeze-excitation blocks"
+    by = {g.name: g for g in groups}
+    for f, p in fol.items():
+        assert "se" in f or "fc1" in f or "squeeze" in f, f
+        assert any(mod == f and kind == "in" for mod, kind in by[p].members)
+    names = [g.name for g in groups]
+    sp = PlanSpace.build(names, [g.channels for g in groups], [g.prunable for g in groups], 8, 0.1, fol)
+    keep = sp.keep_at(np.zeros(sp.dim), 0.5)
+    for fi, pi in sp.followers.items():
+        expect = min(groups[fi].channels, max(sp.min_keep[fi], math.floor(keep[pi] / groups[pi].channels * groups[fi].channels / 8 + 0.5) * 8))
+        assert keep[fi] == expect
