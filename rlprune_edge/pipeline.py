@@ -101,16 +101,16 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     t0 = time.perf_counter()
     proxy = PlanProxy(job.dense, job.info, job.data, job.groups, job.profile, job.backend, job.latency_model,
                       job.dense_onnx, job.scratch,
-                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size,
-                                  probe_batches=a.probe_batches, seed=a.seed))
+                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed))
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
     config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else 64, per_round=a.per_round,
+                              screen_batches=a.screen_batches, probe_batches=a.probe_batches,
                               probe_top=a.probe_top if a.probe_batches > 0 else 0, uniform_only=a.search == "uniform",
                               seed=a.seed)
     base = Baseline(job.dense_ms, float(proxy.flops(job.dense)), float(proxy.params(job.dense)))
     fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
-                   "reward": a.reward, "select": a.select_size, "confirm": a.confirm_size, "probe": a.probe_batches,
+                   "reward": a.reward, "select": a.select_size, "confirm": a.confirm_size,
                    "min_keep": a.min_keep, "channel_multiple": job.space.multiple}
     dense_keep = job.space.as_dict(job.space.full_keep())
     result = run_plan_search(proxy, job.space, job.target, job.weights, base, dense_keep, config, job.state_dir,
@@ -127,7 +127,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
              for r in result.rounds]
     dense_eval = proxy.evaluate(job.dense)
     info = {"method": job.args.search, "candidates": config.candidates, "per_round": config.per_round,
-            "probe_top": config.probe_top, "probe_batches": a.probe_batches, "select_size": len(proxy.sel_y),
+            "probe_top": config.probe_top, "probe_batches": a.probe_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
             "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
             "channel_multiple": job.space.multiple, "search_s": result.wall_s,
             "dense_val_acc": dense_eval.acc, "distinct_plans": sum(1 for r in result.records if "duplicate_of" not in r),
@@ -144,7 +144,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     from rlprune_edge.distill import DistillConfig, dist_env, distill
     from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
-    from rlprune_edge.latency.model import profile_rounds, ratios_over_windows
+    from rlprune_edge.latency.model import decision_protocol, ratios_over_windows
     from rlprune_edge.report import plot_pareto, summary_lines, write_report
     from rlprune_edge.search.env import accuracy, tensors
 
@@ -176,12 +176,14 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
                                      "target": job.target.describe(), "test_acc": final_acc, "data": job.data_spec})
     save_checkpoint(out / "model.pt", student, final_info)
     export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-    pm = profile.measure
+    runs, n_windows = decision_protocol(profile)
     ratios, base_ms, windows = ratios_over_windows(job.backend, profile, job.dense_onnx, [out / "model.onnx"],
-                                                   runs=int(pm.runs), warmup=int(pm.warmup),
-                                                   rounds=profile_rounds(profile))
+                                                   runs=runs, warmup=int(profile.measure.warmup), rounds=n_windows)
     speed_ratio = ratios[0]
     final_ms = speed_ratio * base_ms
+    # the spread of single runs (median, p90) of each model alone, for the record (ratios come from above)
+    spread = {name: job.backend.measure(path, warmup=int(profile.measure.warmup), runs=int(profile.measure.runs))
+              for name, path in (("base", job.dense_onnx), ("final", out / "model.onnx"))}
     if job.target.kind == "ratio":
         reached = speed_ratio <= job.target.value
     elif job.target.kind == "ms":
@@ -204,9 +206,11 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
         "reward": {"preset": a.reward, "latency": job.weights.latency, "flops": job.weights.flops,
                    "params": job.weights.params},
         "model": str(job.model_spec), "data": job.data_spec, "seed": a.seed,
-        "base": {"test_acc": base_acc, "latency_ms": base_ms, "flops": int(count_flops(job.dense, shape)),
+        "base": {"test_acc": base_acc, "latency_ms": base_ms, "median_ms": float(spread["base"].median_ms),
+                 "p90_ms": float(spread["base"].p90_ms), "flops": int(count_flops(job.dense, shape)),
                  "params": int(count_params(job.dense)), "val_acc": search_info.get("dense_val_acc")},
-        "final": {"test_acc": final_acc, "latency_ms": final_ms, "flops": int(count_flops(student, shape)),
+        "final": {"test_acc": final_acc, "latency_ms": final_ms, "median_ms": float(spread["final"].median_ms),
+                  "p90_ms": float(spread["final"].p90_ms), "flops": int(count_flops(student, shape)),
                   "params": int(count_params(student))},
         "measured_speedup": 1.0 / speed_ratio if speed_ratio > 0 else None,
         "measured_ratio": speed_ratio,

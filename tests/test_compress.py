@@ -136,7 +136,8 @@ def test_unreachable_target_and_class_mismatch_exit_2_keep_old_outputs(env, caps
     assert "every group cut to 8 channels" in capsys.readouterr().err
 
 
-PLAN = ["--probe-batches", "1", "--select-size", "64", "--confirm-size", "64", "--per-round", "2"]
+PLAN = ["--probe-batches", "2", "--screen-batches", "1", "--select-size", "64", "--confirm-size", "64",
+        "--per-round", "2"]
 
 
 def test_plan_search_outputs_report_and_resume_matches_uninterrupted(env):

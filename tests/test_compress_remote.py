@@ -39,7 +39,7 @@ def test_compress_short_search_on_a_remote_board(board, tmp_path, monkeypatch):
     prof = board.profile(tmp_path / "board.toml", work_dir=work, runs=6, blocks=2, warmup=2)
     out = tmp_path / "run"
     args = ["compress", "--model", "vgg11", "--width", "0.0625", "--profile", str(prof),
-            "--sparsity", "0.3", "--step-ratio", "0.15", "--reward", "latency", "--seed", "1",
+            "--sparsity", "0.3", "--step-ratio", "0.15", "--reward", "latency", "--seed", "1", "--search", "paper",
             "--latency-variants", "2", "--val-size", "64", "--candidates", "2", "--rounds", "1",
             "--kd-images", "64", "--step-kd-batches", "1", "--pareto-test-size", "64", "--test-images", "128",
             "--no-bundle", "--quiet", "--out", str(out)]

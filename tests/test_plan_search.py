@@ -70,9 +70,9 @@ class StubEnv:
     def confirm(self, model):
         return self._correct(model)
 
-    def probe(self, model, index):
+    def probe(self, model, batches):
         self.probed += 1
-        model["bonus"] = 0.01
+        model["bonus"] = 0.01 * batches / 100
 
     def flops(self, model):
         return sum(model["keep"].values())
@@ -190,7 +190,8 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     assert res.chosen["probe_acc"] > res.uniform["probe_acc"] and res.chosen["confirm_acc"] > res.uniform["confirm_acc"]
     f = fractions(res.keep)
     assert f["a"] > f["c"]
-    assert env.probed == 3  # uniform + the top 2
+    distinct = sum(1 for r in res.records if "duplicate_of" not in r)
+    assert env.probed == distinct + 3  # a screen for each distinct plan, then uniform + the top 2
     assert env.measured[0][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
     assert res.uniform["measured_ratio"] is not None
 
@@ -204,7 +205,8 @@ def test_a_plan_over_the_target_is_shrunk_and_measured_again(tmp_path):
         return 0.8 * real(keep)
 
     env.predict_ms = optimistic
-    res = run(env, tmp_path, config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, shrink_tries=40))
+    res = run(env, tmp_path, config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, screen_batches=0,
+                                                     shrink_tries=40))
     assert len(res.measurements) > 1
     assert res.reached is True and res.chosen["measured_ratio"] <= 0.5
     sizes = [sum(m["keep"]) for m in res.measurements]

@@ -437,7 +437,10 @@ def _compress_argv(cell: Cell, ctx: Context, out: Path) -> list[str]:
             str(s.latency_variants), "--pareto-test-size", str(s.pareto_test_size), "--test-images",
             str(s.test_images), "--no-bundle",
             # no per-step KD: every method (the uniform baseline too) gets the same final KD budget
-            "--step-kd-batches", "0"]
+            "--step-kd-batches", "0",
+            # this grid compares the RL-Pruner rewards in the paper's step-wise search; the default
+            # plan search is compared with uniform pruning by tools/bench_search.py
+            "--search", "paper"]
     if cell.kind == "paper":
         argv += ["--sparsity", f"{cell.sparsity:g}", "--reward", "accuracy",
                  "--channel-multiple", str(s.paper_channel_multiple)]

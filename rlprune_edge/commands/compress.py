@@ -41,7 +41,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last step checkpoint")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kd-epochs", type=int, default=2, help="final distillation epochs (0 = none)")
+    p.add_argument("--kd-epochs", type=int, default=4, help="final distillation epochs (0 = none; default 4)")
     p.add_argument("--kd-images", type=int, default=0,
                    help="training images per distillation epoch (0 = the whole train split)")
     p.add_argument("--kd-lr", type=float, default=None, help="distillation learning rate (default 0.01)")
@@ -53,10 +53,13 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="plan/uniform search: every group keeps at least this fraction of its channels "
                         "(and at least the channel multiple); default 0.1")
     p.add_argument("--per-round", type=int, default=8, help="plan search: plans per round (default 8)")
+    p.add_argument("--screen-batches", type=int, default=20,
+                   help="plan/uniform search: KD batches (of 64 images, the same for every plan) before a plan is "
+                        "scored (0 = BatchNorm recalibration only); default 20")
     p.add_argument("--probe-top", type=int, default=3,
-                   help="plan search: best plans that get a short KD probe beside the uniform plan (default 3)")
-    p.add_argument("--probe-batches", type=int, default=50,
-                   help="plan search: KD batches (of 64 images) per probe (0 = no probes)")
+                   help="plan search: best plans that get a longer KD probe beside the uniform plan (default 3)")
+    p.add_argument("--probe-batches", type=int, default=100,
+                   help="plan search: KD batches (of 64 images) of that longer probe (0 = no probes); default 100")
     p.add_argument("--select-size", type=int, default=2000,
                    help="plan search: validation images that rank plans (default 2000)")
     p.add_argument("--confirm-size", type=int, default=2000,
@@ -219,7 +222,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                             ("--rounds", args.rounds, 1), ("--val-size", args.val_size, 10),
                             ("--kd-epochs", args.kd_epochs, 0), ("--kd-images", args.kd_images, 0),
                             ("--per-round", args.per_round, 1), ("--probe-top", args.probe_top, 0),
-                            ("--probe-batches", args.probe_batches, 0), ("--select-size", args.select_size, 10),
+                            ("--probe-batches", args.probe_batches, 0), ("--screen-batches", args.screen_batches, 0), ("--select-size", args.select_size, 10),
                             ("--confirm-size", args.confirm_size, 10)):
         if value is not None and value < lo:
             raise UserError(f"{name} {value} is too small; give at least {lo}.")
@@ -246,7 +249,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
     from rlprune_edge.data import load_data
     from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.profiles import load_profile
-    from rlprune_edge.search.env import low_ms, robust_compare
+    from rlprune_edge.search.env import low_ms
     from rlprune_edge.search.reward import weights_for
 
     profile = load_profile(args.profile)
@@ -320,11 +323,13 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
         _say(f"latency model ready ({time.perf_counter() - t_fit:.0f}s)")
         goal_ms = target.latency_goal_ms(dense_ms)
         if goal_ms is not None:
-            floor_ms = float(latency_model.predict(
+            # on this run's scale: the cached model may have been fitted in another machine state
+            scale = dense_ms / float(latency_model.predict({n: c for n, c, p in zip(names, ch0, prunable, strict=True) if p}))
+            floor_ms = scale * float(latency_model.predict(
                 {n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p}))
             verdict = "reachable" if floor_ms <= goal_ms else "NOT reachable by prediction"
             _say(f"target {goal_ms:.3f} ms; smallest allowed model ({bound_text}) "
-                 f"predicted {floor_ms:.3f} ms -> {verdict}")
+                 f"predicted {floor_ms:.3f} ms ({floor_ms / dense_ms:.2f}x) -> {verdict}")
             if floor_ms > goal_ms:
                 # confirm with a real measurement before refusing
                 from rlprune_edge.prune import prune
@@ -332,8 +337,12 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 tiny = prune(dense, example_inputs, keep={n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p},
                              importance="l1", channel_multiple=1, groups=groups)
                 tiny_onnx = export_onnx(tiny, scratch / "tiny.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-                _, tiny_m, tiny_ratio = robust_compare(backend, [dense_onnx, tiny_onnx], profile)
-                tiny_ms = low_ms(tiny_m)
+                from rlprune_edge.latency.model import decision_protocol, ratios_over_windows
+
+                runs, windows = decision_protocol(profile)
+                (tiny_ratio,), window_dense_ms, _ = ratios_over_windows(
+                    backend, profile, dense_onnx, [tiny_onnx], runs=runs, warmup=int(meas.warmup), rounds=windows)
+                tiny_ms = tiny_ratio * window_dense_ms
                 reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
                 _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
                 if not reach:

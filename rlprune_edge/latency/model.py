@@ -275,6 +275,16 @@ def profile_rounds(profile: Any) -> int:
     return max(1, int(getattr(getattr(profile, "measure", None), "rounds", 1) or 1))
 
 
+def decision_protocol(profile: Any) -> tuple[int, int]:
+    """(runs, windows) for a measurement that decides something (a plan's fit to the target, a final).
+
+    The profile's runs split over its rounds gave ±8% between two windows minutes apart for a 0.2 ms
+    model here (100 runs a window); four times the runs over at least 5 windows costs seconds on
+    sub-millisecond models and narrows that to the few-percent interleaved-ratio noise.
+    """
+    return max(4 * int(profile.measure.runs), 1200), max(5, profile_rounds(profile))
+
+
 def ratios_over_windows(backend: Any, profile: Any, dense_path: str | Path, paths: Sequence[str | Path], *,
                         runs: int, warmup: int, rounds: int) -> tuple[list[float], float, list[list[float]]]:
     """Each model's latency over the dense model's, from `rounds` windows of interleaved blocks.

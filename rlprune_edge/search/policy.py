@@ -132,8 +132,8 @@ class PruneDistribution:
 class PlanPolicyConfig:
     """The default search's agent: a Gaussian over log keep-preferences, moved toward the best plan."""
 
-    sigma: float = 0.35  # initial exploration noise, relative (log space): keep fractions ×e^±0.35
-    sigma_min: float = 0.08  # noise at the last round (cosine decay)
+    sigma: float = 0.6  # initial exploration noise, relative (log space): keep fractions ×e^±0.6
+    sigma_min: float = 0.15  # noise at the last round (cosine decay)
     lr: float = 0.5  # λ: mean ← mean + λ (best − mean) after every round
 
 

@@ -39,7 +39,6 @@ class ProxyConfig:
     calib_batch: int = 32
     bn_images: int = 1024
     bn_batch: int = 256
-    probe_batches: int = 50
     probe_batch_size: int = 64
     probe_lr: float = 0.01
     eval_batch: int = 500
@@ -110,17 +109,19 @@ class PlanProxy:
         logits = logits_of(model, self.conf_x, self.config.eval_batch)
         return (logits.argmax(1) == self.conf_y).numpy()
 
-    def probe(self, model: nn.Module, index: int) -> None:
-        """A short KD fine-tune of `model` in place (``probe_batches`` batches), seeded per probe."""
+    def probe(self, model: nn.Module, batches: int) -> None:
+        """A short KD fine-tune of `model` in place: `batches` batches, the same ones for every plan."""
         from rlprune_edge.distill import DistillConfig, distill
 
         c = self.config
-        if c.probe_batches <= 0:
+        if batches <= 0:
             return
-        distill(model, self.dense, self.data,
-                DistillConfig(epochs=1, lr=c.probe_lr, batch_size=c.probe_batch_size,
-                              limit=c.probe_batch_size * c.probe_batches, seed=c.seed + 500),
-                progress=False, distributed=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed + 500)
+            distill(model, self.dense, self.data,
+                    DistillConfig(epochs=1, lr=c.probe_lr, batch_size=c.probe_batch_size,
+                                  limit=c.probe_batch_size * batches, seed=c.seed + 500),
+                    progress=False, distributed=False)
         model.eval()
 
     def flops(self, model: nn.Module) -> int:
@@ -148,12 +149,12 @@ class PlanProxy:
     def measure(self, models: list[nn.Module]) -> tuple[float, list[tuple[float, float]]]:
         """(dense ms, [(ms, ratio to dense)]) with every model in the same interleaved windows.
 
-        The profile's ``rounds`` windows, each interleaving dense and all `models` in short blocks;
+        ``decision_protocol`` windows, each interleaving dense and all `models` in short blocks;
         a model's ratio is its median over windows of the per-window block ratio, its ms that ratio
         times the dense model's median over windows (one statistic for every model).
         """
         from rlprune_edge.export import export_onnx
-        from rlprune_edge.latency.model import profile_rounds, ratios_over_windows
+        from rlprune_edge.latency.model import decision_protocol, ratios_over_windows
 
         paths = []
         try:
@@ -162,10 +163,9 @@ class PlanProxy:
                 os.close(fd)
                 paths.append(Path(tmp))
                 export_onnx(copy.deepcopy(mdl), tmp, self.input_shape, batch=int(self.profile.input.batch))
-            pm = self.profile.measure
-            ratios, dense_ms, _ = ratios_over_windows(self.backend, self.profile, self.dense_onnx, paths,
-                                                      runs=int(pm.runs), warmup=int(pm.warmup),
-                                                      rounds=profile_rounds(self.profile))
+            runs, windows = decision_protocol(self.profile)
+            ratios, dense_ms, _ = ratios_over_windows(self.backend, self.profile, self.dense_onnx, paths, runs=runs,
+                                                      warmup=int(self.profile.measure.warmup), rounds=windows)
         finally:
             for p in paths:
                 if p.exists():
