@@ -144,7 +144,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     from rlprune_edge.distill import DistillConfig, dist_env, distill
     from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
-    from rlprune_edge.latency.model import decision_protocol, ratios_over_windows
+    from rlprune_edge.latency.model import robust_ratios
     from rlprune_edge.report import plot_pareto, summary_lines, write_report
     from rlprune_edge.search.env import accuracy, tensors
 
@@ -176,9 +176,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
                                      "target": job.target.describe(), "test_acc": final_acc, "data": job.data_spec})
     save_checkpoint(out / "model.pt", student, final_info)
     export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-    runs, n_windows = decision_protocol(profile)
-    ratios, base_ms, windows = ratios_over_windows(job.backend, profile, job.dense_onnx, [out / "model.onnx"],
-                                                   runs=runs, warmup=int(profile.measure.warmup), rounds=n_windows)
+    ratios, base_ms, sessions = robust_ratios(job.backend, profile, job.dense_onnx, [out / "model.onnx"])
     speed_ratio = ratios[0]
     final_ms = speed_ratio * base_ms
     # the spread of single runs (median, p90) of each model alone, for the record (ratios come from above)
@@ -214,8 +212,9 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
                   "params": int(count_params(student))},
         "measured_speedup": 1.0 / speed_ratio if speed_ratio > 0 else None,
         "measured_ratio": speed_ratio,
-        "latency_statistic": f"median over {len(windows)} windows of the per-window ratio of interleaved block "
-                             "medians (dense and model in the same windows)",
+        "latency_statistic": f"median over {len(sessions)} sessions of the median over windows of the per-window "
+                             "ratio of interleaved block medians (dense and model in the same windows)",
+        "session_ratios": [s[0] for s in sessions],
         "reached": reached,
         "steps": steps,
         "search": search_info,

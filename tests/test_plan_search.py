@@ -209,8 +209,11 @@ def test_a_plan_over_the_target_is_shrunk_and_measured_again(tmp_path):
                                                      shrink_tries=40))
     assert len(res.measurements) > 1
     assert res.reached is True and res.chosen["measured_ratio"] <= 0.5
-    sizes = [sum(m["keep"]) for m in res.measurements]
+    firsts = [m for m in res.measurements if not m["repeat"]]
+    sizes = [sum(m["keep"]) for m in firsts]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    # every miss was measured once more before the plan lost channels
+    assert all(m["repeat"] and m["keep"] == f["keep"] for f, m in zip(firsts[:-1], res.measurements[1::2], strict=False))
 
 
 def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):

@@ -47,6 +47,7 @@ LABELS = {"plan": "plan search (ours, default)", "uniform": "uniform plan (proje
           "tp-uniform": "uniform Taylor, Torch-Pruning"}
 START, END = "<!-- bench_search:start -->", "<!-- bench_search:end -->"
 COMMON_WINDOWS = 5
+COMMON_SESSIONS = 5
 
 
 def _say(msg: str) -> None:
@@ -88,7 +89,7 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
     from rlprune_edge.flops import count_params
     from rlprune_edge.graph import prunable_groups
     from rlprune_edge.latency.backend import get_backend
-    from rlprune_edge.latency.model import ratios_over_windows
+    from rlprune_edge.latency.model import robust_ratios
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.prune import prune
     from rlprune_edge.search.plan import PlanSpace, follower_groups
@@ -104,9 +105,9 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         d = export_onnx(copy.deepcopy(dense), Path(tmp) / "dense.onnx", tuple(info.input_shape), batch=1)
         f = export_onnx(floor, Path(tmp) / "floor.onnx", tuple(info.input_shape), batch=1)
-        ratios, dense_ms, windows = ratios_over_windows(get_backend(profile), profile, d, [f], runs=600,
-                                                        warmup=int(profile.measure.warmup), rounds=COMMON_WINDOWS)
-    return {"floor_ratio": ratios[0], "dense_ms": dense_ms, "windows": [w[0] for w in windows],
+        ratios, dense_ms, sessions = robust_ratios(get_backend(profile), profile, d, [f], sessions=COMMON_SESSIONS,
+                                                   pause_s=5.0)
+    return {"floor_ratio": ratios[0], "dense_ms": dense_ms, "sessions": [s[0] for s in sessions],
             "floor_params": int(count_params(floor)), "dense_params": int(count_params(dense))}
 
 
@@ -184,7 +185,7 @@ def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.export import export_onnx
     from rlprune_edge.latency.backend import get_backend
-    from rlprune_edge.latency.model import ratios_over_windows
+    from rlprune_edge.latency.model import robust_ratios
     from rlprune_edge.profiles import load_profile
 
     profile = load_profile("host-cpu")
@@ -192,8 +193,8 @@ def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
     names = sorted(cells)
     with tempfile.TemporaryDirectory(prefix="bench-common-") as tmp:
         d = export_onnx(dense.eval(), Path(tmp) / "dense.onnx", tuple(info.input_shape), batch=1)
-        ratios, _, _ = ratios_over_windows(get_backend(profile), profile, d, [Path(cells[n]["onnx"]) for n in names],
-                                           runs=600, warmup=int(profile.measure.warmup), rounds=COMMON_WINDOWS)
+        ratios, _, _ = robust_ratios(get_backend(profile), profile, d, [Path(cells[n]["onnx"]) for n in names],
+                                     sessions=COMMON_SESSIONS, pause_s=5.0)
     return dict(zip(names, ratios, strict=True))
 
 
@@ -211,8 +212,9 @@ def render(doc: dict) -> str:
              "model's measured floor f (every group at max(8 channels, 10% of its width)): aggressive = f + "
              "0.15·(1 − f), moderate = f + 0.4·(1 − f), rounded to 0.05. Every method gets `compress`'s default "
              "fine-tune budget (4 KD epochs over the train split). Latency: all finals of a (model, target, seed) "
-             f"re-measured with the dense model in {COMMON_WINDOWS} common interleaved windows (median over windows "
-             "of the per-window ratio of block medians); host-cpu (ONNX Runtime, 2 threads) on this 2-core VM.", ""]
+             f"re-measured with the dense model in {COMMON_SESSIONS} sessions 5 s apart, each of ≥ 5 common interleaved "
+             "windows (median over sessions of the median over windows of the per-window ratio of block "
+             "medians, `latency.model.robust_ratios`); host-cpu (ONNX Runtime, 2 threads) on this 2-core VM.", ""]
     for label, m in doc.get("models", {}).items():
         fl = m.get("floor")
         if not fl:

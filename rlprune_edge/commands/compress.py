@@ -337,11 +337,9 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 tiny = prune(dense, example_inputs, keep={n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p},
                              importance="l1", channel_multiple=1, groups=groups)
                 tiny_onnx = export_onnx(tiny, scratch / "tiny.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-                from rlprune_edge.latency.model import decision_protocol, ratios_over_windows
+                from rlprune_edge.latency.model import robust_ratios
 
-                runs, windows = decision_protocol(profile)
-                (tiny_ratio,), window_dense_ms, _ = ratios_over_windows(
-                    backend, profile, dense_onnx, [tiny_onnx], runs=runs, warmup=int(meas.warmup), rounds=windows)
+                (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_onnx, [tiny_onnx])
                 tiny_ms = tiny_ratio * window_dense_ms
                 reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
                 _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")

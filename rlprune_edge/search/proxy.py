@@ -149,12 +149,13 @@ class PlanProxy:
     def measure(self, models: list[nn.Module]) -> tuple[float, list[tuple[float, float]]]:
         """(dense ms, [(ms, ratio to dense)]) with every model in the same interleaved windows.
 
-        ``decision_protocol`` windows, each interleaving dense and all `models` in short blocks;
-        a model's ratio is its median over windows of the per-window block ratio, its ms that ratio
-        times the dense model's median over windows (one statistic for every model).
+        Three ``decision_protocol`` sessions (``robust_ratios``), each of windows interleaving dense and
+        all `models` in short blocks; a model's ratio is the median over sessions of its median over
+        windows of the per-window block ratio, its ms that ratio times the dense model's median (one
+        statistic for every model).
         """
         from rlprune_edge.export import export_onnx
-        from rlprune_edge.latency.model import decision_protocol, ratios_over_windows
+        from rlprune_edge.latency.model import robust_ratios
 
         paths = []
         try:
@@ -163,9 +164,7 @@ class PlanProxy:
                 os.close(fd)
                 paths.append(Path(tmp))
                 export_onnx(copy.deepcopy(mdl), tmp, self.input_shape, batch=int(self.profile.input.batch))
-            runs, windows = decision_protocol(self.profile)
-            ratios, dense_ms, _ = ratios_over_windows(self.backend, self.profile, self.dense_onnx, paths, runs=runs,
-                                                      warmup=int(self.profile.measure.warmup), rounds=windows)
+            ratios, dense_ms, _ = robust_ratios(self.backend, self.profile, self.dense_onnx, paths)
         finally:
             for p in paths:
                 if p.exists():
