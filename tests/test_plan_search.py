@@ -216,6 +216,23 @@ def test_a_plan_over_the_target_is_shrunk_and_measured_again(tmp_path):
     assert all(m["repeat"] and m["keep"] == f["keep"] for f, m in zip(firsts[:-1], res.measurements[1::2], strict=False))
 
 
+def test_a_plan_well_under_the_target_is_grown_but_never_past_it(tmp_path):
+    env = StubEnv(lambda keep: 0.9)
+    real = true_ms
+
+    def raw(keep):  # a pessimistic predictor: pruning saves less than it really does
+        return real(keep) + 0.25 * (real({}) - real(keep))
+
+    env.predict_ms = lambda keep: env.correction * raw(keep)
+    env.correct = env.anchor = lambda keep, ms: setattr(env, "correction", ms / raw(keep))
+    res = run(env, tmp_path, config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, screen_batches=0))
+    firsts = [m for m in res.measurements if not m["repeat"]]
+    assert len(firsts) >= 2 and sum(res.keep.values()) > sum(firsts[0]["keep"][:5])  # grown after measuring
+    assert res.reached is True and res.chosen["measured_ratio"] <= 0.5
+    within = [m for m in res.measurements if m["ratio"] <= 0.5]
+    assert sum(res.keep.values()) == max(sum(m["keep"][:5]) for m in within)  # the largest plan that fitted
+
+
 def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     sens = {"a": 1.0, "b": 0.5, "c": 0.1, "d": 0.2, "se": 0.0}
 

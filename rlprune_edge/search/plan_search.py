@@ -56,7 +56,8 @@ class PlanSearchConfig:
     screen_batches: int = 20  # KD batches every plan gets before it is scored (0 = BN recalibration only)
     probe_batches: int = 100  # KD batches of the longer probe of the best plans and the uniform one
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
-    shrink_tries: int = 4  # measurements of a plan over the target before giving up
+    shrink_tries: int = 4  # re-sizings of the chosen plan after measuring it (shrink or grow)
+    grow_slack: float = 0.05  # a plan measured this far (relative) under the target is grown
     uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
     seed: int = 0
     policy: PlanPolicyConfig = field(default_factory=PlanPolicyConfig)
@@ -304,11 +305,14 @@ class _Search:
         return m
 
     def measure_and_fit(self) -> tuple[list[int], bool | None]:
-        """Measure chosen + uniform together; shrink the chosen plan until it meets the target.
+        """Measure chosen + uniform together; fit the chosen plan to the target from both sides.
 
-        A plan measured over the target is measured once more before it is shrunk: here the first
-        measurement after the KD probes read 0.49–0.52× for a plan that read 0.34–0.43× a minute
-        later (twice, on the shipped VGG-19), so one slow spell must not cost the plan its channels.
+        A plan over the target is shrunk (latency model corrected by the measurement, re-sized along
+        the same preferences, at least one channel-multiple step smaller); a plan more than
+        ``grow_slack`` under it is grown the same way and kept only if the bigger plan measures
+        within the target. A plan measured over the target is measured once more before it is
+        changed: here the first measurement after the KD probes read 0.49–0.52× for a plan that
+        read 0.34–0.43× a minute later (twice, on the shipped VGG-19).
         """
         i = int(self.decision["chosen_record"])  # type: ignore[index]
         rec = self.records[i]
@@ -316,28 +320,42 @@ class _Search:
         if self.target.kind == "sparsity":
             return keep, None
         ukeep = self.records[0]["keep"]
-        goal = float(self.goal_ms)  # type: ignore[arg-type]
         idx = 0
+        fits: tuple[float, list[int]] | None = None  # (scale, keep) of the largest plan measured within the target
+        misses: tuple[float, list[int]] | None = None  # (scale, keep) of the smallest plan measured over it
         for t in range(self.config.shrink_tries + 1):
             m = self._measurement(idx, keep, ukeep, t, repeat=False)
             idx += 1
             if not _met(self.target, m["ms"], m["ratio"]):
                 m = self._measurement(idx, keep, ukeep, t, repeat=True)
                 idx += 1
-            if _met(self.target, m["ms"], m["ratio"]):
-                return keep, True
+            met = _met(self.target, m["ms"], m["ratio"])
+            if met:
+                if fits is None or sum(keep) > sum(fits[1]):
+                    fits = (scale, list(keep))
+                slack = 1.0 - (m["ratio"] if self.target.kind == "ratio" else m["ms"]) / self.target.value
+                if slack <= self.config.grow_slack:
+                    break
+            elif misses is None or sum(keep) < sum(misses[1]):
+                misses = (scale, list(keep))
             if t == self.config.shrink_tries:
                 break
-            # the latency model learns from the measurement; the goal moves to this window's scale
-            self.env.correct(self.space.as_dict(keep), float(m["ms"]))
-            if self.target.kind == "ratio":
-                goal = self.target.value * float(m["dense_ms"])
-            new, new_scale = self.space.size_to_latency(prefs, self.predict, goal)
-            if sum(new) >= sum(keep):
-                new, new_scale = self.space.shrink(prefs, scale)
-            if new == keep:
-                break  # at the floor along this plan
+            if fits is not None and misses is not None:  # bracketed: bisect the scale between them
+                new_scale = math.sqrt(fits[0] * misses[0])
+                new = self.space.keep_at(prefs, new_scale)
+                if new in (fits[1], misses[1]):
+                    break
+            else:  # one-sided: the latency model learns from the measurement, the goal moves to this window
+                self.env.correct(self.space.as_dict(keep), float(m["ms"]))
+                goal = self.target.value * float(m["dense_ms"]) if self.target.kind == "ratio" else float(self.goal_ms)
+                new, new_scale = self.space.size_to_latency(prefs, self.predict, goal)
+                if not met and sum(new) >= sum(keep):
+                    new, new_scale = self.space.shrink(prefs, scale)
+                if new == keep or (met and sum(new) <= sum(keep)):
+                    break  # at the floor along this plan, or no bigger plan is predicted to fit
             keep, scale = new, new_scale
+        if fits is not None:
+            return fits[1], True
         return keep, False
 
 
@@ -393,7 +411,7 @@ def run_plan_search(
         ev = env.evaluate(scored)
         chosen_rec = {**chosen_rec, "keep": keep, "acc": ev.acc, "kl": ev.kl, "pred_ms": s.predict(keep),
                       "flops": int(env.flops(model)), "params": int(env.params(model)), "shrunk": True}
-    last = s.measurements[-1] if s.measurements else {}
+    last = next((m for m in reversed(s.measurements) if m["keep"] == keep), {})  # the returned plan's
     probe_of = {p["record"]: p for p in (s.probes or [])}
 
     def summary(rec: dict[str, Any], idx: int, ms: float | None, ratio: float | None) -> dict[str, Any]:
