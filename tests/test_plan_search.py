@@ -127,6 +127,8 @@ def test_keep_is_monotone_in_scale_and_sizing_is_the_largest_plan_under_the_goal
         assert bigger == keep or true_ms(sp.as_dict(bigger)) > goal
         smaller, _ = sp.shrink(prefs, scale)
         assert sum(smaller) < sum(keep)
+        larger, _ = sp.grow(prefs, scale)
+        assert sum(larger) > sum(keep) and true_ms(sp.as_dict(larger)) > goal
 
 
 def test_channel_sizing_for_sparsity_targets():

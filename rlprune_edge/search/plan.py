@@ -158,6 +158,18 @@ class PlanSpace:
             return self.keep_at(prefs, lo), lo
         return self.keep_at(prefs, scale), scale
 
+    def grow(self, prefs: np.ndarray, scale: float) -> tuple[list[int], float]:
+        """The next larger plan along `prefs` (at least one group one multiple wider), or the same when whole."""
+        now = self.keep_at(prefs, scale)
+        _, hi = self._scale_range(prefs)
+        s = scale
+        while s < hi:
+            s *= 1.01
+            k = self.keep_at(prefs, s)
+            if k != now:
+                return k, s
+        return now, scale
+
     def shrink(self, prefs: np.ndarray, scale: float) -> tuple[list[int], float]:
         """The next smaller plan along `prefs` (at least one group one multiple smaller), or the same at the floor."""
         now = self.keep_at(prefs, scale)

@@ -351,8 +351,10 @@ class _Search:
                 new, new_scale = self.space.size_to_latency(prefs, self.predict, goal)
                 if not met and sum(new) >= sum(keep):
                     new, new_scale = self.space.shrink(prefs, scale)
-                if new == keep or (met and sum(new) <= sum(keep)):
-                    break  # at the floor along this plan, or no bigger plan is predicted to fit
+                elif met and sum(new) <= sum(keep):  # the half-corrected model is still pessimistic: one step up
+                    new, new_scale = self.space.grow(prefs, scale)
+                if new == keep:
+                    break  # at the floor (or whole) along this plan
             keep, scale = new, new_scale
         if fits is not None:
             return fits[1], True
