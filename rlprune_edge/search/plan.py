@@ -158,30 +158,25 @@ class PlanSpace:
             return self.keep_at(prefs, lo), lo
         return self.keep_at(prefs, scale), scale
 
-    def grow(self, prefs: np.ndarray, scale: float) -> tuple[list[int], float]:
-        """The next larger plan along `prefs` (at least one group one multiple wider), or the same when whole."""
+    def _step(self, prefs: np.ndarray, scale: float, factor: float) -> tuple[list[int], float]:
+        """The nearest different plan along `prefs` moving the scale by `factor` per try, or the same at the end."""
         now = self.keep_at(prefs, scale)
-        _, hi = self._scale_range(prefs)
+        lo, hi = self._scale_range(prefs)
         s = scale
-        while s < hi:
-            s *= 1.01
+        while lo < s < hi or (s == scale and lo <= s <= hi):
+            s *= factor
             k = self.keep_at(prefs, s)
             if k != now:
                 return k, s
         return now, scale
+
+    def grow(self, prefs: np.ndarray, scale: float) -> tuple[list[int], float]:
+        """The next larger plan along `prefs` (at least one group one multiple wider), or the same when whole."""
+        return self._step(prefs, scale, 1.01)
 
     def shrink(self, prefs: np.ndarray, scale: float) -> tuple[list[int], float]:
         """The next smaller plan along `prefs` (at least one group one multiple smaller), or the same at the floor."""
-        now = self.keep_at(prefs, scale)
-        lo, _ = self._scale_range(prefs)
-        s = scale
-        while s > lo:
-            s *= 0.99
-            k = self.keep_at(prefs, s)
-            if k != now:
-                return k, s
-        return now, scale
-
+        return self._step(prefs, scale, 0.99)
 
 def follower_groups(model: object, example_inputs: object, groups: Sequence[object]) -> dict[str, str]:
     """{follower group: producer group} for groups whose own layer runs on a pooled 1×1 map.

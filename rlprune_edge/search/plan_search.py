@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.fsutil import atomic_write_json
 from rlprune_edge.search.plan import PlanSpace
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
@@ -120,15 +121,6 @@ def _met(target: Any, ms: float, ratio: float) -> bool:
     return ratio <= target.value if target.kind == "ratio" else ms <= target.value
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class _Search:
     """One run of the plan search (holds the state that is checkpointed)."""
 
@@ -152,7 +144,7 @@ class _Search:
 
     # --- state -------------------------------------------------------------------------------------
     def save(self) -> None:
-        _atomic_json(self.state_dir / STATE_FILE, {
+        atomic_write_json(self.state_dir / STATE_FILE, {
             "fingerprint": self.fp, "policy": self.policy.state_dict(), "records": self.records,
             "rounds": self.rounds, "probes": self.probes, "decision": self.decision,
             "measurements": self.measurements, "wall_s": self.wall_before + time.perf_counter() - self.start,
