@@ -144,7 +144,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     from rlprune_edge.distill import DistillConfig, dist_env, distill
     from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
-    from rlprune_edge.latency.model import robust_ratios
+    from rlprune_edge.latency.windows import robust_ratios
     from rlprune_edge.report import plot_pareto, summary_lines, write_report
     from rlprune_edge.search.env import accuracy, tensors
 

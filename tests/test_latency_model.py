@@ -9,13 +9,8 @@ import pytest
 
 from rlprune_edge.latency import cache
 from rlprune_edge.latency.backend import LayerTime, Measurement
-from rlprune_edge.latency.model import (
-    LatencyModel,
-    fit_dim_map,
-    random_keep,
-    slot_feature,
-    slot_times,
-)
+from rlprune_edge.latency.model import LatencyModel, random_keep
+from rlprune_edge.latency.slots import fit_dim_map, slot_feature, slot_times
 
 
 def test_fit_dim_map_single_group_scaled_and_sum():
@@ -141,7 +136,7 @@ class FakeBackend:
         self.calls = 0
 
     def _dims(self, path):
-        from rlprune_edge.latency.model import onnx_node_dims
+        from rlprune_edge.latency.artifacts import onnx_node_dims
 
         return onnx_node_dims(path)
 
@@ -244,7 +239,7 @@ class DriftingBackend:
 def test_ratios_over_windows_measures_all_models_together_and_takes_median():
     from types import SimpleNamespace
 
-    from rlprune_edge.latency.model import ratios_over_windows
+    from rlprune_edge.latency.windows import ratios_over_windows
 
     truth = {"a.onnx": 0.5, "b.onnx": 0.25}
     backend = DriftingBackend(truth, drift=[1.0, 1.3, 0.95])
@@ -261,7 +256,7 @@ def test_ratios_over_windows_measures_all_models_together_and_takes_median():
 def test_measure_windows_pauses_between_windows_and_keeps_per_window_figures(monkeypatch):
     from types import SimpleNamespace
 
-    import rlprune_edge.latency.model as lm
+    import rlprune_edge.latency.windows as lm
 
     slept: list[float] = []
     monkeypatch.setattr(lm.time, "sleep", slept.append)
@@ -275,7 +270,7 @@ def test_measure_windows_pauses_between_windows_and_keeps_per_window_figures(mon
 
 
 def test_slot_times_over_windows_spreads_each_model_over_passes():
-    from rlprune_edge.latency.model import slot_times_over_windows
+    from rlprune_edge.latency.windows import slot_times_over_windows
 
     backend = DriftingBackend({"a.onnx": 0.5}, drift=[1.0, 2.0, 1.1])
     times, runtime = slot_times_over_windows(backend, ["dense.onnx", "a.onnx"], [{"conv"}, {"conv"}],

@@ -39,9 +39,8 @@ from rlprune_edge.latency.model import (  # noqa: E402
     LatencyModel,
     check_model,
     error_summary,
-    profile_rounds,
-    ratios_over_windows,
 )
+from rlprune_edge.latency.windows import profile_rounds, ratios_over_windows  # noqa: E402
 from rlprune_edge.models import build_model  # noqa: E402
 from rlprune_edge.profiles import load_profile  # noqa: E402
 

@@ -595,7 +595,7 @@ def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.export import export_onnx
     from rlprune_edge.latency.backend import get_backend
-    from rlprune_edge.latency.model import measure_windows
+    from rlprune_edge.latency.windows import measure_windows
     from rlprune_edge.profiles import load_profile
 
     common = ctx.results.doc.setdefault("common", {})

@@ -337,7 +337,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 tiny = prune(dense, example_inputs, keep={n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p},
                              importance="l1", channel_multiple=1, groups=groups)
                 tiny_onnx = export_onnx(tiny, scratch / "tiny.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-                from rlprune_edge.latency.model import robust_ratios
+                from rlprune_edge.latency.windows import robust_ratios
 
                 (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_onnx, [tiny_onnx])
                 tiny_ms = tiny_ratio * window_dense_ms

@@ -155,7 +155,7 @@ class PlanProxy:
         statistic for every model).
         """
         from rlprune_edge.export import export_onnx
-        from rlprune_edge.latency.model import robust_ratios
+        from rlprune_edge.latency.windows import robust_ratios
 
         paths = []
         try:
