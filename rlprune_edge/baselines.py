@@ -123,17 +123,17 @@ def _shape_key(model: nn.Module) -> tuple:
     return tuple(key)
 
 
-def measure_vs_dense(backend: Any, profile: Any, dense_onnx: Path, model: nn.Module,
+def measure_vs_dense(backend: Any, profile: Any, dense_artifact: Any, model: nn.Module,
                      input_shape: tuple[int, ...], work_dir: Path) -> tuple[Any, Any]:
     """(dense, model) Measurements from interleaved blocks on the profile's backend."""
-    from rlprune_edge.export import export_onnx
+    from rlprune_edge.latency.artifacts import materialize
 
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=work_dir)
     os.close(fd)
     try:
-        export_onnx(copy.deepcopy(model), tmp, tuple(input_shape), batch=int(profile.input.batch))
+        art = materialize(backend, model, tmp, tuple(input_shape), int(profile.input.batch))
         pm = profile.measure
-        dense_m, model_m = backend.compare([dense_onnx, Path(tmp)], blocks=int(pm.blocks), warmup=int(pm.warmup),
+        dense_m, model_m = backend.compare([dense_artifact, art], blocks=int(pm.blocks), warmup=int(pm.warmup),
                                            runs=int(pm.runs))
     finally:
         if os.path.exists(tmp):
@@ -152,7 +152,7 @@ def bisect_uniform(
     calib: Sequence[tuple[torch.Tensor, torch.Tensor]],
     backend: Any,
     profile: Any,
-    dense_onnx: Path,
+    dense_artifact: Any,
     work_dir: Path,
     iterations: int = 6,
     max_ratio: float = 0.9,
@@ -179,7 +179,7 @@ def bisect_uniform(
         model = uniform_taylor_prune(dense, example_inputs, r, calib, round_to=round_to)
         key = _shape_key(model)
         if key not in cache:
-            windows = [measure_vs_dense(backend, profile, dense_onnx, model, tuple(example_inputs.shape[1:]), work_dir)
+            windows = [measure_vs_dense(backend, profile, dense_artifact, model, tuple(example_inputs.shape[1:]), work_dir)
                        for _ in range(max(1, repeats))]
             cache[key] = (statistics.median(float(m.median_ms) for _, m in windows),
                           statistics.median(_ratio(d, m) for d, m in windows))

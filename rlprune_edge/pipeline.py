@@ -39,7 +39,7 @@ class CompressJob:
     backend: Any
     latency_model: Any
     weights: Any
-    dense_onnx: Path
+    dense_artifact: Any
     dense_ms: float
     scratch: Path
     out: Path
@@ -59,7 +59,7 @@ def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None
     from rlprune_edge.search.loop import SearchConfig, run_search
 
     a = job.args
-    env = PruneEnv(job.dense, job.info, job.data, job.profile, job.backend, job.latency_model, job.dense_onnx,
+    env = PruneEnv(job.dense, job.info, job.data, job.profile, job.backend, job.latency_model, job.dense_artifact,
                    job.scratch, EnvConfig(val_size=a.val_size, step_kd_batches=a.step_kd_batches, seed=a.seed))
     config = SearchConfig(step_ratio=a.step_ratio, candidates=a.candidates or 3, rounds=a.rounds or 2,
                           max_steps=a.steps, seed=a.seed)
@@ -100,7 +100,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     a = job.args
     t0 = time.perf_counter()
     proxy = PlanProxy(job.dense, job.info, job.data, job.groups, job.profile, job.backend, job.latency_model,
-                      job.dense_onnx, job.scratch,
+                      job.dense_artifact, job.scratch,
                       ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed))
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
@@ -144,6 +144,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     from rlprune_edge.distill import DistillConfig, dist_env, distill
     from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
+    from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.windows import robust_ratios
     from rlprune_edge.report import plot_pareto, summary_lines, write_report
     from rlprune_edge.search.env import accuracy, tensors
@@ -176,12 +177,13 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
                                      "target": job.target.describe(), "test_acc": final_acc, "data": job.data_spec})
     save_checkpoint(out / "model.pt", student, final_info)
     export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-    ratios, base_ms, sessions = robust_ratios(job.backend, profile, job.dense_onnx, [out / "model.onnx"])
+    final_art = materialize(job.backend, student, out / "model.onnx", tuple(info.input_shape), int(profile.input.batch))
+    ratios, base_ms, sessions = robust_ratios(job.backend, profile, job.dense_artifact, [final_art])
     speed_ratio = ratios[0]
     final_ms = speed_ratio * base_ms
     # the spread of single runs (median, p90) of each model alone, for the record (ratios come from above)
     spread = {name: job.backend.measure(path, warmup=int(profile.measure.warmup), runs=int(profile.measure.runs))
-              for name, path in (("base", job.dense_onnx), ("final", out / "model.onnx"))}
+              for name, path in (("base", job.dense_artifact), ("final", final_art))}
     if job.target.kind == "ratio":
         reached = speed_ratio <= job.target.value
     elif job.target.kind == "ms":

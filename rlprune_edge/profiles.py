@@ -41,6 +41,7 @@ class RuntimeSpec:
     device: str = "cpu"
     timing_cache: str = ""
     workspace_mb: int = 1024
+    cuda_graphs: bool = True  # torch on cuda: time CUDA graph replay (false: eager launches)
 
 
 @dataclass(frozen=True)

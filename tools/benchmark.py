@@ -358,8 +358,8 @@ def _measure_dense(ckpt: Path, ctx: Context) -> dict[str, Any]:
 
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.data import load_data
-    from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
+    from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.search.env import accuracy, tensors
@@ -373,9 +373,8 @@ def _measure_dense(ckpt: Path, ctx: Context) -> dict[str, Any]:
     profile = load_profile(s.profile)
     backend = get_backend(profile)
     with tempfile.TemporaryDirectory(prefix="bench-dense-") as tmp:
-        onnx = export_onnx(copy.deepcopy(model), Path(tmp) / "dense.onnx", tuple(info.input_shape),
-                           batch=int(profile.input.batch))
-        meas = backend.measure(onnx, warmup=int(profile.measure.warmup), runs=int(profile.measure.runs))
+        art = materialize(backend, model, Path(tmp) / "dense.onnx", tuple(info.input_shape), int(profile.input.batch))
+        meas = backend.measure(art, warmup=int(profile.measure.warmup), runs=int(profile.measure.runs))
     with torch.no_grad():
         flops = count_flops(model, tuple(info.input_shape))
     return {"test_acc": acc, "test_images": len(test), "latency_ms": float(meas.median_ms), "p90_ms": float(meas.p90_ms),
@@ -506,6 +505,7 @@ def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
     from rlprune_edge.distill import DistillConfig, distill
     from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
+    from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.search.env import accuracy, tensors
@@ -525,8 +525,8 @@ def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
     cx, cy = tensors(data.subset("train", 128, seed=cell.seed + 1))  # the calibration draw compress uses
     calib = [(cx[i:i + 64], cy[i:i + 64]) for i in range(0, len(cx), 64)]
     with tempfile.TemporaryDirectory(prefix="bench-uniform-", dir=out) as tmp:
-        dense_onnx = export_onnx(copy.deepcopy(dense), Path(tmp) / "dense.onnx", shape, batch=int(profile.input.batch))
-        res = bisect_uniform(dense, example, cell.target, calib, backend, profile, dense_onnx, Path(tmp),
+        dense_art = materialize(backend, dense, Path(tmp) / "dense.onnx", shape, int(profile.input.batch))
+        res = bisect_uniform(dense, example, cell.target, calib, backend, profile, dense_art, Path(tmp),
                              iterations=s.uniform_iterations, max_ratio=s.uniform_max_ratio, round_to=round_to,
                              log=None if ctx.quiet else _say, repeats=s.uniform_repeats)
         student = res.model
@@ -542,7 +542,7 @@ def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
         base_acc, final_acc = accuracy(dense, tx, ty), accuracy(student, tx, ty)
         save_checkpoint(out / "model.pt", student, info)
         export_onnx(copy.deepcopy(student), out / "model.onnx", shape, batch=int(profile.input.batch))
-        base_m, final_m = measure_vs_dense(backend, profile, dense_onnx, student, shape, Path(tmp))
+        base_m, final_m = measure_vs_dense(backend, profile, dense_art, student, shape, Path(tmp))
     ratio = float(final_m.ratio) if final_m.ratio is not None else final_m.median_ms / base_m.median_ms
     report = {
         "profile": profile.name, "method": "uniform Taylor (Torch-Pruning MetaPruner, global_pruning=False)",
@@ -593,7 +593,7 @@ def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
     each final's ratio to dense is the median over windows. Stored in results.json under "common"
     (redone only when the group's members change)."""
     from rlprune_edge.checkpoint import load_checkpoint
-    from rlprune_edge.export import export_onnx
+    from rlprune_edge.latency.artifacts import materialize, takes_modules
     from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.latency.windows import measure_windows
     from rlprune_edge.profiles import load_profile
@@ -615,9 +615,10 @@ def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
         dense, info = load_checkpoint(ctx.base_ckpt(ModelSpec(rec["model"], float(rec["width"]))))
         _say(f"benchmark: {key}: {len(ids)} finals with the dense model in {windows} common windows")
         with tempfile.TemporaryDirectory(prefix="bench-common-") as tmp:
-            dense_onnx = export_onnx(copy.deepcopy(dense).eval(), Path(tmp) / "dense.onnx", tuple(info.input_shape),
-                                     batch=int(profile.input.batch))
-            per_window = measure_windows(backend, profile, dense_onnx, paths, windows=windows,
+            dense_art = materialize(backend, dense, Path(tmp) / "dense.onnx", tuple(info.input_shape),
+                                    int(profile.input.batch))
+            finals = [load_checkpoint(p.with_name("model.pt"))[0].eval() for p in paths] if takes_modules(backend) else paths
+            per_window = measure_windows(backend, profile, dense_art, finals, windows=windows,
                                          runs=int(profile.measure.runs), warmup=int(profile.measure.warmup),
                                          pause_s=pause_s)
         ratios = {cid: float(statistics.median(pw["ratios"][j] for pw in per_window)) for j, cid in enumerate(ids)}

@@ -35,11 +35,16 @@ def run(args: argparse.Namespace) -> int:
     backend = get_backend(profile)
     runs = profile.measure.runs if args.runs is None else args.runs
     warmup = profile.measure.warmup if args.warmup is None else args.warmup
-    target = args.model
-    if profile.runtime.name == "torch" and not args.model.endswith(".onnx"):
+    target: object = args.model
+    if profile.runtime.name == "torch":
+        if args.model.endswith(".onnx"):
+            raise UserError(f"profile {profile.name} runs PyTorch and measures modules, not ONNX files; give the "
+                            f"checkpoint or model name {args.model} came from, or use an ONNX Runtime profile.")
         from rlprune_edge.checkpoint import resolve_model
 
-        target, _info = resolve_model(args.model)
+        module, info = resolve_model(args.model)
+        module.input_shape = tuple(info.input_shape)
+        target = module
     m = backend.measure(target, warmup=warmup, runs=runs, per_layer=args.per_layer)
     if args.json:
         doc = m.to_dict()

@@ -7,7 +7,6 @@ With no arguments: the shipped VGG-19 (width 0.25) Fashion-MNIST model, profile 
 from __future__ import annotations
 
 import argparse
-import copy
 import shutil
 import sys
 import tempfile
@@ -306,14 +305,14 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
         raise UserError(f"--sparsity {target.value} is not reachable: with {bound_text} (profile {profile.name}) "
                         f"at most {max_sparsity:.2f} can be removed; lower --sparsity or {bound_flag}.")
 
-    from rlprune_edge.export import export_onnx
+    from rlprune_edge.latency.artifacts import materialize
 
     scratch = Path(tempfile.mkdtemp(prefix="rlprune-compress-"))
     try:
-        dense_onnx = export_onnx(copy.deepcopy(dense), scratch / "dense.onnx", tuple(info.input_shape),
-                                 batch=int(profile.input.batch))
+        # what the profile's backend measures: an ONNX file, or the module itself (torch profiles)
+        dense_artifact = materialize(backend, dense, scratch / "dense.onnx", tuple(info.input_shape), int(profile.input.batch))
         meas = profile.measure
-        dense_m = backend.measure(dense_onnx, warmup=meas.warmup, runs=meas.runs)
+        dense_m = backend.measure(dense_artifact, warmup=meas.warmup, runs=meas.runs)
         dense_ms = low_ms(dense_m)
         _say(f"dense latency on {profile.name}: {dense_ms:.3f} ms (20th percentile; median "
              f"{dense_m.median_ms:.3f} ms, p90 {dense_m.p90_ms:.3f} ms)")
@@ -336,10 +335,10 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
 
                 tiny = prune(dense, example_inputs, keep={n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p},
                              importance="l1", channel_multiple=1, groups=groups)
-                tiny_onnx = export_onnx(tiny, scratch / "tiny.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
+                tiny_onnx = materialize(backend, tiny, scratch / "tiny.onnx", tuple(info.input_shape), int(profile.input.batch))
                 from rlprune_edge.latency.windows import robust_ratios
 
-                (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_onnx, [tiny_onnx])
+                (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_artifact, [tiny_onnx])
                 tiny_ms = tiny_ratio * window_dense_ms
                 reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
                 _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
@@ -364,7 +363,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
 
         return search_distil_report(CompressJob(
             args=args, target=target, data=data, data_spec=data_spec, dense=dense, info=info, model_spec=model_spec,
-            profile=profile, backend=backend, latency_model=latency_model, weights=weights, dense_onnx=dense_onnx,
+            profile=profile, backend=backend, latency_model=latency_model, weights=weights, dense_artifact=dense_artifact,
             dense_ms=dense_ms, scratch=scratch, out=out, state_dir=state_dir, t_start=t_start, groups=groups,
             space=space), announce)
     finally:

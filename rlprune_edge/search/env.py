@@ -8,7 +8,6 @@ action: the test split is never touched here.
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from dataclasses import dataclass
@@ -123,7 +122,7 @@ class PruneEnv:
         profile: Any,
         backend: Any,
         latency_model: Any,
-        dense_onnx: Path,
+        dense_artifact: Any,
         work_dir: Path,
         config: EnvConfig | None = None,
     ) -> None:
@@ -136,7 +135,7 @@ class PruneEnv:
         self.backend = backend
         self.latency_model = latency_model
         self.dense = dense.eval()
-        self.dense_onnx = Path(dense_onnx)
+        self.dense_artifact = dense_artifact
         self.work_dir = Path(work_dir)
         self.channel_multiple = max(1, int(profile.pruning.channel_multiple))
         self.input_shape = tuple(info.input_shape)
@@ -187,13 +186,13 @@ class PruneEnv:
 
     def measure(self, model: nn.Module) -> tuple[float, float]:
         """(20th-percentile ms, ratio vs dense) from interleaved blocks of dense and `model` on the profile."""
-        from rlprune_edge.export import export_onnx
+        from rlprune_edge.latency.artifacts import materialize
 
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=self.work_dir)
         os.close(fd)
         try:
-            export_onnx(copy.deepcopy(model), tmp, self.input_shape, batch=int(self.profile.input.batch))
-            _, cand, ratio = robust_compare(self.backend, [self.dense_onnx, Path(tmp)], self.profile)
+            art = materialize(self.backend, model, tmp, self.input_shape, int(self.profile.input.batch))
+            _, cand, ratio = robust_compare(self.backend, [self.dense_artifact, art], self.profile)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -13,7 +13,6 @@ Every data subset is fixed once from the seed, so a plan's score depends only on
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ class PlanProxy:
     """Implements :class:`rlprune_edge.search.plan_search.PlanEnv` with the project's stack."""
 
     def __init__(self, dense: nn.Module, info: Any, data: Any, groups: list, profile: Any, backend: Any,
-                 latency_model: Any, dense_onnx: Path, work_dir: Path, config: ProxyConfig | None = None) -> None:
+                 latency_model: Any, dense_artifact: Any, work_dir: Path, config: ProxyConfig | None = None) -> None:
         from rlprune_edge.flops import count_flops, count_params
         from rlprune_edge.importance import channel_scores
 
@@ -71,7 +70,7 @@ class PlanProxy:
         self.dense = dense.eval()
         self.info, self.data, self.groups = info, data, groups
         self.profile, self.backend, self.latency_model = profile, backend, latency_model
-        self.dense_onnx, self.work_dir = Path(dense_onnx), Path(work_dir)
+        self.dense_artifact, self.work_dir = dense_artifact, Path(work_dir)
         self.input_shape = tuple(info.input_shape)
         self.example_inputs = torch.zeros(1, *self.input_shape)
         self._count_flops, self._count_params = count_flops, count_params
@@ -154,17 +153,17 @@ class PlanProxy:
         windows of the per-window block ratio, its ms that ratio times the dense model's median (one
         statistic for every model).
         """
-        from rlprune_edge.export import export_onnx
+        from rlprune_edge.latency.artifacts import materialize
         from rlprune_edge.latency.windows import robust_ratios
 
-        paths = []
+        paths, artifacts = [], []
         try:
             for mdl in models:
                 fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=self.work_dir)
                 os.close(fd)
                 paths.append(Path(tmp))
-                export_onnx(copy.deepcopy(mdl), tmp, self.input_shape, batch=int(self.profile.input.batch))
-            ratios, dense_ms, _ = robust_ratios(self.backend, self.profile, self.dense_onnx, paths)
+                artifacts.append(materialize(self.backend, mdl, tmp, self.input_shape, int(self.profile.input.batch)))
+            ratios, dense_ms, _ = robust_ratios(self.backend, self.profile, self.dense_artifact, artifacts)
         finally:
             for p in paths:
                 if p.exists():
