@@ -67,15 +67,17 @@ def dist_env() -> tuple[int, int]:
     return (rank, world) if world > 1 else (0, 1)
 
 
-def ensure_process_group() -> bool:
-    """Initialise torch.distributed from the environment if needed; True if this call created it."""
+def ensure_process_group(device: torch.device | None = None) -> bool:
+    """Initialise torch.distributed from the environment if needed (NCCL when this rank computes on its
+    own GPU, gloo otherwise); True if this call created it."""
     import torch.distributed as dist
+
+    from rlprune_edge.compute import process_group_backend
 
     _, world = dist_env()
     if world <= 1 or dist.is_initialized():
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=process_group_backend(device or torch.device("cpu")))
     return True
 
 
@@ -94,6 +96,7 @@ def distill(
     progress: bool = True,
     split: str = "train",
     distributed: bool = True,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """Fine-tune `student` in place from `teacher` on `data.loader(split, ...)`; returns `student`.
 
@@ -101,18 +104,30 @@ def distill(
     (x, y) batches. Under torchrun the process group is created if missing (and destroyed again);
     ``distributed=False`` trains in this process alone (e.g. the search's per-step fine-tune, which
     only rank 0 runs).
+
+    `device` is where this process computes (default: where `student` is). Under torchrun a rank takes
+    its own GPU only when every local rank has one (NCCL), else the CPU (gloo); see
+    :mod:`rlprune_edge.compute`. The teacher is copied to that device if it lives elsewhere (the
+    caller's teacher is never moved); the student is trained there and returned on the device it
+    came from.
     """
     import torch.distributed as dist
+
+    from rlprune_edge.compute import module_device, rank_device
 
     config = config or DistillConfig()
     if config.epochs <= 0:
         return student
     rank, world = dist_env() if distributed else (0, 1)
-    created = ensure_process_group() if world > 1 else False
-    device = torch.device("cpu")
-    if world > 1 and torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    teacher = teacher.to(device).eval()
+    home = module_device(student)
+    if world > 1:
+        device = rank_device(device)
+    else:
+        device = torch.device(device) if device is not None else home
+    created = ensure_process_group(device) if world > 1 else False
+    if module_device(teacher) != device:
+        teacher = copy.deepcopy(teacher).to(device)
+    teacher.eval()
     student.to(device)
     module: nn.Module = student
     if world > 1:
@@ -171,6 +186,7 @@ def distill(
     finally:
         if created:
             dist.destroy_process_group()
+    student.to(home)
     student.eval()
     return student
 

@@ -67,7 +67,7 @@ def _accumulate(
         per = _per_channel(module, plan.kind, values_of[module])
         if per is None:
             continue
-        score.index_add_(0, plan.root_idxs, per.detach().to(torch.float64)[plan.idxs])
+        score.index_add_(0, plan.root_idxs, per.detach().to(torch.float64)[plan.idxs.to(per.device)].cpu())
     return score
 
 

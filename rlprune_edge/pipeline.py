@@ -47,6 +47,7 @@ class CompressJob:
     t_start: float
     groups: list
     space: Any  # PlanSpace (plan/uniform searches)
+    device: Any = "cpu"  # where torch computes (importance, KD probes, scoring, distillation)
 
 
 def _say(msg: str) -> None:
@@ -101,7 +102,8 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     t0 = time.perf_counter()
     proxy = PlanProxy(job.dense, job.info, job.data, job.groups, job.profile, job.backend, job.latency_model,
                       job.dense_artifact, job.scratch,
-                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed))
+                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed),
+                      device=job.device)
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
     config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else 64, per_round=a.per_round,
@@ -155,17 +157,19 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     if found is None:
         return 0
     model, steps, search_info, reached = found
+    model = model.cpu()
     searched_path = job.state_dir / "searched.pt"
     save_checkpoint(searched_path, model, info)
     kd_lr = a.kd_lr if a.kd_lr is not None else DistillConfig.lr
     # the other ranks (torchrun) wait for this, then distil together with this one
     announce({"searched": str(searched_path), "model_spec": str(job.model_spec), "data_spec": job.data_spec,
-              "kd_lr": kd_lr})
+              "kd_lr": kd_lr, "device": a.device})
     student, _ = load_checkpoint(searched_path)
     torch.manual_seed(a.seed + 12345)
     t_kd = time.perf_counter()
     distill(student, job.dense, job.data, DistillConfig(epochs=a.kd_epochs, lr=kd_lr, limit=a.kd_images or None,
-                                                        seed=a.seed), progress=not a.quiet)
+                                                        seed=a.seed), progress=not a.quiet,
+            device=a.device if world > 1 else job.device)
     kd_s = time.perf_counter() - t_kd
 
     # --- final figures (the test split is used only here, after the search) -------------------------

@@ -126,4 +126,4 @@ def test_bench_torch_cpu_profile_takes_a_model_name(tmp_path, capsys):
     # an ONNX file cannot run in eager torch: one sentence, exit 2
     tiny = write_tiny_onnx(tmp_path / "tiny.onnx")
     assert main(["bench", str(tiny), "--profile", str(prof)]) == 2
-    assert "cannot run the file" in capsys.readouterr().err
+    assert "measures modules, not ONNX files" in capsys.readouterr().err

@@ -222,3 +222,47 @@ def test_compress_under_torchrun_bad_input_ends_without_hanging(env):
     assert res.returncode != 0
     assert "not reachable" in res.stderr and "Traceback (most recent call last)" not in res.stderr.split("error:")[0]
     assert not (out / "report.json").exists()
+
+
+TORCH_PROFILE = """name = "tiny-torch"
+description = "test profile: torch eager on the CPU, few runs"
+[runtime]
+name = "torch"
+device = "cpu"
+threads = 1
+[pruning]
+channel_multiple = 2
+[measure]
+warmup = 2
+runs = 8
+blocks = 2
+"""
+
+
+def test_compress_on_a_torch_cpu_profile_measures_modules_end_to_end(tmp_path, monkeypatch):
+    """Issue 16: a torch profile runs the whole pipeline (latency model, search, final measurement)."""
+    monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "cache"))
+    prof = tmp_path / "torch.toml"
+    prof.write_text(TORCH_PROFILE)
+    out = tmp_path / "torch-out"
+    assert main(["compress", *TINY, *PLAN, "--candidates", "2", "--profile", str(prof), "--target-latency", "0.9x",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["profile"] == "tiny-torch" and rep["measured_ratio"] > 0 and rep["final"]["latency_ms"] > 0
+    assert rep["search"]["measurements"]  # plans were measured as modules on the torch backend
+    fits = [json.loads(f.read_text()) for f in (tmp_path / "cache").rglob("*.json")]
+    slots = next(d["slots"] for d in fits if "slots" in d)
+    assert any(name.startswith("features.") for name in slots)  # leaf-module names, not ONNX node names
+
+
+def test_a_floor_no_faster_than_dense_is_refused_with_both_measured_figures(env, monkeypatch, capsys):
+    """Launch-bound runtime (eager CUDA at batch 1): exit 2, both figures and what to change, nothing written."""
+    tmp, prof = env
+    import rlprune_edge.latency.windows as windows
+
+    monkeypatch.setattr(windows, "robust_ratios", lambda backend, profile, dense, paths, **kw: ([0.99], 1.05, [[0.99]]))
+    out = tmp / "flat"
+    assert main(["compress", *TINY, *PLAN, "--profile", prof, "--target-latency", "0.3x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1.050 ms" in err and "1.040 ms" in err and "cuda_graphs" in err and "batch" in err
+    assert not out.exists()

@@ -19,6 +19,8 @@ from rlprune_edge.errors import TargetUnreachable, UserError
 
 DEFAULT_OUT = "runs/compress"
 DEFAULT_TARGET = "0.5x"
+# a floor model measuring above this fraction of dense is "not measurably faster" (interleaved-ratio noise is ±2-3%)
+FLAT_FLOOR_RATIO = 0.95
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -84,6 +86,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--channel-multiple", type=int, default=None,
                    help="round every group's kept channels to this multiple and keep at least this many "
                         "(default: the profile's; 1 = any count, as in the RL-Pruner paper)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where torch computes importance, KD probes, scoring and distillation (auto: the GPU "
+                        "when torch sees one; under torchrun a GPU per rank, else all ranks on the CPU with gloo). "
+                        "Latency is always measured on the profile's device")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch's search and distillation (default: torch's choice); latency is "
                         "always measured with the profile's own thread settings")
@@ -147,22 +153,22 @@ class _Announcer:
         dist.broadcast_object_list([payload], src=0)
 
 
-def _init_process_group() -> None:
-    """The torchrun process group (gloo: it carries the announcement; DDP uses it for distillation)."""
+def _init_process_group(device: str) -> None:
+    """The torchrun process group: NCCL when every local rank has its own GPU, else gloo on the CPU
+    (it carries rank 0's announcement; DDP uses it for distillation)."""
     import datetime
 
+    import torch
     import torch.distributed as dist
 
+    from rlprune_edge.compute import process_group_backend, rank_device
+
     if not dist.is_initialized():
-        backend = "nccl" if _cuda() else "gloo"
+        mine = rank_device(device)
+        if mine.type == "cuda":
+            torch.cuda.set_device(mine)
         # the other ranks wait through rank 0's whole search
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=48))
-
-
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
+        dist.init_process_group(process_group_backend(mine), timeout=datetime.timedelta(hours=48))
 
 
 def _follow_rank0(args: argparse.Namespace) -> int:
@@ -186,7 +192,7 @@ def _follow_rank0(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed + 12345)
     distill(student, dense.eval(), data, DistillConfig(epochs=args.kd_epochs, lr=job["kd_lr"],
                                                         limit=args.kd_images or None, seed=args.seed),
-            progress=False)
+            progress=False, device=job.get("device", args.device))
     return 0
 
 
@@ -197,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     """
     rank, world = _dist()
     if world > 1:
-        _init_process_group()
+        _init_process_group(args.device)
         if rank != 0:
             return _follow_rank0(args)
     announce = _Announcer(world)
@@ -243,6 +249,9 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from rlprune_edge.compute import resolve_device
+
+    device = resolve_device(args.device)
 
     from rlprune_edge.checkpoint import ensure_default_model, load_checkpoint, resolve_model
     from rlprune_edge.data import load_data
@@ -342,6 +351,13 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 tiny_ms = tiny_ratio * window_dense_ms
                 reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
                 _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
+                if not reach and tiny_ratio > FLAT_FLOOR_RATIO:
+                    raise TargetUnreachable(
+                        f"pruning cannot make {model_spec} faster on {profile.name}: the dense model measures "
+                        f"{window_dense_ms:.3f} ms and the smallest allowed model ({bound_text}) {tiny_ms:.3f} ms "
+                        f"({tiny_ratio:.2f}x) in the same windows, so the time is in launch/runtime overhead, not in "
+                        f"the layers; raise [input] batch, time CUDA graph replay (cuda_graphs = true on torch "
+                        f"profiles) or use another runtime (TensorRT, ONNX Runtime).", floor_ratio=float(tiny_ratio))
                 if not reach:
                     raise TargetUnreachable(
                         f"target {target.describe()} is not reachable for {model_spec} on {profile.name}: even with "
@@ -365,7 +381,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
             args=args, target=target, data=data, data_spec=data_spec, dense=dense, info=info, model_spec=model_spec,
             profile=profile, backend=backend, latency_model=latency_model, weights=weights, dense_artifact=dense_artifact,
             dense_ms=dense_ms, scratch=scratch, out=out, state_dir=state_dir, t_start=t_start, groups=groups,
-            space=space), announce)
+            space=space, device=device), announce)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

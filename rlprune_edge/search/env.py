@@ -42,14 +42,15 @@ def tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy (fraction) of `model` in eval mode on tensors, batched, channels-last (≈1.7× faster on CPU)."""
+    dev = next((t.device for t in model.parameters()), torch.device("cpu"))
     was = model.training
     model.eval()
     model.to(memory_format=torch.channels_last)
     correct = 0
     try:
         for i in range(0, len(x), batch):
-            xb = x[i : i + batch].contiguous(memory_format=torch.channels_last)
-            correct += int((model(xb).argmax(1) == y[i : i + batch]).sum())
+            xb = x[i : i + batch].to(dev).contiguous(memory_format=torch.channels_last)
+            correct += int((model(xb).argmax(1).cpu() == y[i : i + batch]).sum())
     finally:
         model.to(memory_format=torch.contiguous_format)
         model.train(was)
@@ -69,8 +70,9 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
+    dev = next((t.device for t in model.parameters()), torch.device("cpu"))
     for x in batches:
-        model(x)
+        model(x.to(dev))
     for bn, mom in zip(bns, saved, strict=True):
         bn.momentum = mom
     model.eval()

@@ -1,0 +1,63 @@
+"""Where training-side work runs (Taylor importance, KD probes and fine-tuning, candidate scoring).
+
+Latency is measured on the profile's own device by its backend; this module only decides where
+torch *computes* (never at the same time as a measurement). ``auto`` uses the GPU when torch sees
+one, else the CPU. Under torchrun each rank takes the GPU of its
+local rank when there is one GPU per rank (NCCL); with fewer GPUs than ranks, or ``cpu``, all ranks
+run on the CPU with gloo.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rlprune_edge.errors import UserError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """The device of this process's compute for --device `requested` (auto | cpu | cuda)."""
+    req = (requested or "auto").lower()
+    if req not in DEVICE_CHOICES:
+        raise UserError(f"--device {requested!r} is not one of {', '.join(DEVICE_CHOICES)}; e.g. --device cpu.")
+    if req == "cpu":
+        return torch.device("cpu")
+    if req == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was given, but torch sees no CUDA GPU on this machine; "
+                            "use --device cpu (or auto).")
+        return torch.device("cuda", 0)
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def local_world() -> tuple[int, int]:
+    """(local rank, processes on this node) from the torchrun environment; (0, 1) alone."""
+    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def rank_device(requested: str | torch.device | None) -> torch.device:
+    """This rank's device under torchrun: its own GPU when every local rank has one, else the CPU."""
+    wanted = torch.device(requested) if isinstance(requested, torch.device) else None
+    if wanted is not None and wanted.type == "cpu":
+        return wanted
+    if isinstance(requested, str) and requested.lower() == "cpu":
+        return torch.device("cpu")
+    local_rank, ranks = local_world()
+    if torch.cuda.is_available() and torch.cuda.device_count() >= ranks:
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def process_group_backend(device: torch.device) -> str:
+    """NCCL when each rank has its own GPU, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def module_device(model: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module without any)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
