@@ -1,6 +1,6 @@
 """Dataset specs → whole datasets as uint8 tensors in memory, a seeded val split, fast batch loaders.
 
-Specs: ``fashion-mnist`` (Debian's IDX .gz files in /usr/share/datasets/fashion-mnist),
+Specs: ``fashion-mnist`` (Debian's IDX .gz files in /usr/share/datasets/fashion-mnist, or $RLPRUNE_EDGE_FASHION_MNIST),
 ``fashion-mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR`` (the python-pickle batches),
 ``imagefolder:DIR`` (DIR/train/<class>/* and DIR/val/<class>/* or DIR/test/<class>/*).
 Images become 3x32x32 float tensors normalised with per-dataset mean/std; normalisation and
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
 from collections.abc import Iterator
@@ -25,6 +26,13 @@ from torch.utils.data import Dataset
 from rlprune_edge.errors import UserError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ENV = "RLPRUNE_EDGE_FASHION_MNIST"  # another directory with the IDX files (no Debian package)
+
+
+def fashion_mnist_dir() -> Path:
+    """Where `fashion-mnist` (without :DIR) is read: $RLPRUNE_EDGE_FASHION_MNIST, else Debian's directory."""
+    env = os.environ.get(FASHION_MNIST_ENV)
+    return Path(env).expanduser() if env else FASHION_MNIST_DIR
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 # Statistics of the 32x32 zero-padded training images (computed once from the 60 000 train images).
@@ -330,7 +338,7 @@ def load_data(spec: str = "fashion-mnist", val_fraction: float = 0.1, seed: int 
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}.")
     kind, directory = parse_spec(spec)
     if kind == "fashion-mnist":
-        xtr, ytr, xte, yte = _load_fashion_mnist(directory or FASHION_MNIST_DIR)
+        xtr, ytr, xte, yte = _load_fashion_mnist(directory or fashion_mnist_dir())
         names, mean, std = list(FASHION_MNIST_CLASSES), FASHION_MNIST_MEAN, FASHION_MNIST_STD
     elif kind in ("cifar10", "cifar100"):
         xtr, ytr, xte, yte, names = _load_cifar(directory, kind == "cifar100")  # type: ignore[arg-type]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlprune_edge.data import FASHION_MNIST_DIR
+from rlprune_edge.data import fashion_mnist_dir
 
 needs_fashion_mnist = pytest.mark.skipif(
-    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (fashion_mnist_dir() / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian package dataset-fashion-mnist not installed (make test installs it when root)",
 )
 
@@ -18,7 +18,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def tiny_data():
     """Fashion-MNIST limited to 256 train-pool images (230 train / 26 val) and 256 test images."""
-    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+    if not (fashion_mnist_dir() / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
     from rlprune_edge.data import load_data
 

@@ -13,7 +13,13 @@ from rlprune_edge.compute import process_group_backend, rank_device, resolve_dev
 from rlprune_edge.errors import UserError
 from rlprune_edge.export import export_onnx
 from rlprune_edge.graph import prunable_groups
-from rlprune_edge.latency.artifacts import materialize, module_node_dims, node_dims, onnx_node_dims, takes_modules
+from rlprune_edge.latency.artifacts import (
+    materialize,
+    module_node_dims,
+    node_dims,
+    onnx_node_dims,
+    takes_modules,
+)
 from rlprune_edge.latency.backend import get_backend
 from rlprune_edge.latency.model import LatencyModel, check_model
 from rlprune_edge.latency.torch_backend import _run_times

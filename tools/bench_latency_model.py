@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlprune_edge.export import export_onnx  # noqa: E402
 from rlprune_edge.graph import prunable_groups  # noqa: E402
+from rlprune_edge.latency.artifacts import materialize  # noqa: E402
 from rlprune_edge.latency.backend import get_backend  # noqa: E402
 from rlprune_edge.latency.model import (  # noqa: E402
     LatencyModel,
@@ -58,9 +58,10 @@ def shared_windows(lm: LatencyModel, model, example, check: dict, backend, profi
     check_keeps = [v["keep"] for v in check["variants"]]
     shape = tuple(example.shape[1:])
     with tempfile.TemporaryDirectory(prefix="rlprune-shared-") as tmp:
-        dense = export_onnx(model, Path(tmp) / "dense.onnx", shape, batch=profile.input.batch)
-        paths = [export_onnx(pruner(model, example, k, importance="l1"), Path(tmp) / f"s{i}.onnx", shape,
-                             batch=profile.input.batch) for i, k in enumerate([*fit_keeps, *check_keeps])]
+        batch = int(profile.input.batch)
+        dense = materialize(backend, model, Path(tmp) / "dense.onnx", shape, batch)
+        paths = [materialize(backend, pruner(model, example, k, importance="l1"), Path(tmp) / f"s{i}.onnx", shape,
+                             batch) for i, k in enumerate([*fit_keeps, *check_keeps])]
         ratios, dense_ms, by_round = ratios_over_windows(backend, profile, dense, paths, runs=runs,
                                                          warmup=min(profile.measure.warmup, 20),
                                                          rounds=profile_rounds(profile))
