@@ -53,7 +53,7 @@ def test_compress_outputs_and_resume_matches_uninterrupted(env):
     """One uninterrupted run (checks every output), one cut after a step and resumed: same result."""
     tmp, prof = env
     common = [*TINY, "--profile", prof, "--sparsity", "0.4", "--step-ratio", "0.15", "--reward", "accuracy",
-              "--seed", "3", "--search", "paper"]
+              "--seed", "3", "--search", "paper", "--device", "cpu"]  # bit-exact resume: CPU kernels
     out = tmp / "full"
     assert main(["compress", *common, "--out", str(out)]) == 0
     for name in ("model.pt", "model.onnx", "report.json", "pareto.png"):
@@ -144,7 +144,7 @@ def test_plan_search_outputs_report_and_resume_matches_uninterrupted(env):
     """The default search end to end (sparsity target: no timing in the search), cut after a round and resumed."""
     tmp, prof = env
     common = [*TINY, *PLAN, "--candidates", "4", "--profile", prof, "--sparsity", "0.4", "--reward", "accuracy",
-              "--seed", "1"]
+              "--seed", "1", "--device", "cpu"]  # bit-exact resume: CPU kernels
     out = tmp / "plan"
     assert main(["compress", *common, "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
@@ -266,3 +266,16 @@ def test_a_floor_no_faster_than_dense_is_refused_with_both_measured_figures(env,
     err = capsys.readouterr().err
     assert "1.050 ms" in err and "1.040 ms" in err and "cuda_graphs" in err and "batch" in err
     assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tools/gpu_check.sh runs it there)")
+def test_compress_searches_and_distils_on_the_gpu(env):
+    """--device cuda: importance, probes, scoring and the final KD on the GPU; outputs on the CPU as usual."""
+    tmp, prof = env
+    out = tmp / "gpu"
+    assert main(["compress", *TINY, *PLAN, "--candidates", "2", "--profile", prof, "--sparsity", "0.3",
+                 "--reward", "accuracy", "--device", "cuda", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["final"]["params"] < rep["base"]["params"] and 0 <= rep["final"]["test_acc"] <= 1
+    sd = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert all(t.device.type == "cpu" for t in sd.values())

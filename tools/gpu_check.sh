@@ -60,7 +60,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export RLPRUNE_EDGE_FASHION_MNIST="$IDX_DIR" RLPRUNE_EDGE_CACHE="$WORK/cache" PYTHONUNBUFFERED=1
 CKPT="$ROOT/rlprune_edge/assets/vgg19_w0.25_fashion-mnist.pt"
 CLI=("$PY" -m rlprune_edge)
-sed 's/^cuda_graphs = true/cuda_graphs = false/; s/^name = "\(.*\)"/name = "\1-eager"/' \
+sed 's/^cuda_graphs = true/cuda_graphs = false/; 0,/^name = "\(.*\)"/s//name = "\1-eager"/' \
   "profiles/$PROFILE.toml" > "$WORK/eager.toml"
 
 # step NAME SECONDS CMD...: run with a time limit, log to $WORK/NAME.log, record rc and seconds
@@ -72,7 +72,7 @@ step() {
   local rc=$?
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   printf '{"step": "%s", "rc": %d, "seconds": %d.%03d}\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) >> "$WORK/steps.jsonl"
-  tail -n 3 "$WORK/$name.log"
+  tail -n 3 "$WORK/$name.log" | cut -c1-240
 }
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -87,23 +87,23 @@ print(json.dumps({"gpu": torch.cuda.get_device_name(0) if gpu else None,
 EOF
 
 if want bench; then
-  step bench_graphs 40 "${CLI[@]}" bench "$CKPT" --profile "$PROFILE" --per-layer --json
-  step bench_eager 40 "${CLI[@]}" bench "$CKPT" --profile "$WORK/eager.toml" --json
-  step bench_b64 40 "${CLI[@]}" bench "$CKPT" --profile "$B64_PROFILE" --json
+  step bench_graphs 25 "${CLI[@]}" bench "$CKPT" --profile "$PROFILE" --per-layer --json
+  step bench_eager 25 "${CLI[@]}" bench "$CKPT" --profile "$WORK/eager.toml" --json
+  step bench_b64 25 "${CLI[@]}" bench "$CKPT" --profile "$B64_PROFILE" --json
 fi
 if want perlayer; then
-  step perlayer 60 "$PY" tools/bench_per_layer.py --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
+  step perlayer 45 "$PY" tools/bench_per_layer.py --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
 fi
 if want latency; then
-  step latency 100 "${CLI[@]}" latency-check --model "$CKPT" --profile "$PROFILE" --variants 12 --fit-variants 12 \
+  step latency 70 "${CLI[@]}" latency-check --model "$CKPT" --profile "$PROFILE" --variants 12 --fit-variants 12 \
     --json "$WORK/latency_check.json"
 fi
 if want compress; then
-  step compress 200 "${CLI[@]}" compress --profile "$PROFILE" --no-bundle --quiet --out "$WORK/compress"
+  step compress 150 "${CLI[@]}" compress --profile "$PROFILE" --no-bundle --quiet --out "$WORK/compress"
 fi
 if want tests; then
   xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  step tests 170 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests
 fi
 
 "$PY" - "$WORK" "$OUT_JSON" <<'EOF'
