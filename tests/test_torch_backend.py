@@ -73,8 +73,8 @@ def test_per_layer_times_are_named_by_leaf_module_and_walls_cover_own_time():
 def test_run_times_charge_gaps_to_the_next_leaf_and_add_repeated_calls():
     stamps = [("pre", "a", 1.0), ("post", "a", 3.0), ("pre", "b", 4.0), ("post", "b", 5.0),
               ("pre", "a", 5.5), ("post", "a", 6.0)]
-    own, wall = _run_times(stamps, 0.0, lambda s, e: e - s)
-    assert own == {"a": 2.5, "b": 1.0}
+    own, wall, calls = _run_times(stamps, 0.0, lambda s, e: e - s)
+    assert own == {"a": 2.5, "b": 1.0} and calls == {"a": 2, "b": 1}
     assert wall == {"a": 3.0 + 1.0, "b": 2.0}  # a: 0->3 and 5->6; b: 3->5 (the gap 3->4 is b's)
 
 

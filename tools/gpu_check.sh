@@ -87,23 +87,25 @@ print(json.dumps({"gpu": torch.cuda.get_device_name(0) if gpu else None,
 EOF
 
 if want bench; then
-  step bench_graphs 25 "${CLI[@]}" bench "$CKPT" --profile "$PROFILE" --per-layer --json
-  step bench_eager 25 "${CLI[@]}" bench "$CKPT" --profile "$WORK/eager.toml" --json
-  step bench_b64 25 "${CLI[@]}" bench "$CKPT" --profile "$B64_PROFILE" --json
+  step bench_graphs 20 "${CLI[@]}" bench "$CKPT" --profile "$PROFILE" --per-layer --json
+  step bench_eager 20 "${CLI[@]}" bench "$CKPT" --profile "$WORK/eager.toml" --json
+  step bench_b64 20 "${CLI[@]}" bench "$CKPT" --profile "$B64_PROFILE" --json
 fi
 if want perlayer; then
-  step perlayer 45 "$PY" tools/bench_per_layer.py --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
+  step perlayer 40 "$PY" tools/bench_per_layer.py --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
 fi
 if want latency; then
   step latency 70 "${CLI[@]}" latency-check --model "$CKPT" --profile "$PROFILE" --variants 12 --fit-variants 12 \
     --json "$WORK/latency_check.json"
 fi
 if want compress; then
-  step compress 150 "${CLI[@]}" compress --profile "$PROFILE" --no-bundle --quiet --out "$WORK/compress"
+  step compress 130 "${CLI[@]}" compress --profile "$PROFILE" --no-bundle --quiet --out "$WORK/compress"
 fi
 if want tests; then
-  xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  step tests 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests
+  # one or two threads per worker: 8+ workers with torch's default thread count oversubscribe the cores
+  xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$(( $(nproc) > 4 ? $(nproc) - 2 : 1 ))")
+  step tests 150 env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" -m pytest -v --tb=short -p no:cacheprovider \
+    -p no:benchmark "${xdist[@]}" tests
 fi
 
 "$PY" - "$WORK" "$OUT_JSON" <<'EOF'

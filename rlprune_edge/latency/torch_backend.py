@@ -32,6 +32,7 @@ from rlprune_edge.latency.backend import LayerTime, Measurement
 from rlprune_edge.profiles import Profile
 
 DEFAULT_INPUT_SHAPE = (3, 32, 32)
+PER_LAYER_CUDA_RUNS = 50
 
 
 class TorchBackend:
@@ -46,6 +47,8 @@ class TorchBackend:
         self.profile = profile
         self.device = profile.runtime.device
         self.graphs = bool(getattr(profile.runtime, "cuda_graphs", True)) and self.device == "cuda"
+        self._cycles_per_ms: float | None = None  # torch.cuda._sleep calibration
+        self._event_cost: float | None = None  # GPU ms one timing event costs (per-layer correction)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise DeviceError(f"profile {profile.name} needs a CUDA GPU, but torch sees none on this machine; "
                               "use a CPU profile such as host-cpu or cpu-torch.")
@@ -76,17 +79,7 @@ class TorchBackend:
                     m(x)
 
             return run_once
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(3):  # warm up (cuDNN autotuning, lazy init) outside the capture
-                m(x)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            m(x)
-        torch.cuda.synchronize()
-        return graph.replay
+        return _GraphReplay(m, x)
 
     def _timer(self):
         import torch
@@ -151,9 +144,14 @@ class TorchBackend:
         stats = protocol.summarize(self._timer()(run_once, runs))
         layers: list[LayerTime] = []
         e2e = None
+        rt = self._runtime()
         if per_layer:
-            layers, e2e = self.per_layer(m, x, runs=runs, warmup=min(warmup, 10))
-        return Measurement(per_layer=layers, device=self._device_facts(), runtime=self._runtime(),
+            # GPU kernel times are steady: 50 profiled runs suffice and keep a latency-model fit short
+            n = min(runs, PER_LAYER_CUDA_RUNS) if self.device == "cuda" else runs
+            layers, e2e = self.per_layer(m, x, runs=n, warmup=min(warmup, 10))
+            if self.device == "cuda":
+                rt["per_layer_event_cost_ms"] = self._event_cost
+        return Measurement(per_layer=layers, device=self._device_facts(), runtime=rt,
                            per_layer_e2e_median_ms=e2e, **stats)
 
     def compare(self, models: list[Any], *, blocks: int | None = None, warmup: int | None = None,
@@ -186,38 +184,56 @@ class TorchBackend:
             torch.cuda.synchronize()
 
     def per_layer(self, m: Any, x: Any, *, runs: int, warmup: int = 3) -> tuple[list[LayerTime], float]:
-        """Per leaf module: median own time and wall time over `runs` hooked eager runs, and the median
-        end-to-end time of those runs (ms)."""
+        """Per leaf module: median own time and wall time over `runs` hooked runs, and the median
+        end-to-end time (ms): of the same hooked runs on the CPU; on CUDA of unhooked runs interleaved
+        with them, and each event's own GPU cost (measured) is taken off the layer times."""
         import torch
 
+        cuda = self.device == "cuda"
         stamps: list[tuple[str, str, Any]] = []
-        handles = []
+        hooked = [True]
         stamp = self._stamp_fn()
+
+        def pre(_m, _i, n):
+            if hooked[0]:
+                stamps.append(("pre", n, stamp()))
+
+        def post(_m, _i, _o, n):
+            if hooked[0]:
+                stamps.append(("post", n, stamp()))
+
+        handles = []
         for name, mod in leaf_modules(m):
-            handles.append(mod.register_forward_pre_hook(lambda _m, _i, n=name: stamps.append(("pre", n, stamp()))))
-            handles.append(mod.register_forward_hook(lambda _m, _i, _o, n=name: stamps.append(("post", n, stamp()))))
+            handles.append(mod.register_forward_pre_hook(lambda a, b, n=name: pre(a, b, n)))
+            handles.append(mod.register_forward_hook(lambda a, b, c, n=name: post(a, b, c, n)))
         own: dict[str, list[float]] = {}
         wall: dict[str, list[float]] = {}
         e2e: list[float] = []
         try:
-            queue_ms = self._queue_ms(m, x, stamps) if self.device == "cuda" else 0.0
+            queue_ms = self._queue_ms(m, x, stamps) if cuda else 0.0
+            cost = self._stamp_cost_ms() if cuda else 0.0
             with torch.inference_mode():
                 for i in range(warmup + max(1, runs)):
-                    stamps.clear()
-                    if queue_ms > 0:
-                        self._gpu_sleep(queue_ms)
-                    t0 = stamp()
-                    m(x)
-                    t1 = stamp()
-                    self._sync()
-                    if i < warmup:
-                        continue
-                    run_own, run_wall = _run_times(stamps, t0, self._elapsed)
-                    for n, v in run_own.items():
-                        own.setdefault(n, []).append(v)
-                        wall.setdefault(n, []).append(run_wall[n])
-                    e2e.append(self._elapsed(t0, t1))
+                    for with_hooks in ((True, False) if cuda else (True,)):
+                        hooked[0] = with_hooks
+                        stamps.clear()
+                        if queue_ms > 0:
+                            self._gpu_sleep(queue_ms)
+                        t0 = stamp()
+                        m(x)
+                        t1 = stamp()
+                        self._sync()
+                        if i < warmup:
+                            continue
+                        if with_hooks:
+                            run_own, run_wall, calls = _run_times(stamps, t0, self._elapsed)
+                            for n, v in run_own.items():
+                                own.setdefault(n, []).append(max(0.0, v - cost * calls[n]))
+                                wall.setdefault(n, []).append(max(0.0, run_wall[n] - 2 * cost * calls[n]))
+                        if with_hooks == (not cuda):
+                            e2e.append(max(0.0, self._elapsed(t0, t1) - cost))
         finally:
+            hooked[0] = True
             for h in handles:
                 h.remove()
         mods = dict(m.named_modules())
@@ -246,14 +262,34 @@ class TorchBackend:
         """GPU sleep (ms) ahead of each profiled run: twice the CPU time to enqueue a hooked forward, + 1 ms."""
         import torch
 
+        launch = []
         with torch.inference_mode():
-            for _ in range(2):
+            for _ in range(3):
                 stamps.clear()
                 t = time.perf_counter()
                 m(x)
-                launch_ms = (time.perf_counter() - t) * 1e3
+                launch.append((time.perf_counter() - t) * 1e3)
                 torch.cuda.synchronize()
-        return 2.0 * launch_ms + 1.0
+        stamps.clear()
+        return 2.0 * float(np.median(launch)) + 1.0
+
+    def _stamp_cost_ms(self) -> float:
+        """The GPU time one timing event takes in a busy stream: 64 events back to back, median of 5."""
+        import torch
+
+        if self._event_cost is None:
+            costs = []
+            for _ in range(5):
+                self._gpu_sleep(1.0)
+                evs = []
+                for _ in range(65):
+                    ev = torch.cuda.Event(enable_timing=True)
+                    ev.record()
+                    evs.append(ev)
+                torch.cuda.synchronize()
+                costs.append(evs[0].elapsed_time(evs[-1]) / 64.0)
+            self._event_cost = float(np.median(costs))
+        return self._event_cost
 
     def _gpu_sleep(self, ms: float) -> None:
         """Keep the GPU busy for about `ms` (``torch.cuda._sleep`` spins for a number of clock cycles)."""
@@ -262,20 +298,50 @@ class TorchBackend:
         sleep = getattr(torch.cuda, "_sleep", None)
         if sleep is None:
             return
-        if not hasattr(self, "_cycles_per_ms"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            sleep(1_000_000)
-            end.record()
-            end.synchronize()
-            self._cycles_per_ms = 1_000_000 / max(float(start.elapsed_time(end)), 1e-3)
+        if self._cycles_per_ms is None:
+            sleep(100_000)  # the first launch loads the kernel: not part of the calibration
+            torch.cuda.synchronize()
+            rates = []
+            for _ in range(3):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                sleep(2_000_000)
+                end.record()
+                end.synchronize()
+                rates.append(2_000_000 / max(float(start.elapsed_time(end)), 1e-3))
+            self._cycles_per_ms = float(np.median(rates))
         sleep(int(ms * self._cycles_per_ms))
 
 
-def _run_times(stamps: list[tuple[str, str, Any]], t0: Any, elapsed) -> tuple[dict[str, float], dict[str, float]]:
-    """One hooked run's stamps -> per-module own time and wall time (ms; repeated calls add up)."""
+class _GraphReplay:
+    """One inference as the replay of a CUDA graph captured from `m(x)`; holds the module and the input
+    (the graph reads their memory: they must outlive it)."""
+
+    def __init__(self, m: Any, x: Any) -> None:
+        import torch
+
+        self.m, self.x = m, x
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(3):  # warm up (cuDNN autotuning, lazy init) outside the capture
+                m(x)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.out = m(x)
+        torch.cuda.synchronize()
+
+    def __call__(self) -> None:
+        self.graph.replay()
+
+
+def _run_times(stamps: list[tuple[str, str, Any]], t0: Any, elapsed
+               ) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
+    """One hooked run's stamps -> per-module own time, wall time (ms; repeated calls add up) and calls."""
     own: dict[str, float] = {}
     wall: dict[str, float] = {}
+    calls: dict[str, int] = {}
     open_at: dict[str, Any] = {}
     last_end = t0
     for kind, name, t in stamps:
@@ -287,5 +353,6 @@ def _run_times(stamps: list[tuple[str, str, Any]], t0: Any, elapsed) -> tuple[di
             continue
         own[name] = own.get(name, 0.0) + elapsed(start, t)
         wall[name] = wall.get(name, 0.0) + elapsed(last_end, t)
+        calls[name] = calls.get(name, 0) + 1
         last_end = t
-    return own, wall
+    return own, wall, calls
