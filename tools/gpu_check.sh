@@ -73,41 +73,9 @@ step() {
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   printf '{"step": "%s", "rc": %d, "seconds": %d.%03d}\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) >> "$WORK/steps.jsonl"
   tail -n 3 "$WORK/$name.log" | cut -c1-240
+  summarize
 }
-want() { [[ " $STEPS " == *" $1 "* ]]; }
-
-"$PY" - > "$WORK/facts.json" <<'EOF'
-import json, platform, torch, onnxruntime, onnx
-gpu = torch.cuda.is_available()
-p = torch.cuda.get_device_properties(0) if gpu else None
-print(json.dumps({"gpu": torch.cuda.get_device_name(0) if gpu else None,
-                  "gpu_memory_gib": round(p.total_memory / 2**30, 1) if gpu else None, "cpu_count": __import__("os").cpu_count(),
-                  "torch": torch.__version__, "cuda": torch.version.cuda, "onnxruntime": onnxruntime.__version__,
-                  "onnx": onnx.__version__, "python": platform.python_version()}))
-EOF
-
-if want bench; then
-  step bench_graphs 20 "${CLI[@]}" bench "$CKPT" --profile "$PROFILE" --per-layer --json
-  step bench_eager 20 "${CLI[@]}" bench "$CKPT" --profile "$WORK/eager.toml" --json
-  step bench_b64 20 "${CLI[@]}" bench "$CKPT" --profile "$B64_PROFILE" --json
-fi
-if want perlayer; then
-  step perlayer 40 "$PY" tools/bench_per_layer.py --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
-fi
-if want latency; then
-  step latency 70 "${CLI[@]}" latency-check --model "$CKPT" --profile "$PROFILE" --variants 12 --fit-variants 12 \
-    --json "$WORK/latency_check.json"
-fi
-if want compress; then
-  step compress 130 "${CLI[@]}" compress --profile "$PROFILE" --no-bundle --quiet --out "$WORK/compress"
-fi
-if want tests; then
-  # one or two threads per worker: 8+ workers with torch's default thread count oversubscribe the cores
-  xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$(( $(nproc) > 4 ? $(nproc) - 2 : 1 ))")
-  step tests 150 env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" -m pytest -v --tb=short -p no:cacheprovider \
-    -p no:benchmark "${xdist[@]}" tests
-fi
-
+summarize() {  # every figure so far into OUT_JSON and the logs beside it (after each step: a cut-off run keeps them)
 "$PY" - "$WORK" "$OUT_JSON" <<'EOF'
 import json, re, sys
 from pathlib import Path
@@ -157,8 +125,45 @@ m = re.findall(r"^(?:=+ )?(.*(?:passed|failed|error).*?)(?: in [0-9.]+s.*)?$", t
 doc["tests"] = {"summary": m[-1] if m else None, "failures": re.findall(r"^FAILED (.*)$", tests, re.M)}
 out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(doc, indent=1))
-print(f"gpu_check: figures in {out}")
+
 EOF
 tar -czf "$(dirname "$OUT_JSON")/gpu_check_logs.tar.gz" -C "$WORK" --exclude=cache --exclude=site --exclude='*.pt' \
   --exclude='*.onnx' . 2>/dev/null
+}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+
+"$PY" - > "$WORK/facts.json" <<'EOF'
+import json, platform, torch, onnxruntime, onnx
+gpu = torch.cuda.is_available()
+p = torch.cuda.get_device_properties(0) if gpu else None
+print(json.dumps({"gpu": torch.cuda.get_device_name(0) if gpu else None,
+                  "gpu_memory_gib": round(p.total_memory / 2**30, 1) if gpu else None, "cpu_count": __import__("os").cpu_count(),
+                  "torch": torch.__version__, "cuda": torch.version.cuda, "onnxruntime": onnxruntime.__version__,
+                  "onnx": onnx.__version__, "python": platform.python_version()}))
+EOF
+
+if want bench; then
+  step bench_graphs 20 "${CLI[@]}" bench "$CKPT" --profile "$PROFILE" --per-layer --json
+  step bench_eager 20 "${CLI[@]}" bench "$CKPT" --profile "$WORK/eager.toml" --json
+  step bench_b64 20 "${CLI[@]}" bench "$CKPT" --profile "$B64_PROFILE" --json
+fi
+if want perlayer; then
+  step perlayer 40 "$PY" tools/bench_per_layer.py --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
+fi
+if want latency; then
+  step latency 70 "${CLI[@]}" latency-check --model "$CKPT" --profile "$PROFILE" --variants 12 --fit-variants 12 \
+    --json "$WORK/latency_check.json"
+fi
+if want compress; then
+  step compress 130 "${CLI[@]}" compress --profile "$PROFILE" --no-bundle --quiet --out "$WORK/compress"
+fi
+if want tests; then
+  # one or two threads per worker: 8+ workers with torch's default thread count oversubscribe the cores
+  xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$(( $(nproc) > 4 ? $(nproc) - 2 : 1 ))")
+  step tests 140 env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" -m pytest -v --tb=short -p no:cacheprovider \
+    -p no:benchmark "${xdist[@]}" tests
+fi
+
+summarize
+echo "gpu_check: figures in $OUT_JSON"
 exit 0
