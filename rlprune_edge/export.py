@@ -60,6 +60,8 @@ def export_onnx(
     """Write `model` (eval mode, CPU) to ONNX at `path` atomically; input 'input', output 'logits'."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if any(t.device.type != "cpu" for t in list(model.parameters()) + list(model.buffers())):
+        model = copy.deepcopy(model).cpu()  # the caller's module stays where it is
     was_training = model.training
     model.eval()
     example = torch.randn(batch, *input_shape)

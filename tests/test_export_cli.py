@@ -61,7 +61,7 @@ def test_corrupt_checkpoint_exit_2_and_no_bundle(tmp_path):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(os.urandom(2048))
     out = tmp_path / "out"
-    res = subprocess.run([str(REPO / ".venv" / "bin" / "rlprune-edge"), "export", str(bad), "--profile", "host-cpu",
+    res = subprocess.run([sys.executable, "-m", "rlprune_edge", "export", str(bad), "--profile", "host-cpu",
                           "--out", str(out)], capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 2
     assert "corrupt" in res.stderr and "broken.pt" in res.stderr

@@ -38,7 +38,7 @@ def materialize(backend: Any, model: Any, path: str | Path, input_shape: Sequenc
         return m
     from rlprune_edge.export import export_onnx
 
-    return export_onnx(copy.deepcopy(model).eval(), Path(path), tuple(input_shape), batch=int(batch))
+    return export_onnx(copy.deepcopy(model).eval().cpu(), Path(path), tuple(input_shape), batch=int(batch))
 
 
 def node_dims(artifact: Any, input_shape: Sequence[int] | None = None, batch: int = 1) -> dict[str, dict[str, Any]]:
