@@ -21,7 +21,7 @@ from rlprune_edge.latency.artifacts import (
     takes_modules,
 )
 from rlprune_edge.latency.backend import get_backend
-from rlprune_edge.latency.model import LatencyModel, check_model
+from rlprune_edge.latency.model import LatencyModel, check_model, uniform_keep
 from rlprune_edge.latency.torch_backend import _run_times
 from rlprune_edge.models import build_model
 from rlprune_edge.profiles import load_profile, parse_profile
@@ -86,9 +86,12 @@ def test_latency_model_fits_and_checks_modules_on_a_torch_profile():
     model = build_model("vgg11", width=0.125).eval()
     x = torch.zeros(1, 3, 32, 32)
     groups = prunable_groups(model, x)
-    lm = LatencyModel.fit(model, x, groups, backend, profile, n_variants=4, runs=12)
+    lm = LatencyModel.fit(model, x, groups, backend, profile, n_variants=6, runs=12)
     convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert convs <= set(lm.slots) and lm.dense_ms > 0
+    # the calibration covers the small end of the search space, not only random keeps in [0.25, 1]
+    low = uniform_keep([g for g in groups if g.prunable], 0.15, 2)
+    assert low in lm.meta["calibration"]["keeps"]
     full = {g.name: g.channels for g in groups if g.prunable}
     half = {k: max(2, v // 2) for k, v in full.items()}
     assert lm.predict(half) < lm.predict(full)

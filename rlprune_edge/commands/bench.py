@@ -74,8 +74,13 @@ def format_table(m, profile_name: str, model: str) -> str:
         total = m.per_layer_sum_ms
         lines.append("")
         lines.append(f"{'layer':<42} {'op':<18} {'ms':>9} {'wall ms':>9} {'%':>6}  onnx nodes")
+        wall_total = m.per_layer_wall_sum_ms
         for layer in m.per_layer:
-            share = 100.0 * layer.median_ms / total if total > 0 else 0.0
+            # the share of the run: wall time (kernel + the gap before it) adds up to the run, kernel time alone does not
+            if wall_total:
+                share = 100.0 * (layer.wall_ms or 0.0) / wall_total
+            else:
+                share = 100.0 * layer.median_ms / total if total > 0 else 0.0
             nodes = ", ".join(layer.onnx_nodes) if layer.onnx_nodes else "(inserted by the runtime)"
             wall = f"{layer.wall_ms:9.4f}" if layer.wall_ms is not None else f"{'':9}"
             lines.append(f"{layer.name[:42]:<42} {layer.op[:18]:<18} {layer.median_ms:9.4f} {wall} {share:5.1f}%  {nodes}")

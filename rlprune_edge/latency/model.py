@@ -43,7 +43,8 @@ from rlprune_edge.latency.windows import profile_rounds, ratios_over_windows, sl
 MIN_FIXED_FRACTION = -2.0  # end-to-end ratio = u + (1 - u) * kernel ratio; slope 1 - u at most 3
 MIN_PREDICTED_RATIO = 0.02  # a prediction never falls below 2% of the dense latency
 DEFAULT_FIT_VARIANTS = 16  # profiled variants a latency model is fitted from
-FORMAT_VERSION = 3  # 3: measurements spread over the profile's rounds (older fits are refitted)
+LOW_FRACTIONS = (0.15, 0.35)  # uniform fit variants at the small end of the search space
+FORMAT_VERSION = 4  # 4: two low uniform fit variants; 3: measurements over the profile's rounds
 
 
 def architecture_hash(model: Any, input_shape: Sequence[int]) -> str:
@@ -72,6 +73,13 @@ def staircase_keep(groups: Sequence[Any]) -> dict[str, int]:
 def profile_multiple(profile: Any) -> int:
     """The profile's channel multiple (1 when it has none): what the search aligns keep counts to."""
     return max(1, int(getattr(getattr(profile, "pruning", None), "channel_multiple", 1) or 1))
+
+
+def uniform_keep(groups: Sequence[Any], fraction: float, multiple: int = 1) -> dict[str, int]:
+    """Every prunable group at `fraction` of its channels (rounded up to `multiple`, at least `multiple`)."""
+    m = max(1, int(multiple))
+    return {g.name: min(g.channels, max(m, int(math.ceil(fraction * g.channels / m)) * m))
+            for g in groups if getattr(g, "prunable", True)}
 
 
 def random_keep(groups: Sequence[Any], rng: np.random.Generator, low: float = 0.25, multiple: int = 1) -> dict[str, int]:
@@ -246,7 +254,7 @@ class LatencyModel:
     def fit(cls, model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
             n_variants: int = DEFAULT_FIT_VARIANTS, seed: int = 0, *, pruner: Callable[..., Any] | None = None,
             runs: int | None = None, progress: Callable[[str], None] | None = None,
-            multiple: int | None = None) -> LatencyModel:
+            multiple: int | None = None, low_variants: bool = True) -> LatencyModel:
         """Measure the dense model and `n_variants` random pruned variants on `backend`; fit the slots.
 
         Variants keep multiples of `multiple` channels (default: the profile's channel multiple,
@@ -273,7 +281,12 @@ class LatencyModel:
             # sequence; the unaligned staircase then only identifies the channel maps and is not
             # timed (an unaligned layer runs a different kernel path: the model covers aligned counts).
             n_random = n_variants if mult > 1 else n_variants - 1
-            keeps += [random_keep(prunable, rng, multiple=mult) for _ in range(n_random)]
+            # Two of them are uniform plans near the bottom of what the search builds (every group at
+            # LOW_FRACTIONS of its width): random keeps in [0.25, 1] average ~0.6 of each group, and
+            # a calibration fitted only there extrapolated badly to small plans (cuda-torch, H100:
+            # floor predicted 0.86x, measured 0.61x).
+            lows = [uniform_keep(prunable, f, mult) for f in LOW_FRACTIONS] if low_variants and n_random > 4 else []
+            keeps += lows + [random_keep(prunable, rng, multiple=mult) for _ in range(n_random - len(lows))]
             paths: list[Path] = []
             dims_list = []
             for i, keep in enumerate(keeps):
