@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "prunable_groups": ("rlprune_edge.graph", "prunable_groups"),
-    "prune": ("rlprune_edge.prune", "prune"),
+    "prune": ("rlprune_edge.pruning", "prune"),
     "load_checkpoint": ("rlprune_edge.checkpoint", "load_checkpoint"),
     "save_checkpoint": ("rlprune_edge.checkpoint", "save_checkpoint"),
     "build_model": ("rlprune_edge.models", "build_model"),

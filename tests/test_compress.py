@@ -13,7 +13,7 @@ import torch
 
 from rlprune_edge.cli import main
 
-pytest.importorskip("rlprune_edge.prune")
+pytest.importorskip("rlprune_edge.pruning")
 pytest.importorskip("rlprune_edge.importance")
 
 PROFILE = """name = "tiny-cpu"

@@ -35,7 +35,7 @@ from rlprune_edge.export import (
 from rlprune_edge.graph import prunable_groups
 from rlprune_edge.models import build_model
 from rlprune_edge.profiles import load_profile, parse_profile
-from rlprune_edge.prune import prune
+from rlprune_edge.pruning import prune
 from rlprune_edge.quantize import ArrayCalibrationReader, save_calibration
 
 REPO = Path(__file__).resolve().parent.parent

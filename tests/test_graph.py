@@ -13,7 +13,7 @@ import rlprune_edge
 from rlprune_edge.errors import UserError
 from rlprune_edge.graph import DEPTHWISE, IN, OUT, format_groups_table, prunable_groups
 from rlprune_edge.models import ZOO_NAMES, build_model
-from rlprune_edge.prune import prune
+from rlprune_edge.pruning import prune
 
 
 @pytest.fixture(autouse=True)

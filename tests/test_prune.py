@@ -13,7 +13,7 @@ from torch import nn
 from rlprune_edge.errors import UserError
 from rlprune_edge.graph import DEPTHWISE, IN, prunable_groups
 from rlprune_edge.models import ZOO_NAMES, build_model
-from rlprune_edge.prune import _prune_via_depgraph, align_keep, prune, removal_plan, select_channels
+from rlprune_edge.pruning import _prune_via_depgraph, align_keep, prune, removal_plan, select_channels
 
 TORCHVISION = (
     "torchvision:resnet18",

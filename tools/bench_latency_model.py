@@ -46,8 +46,8 @@ from rlprune_edge.profiles import load_profile  # noqa: E402
 
 
 def get_pruner():
-    """rlprune_edge.prune.prune (the product's pruner)."""
-    from rlprune_edge.prune import prune
+    """rlprune_edge.pruning.prune (the product's pruner)."""
+    from rlprune_edge.pruning import prune
 
     return prune
 

@@ -51,7 +51,7 @@ def main() -> int:
     from rlprune_edge.graph import prunable_groups
     from rlprune_edge.importance import channel_scores
     from rlprune_edge.models import build_model
-    from rlprune_edge.prune import _copy_and_shrink, _prune_via_depgraph, removal_plan, select_channels
+    from rlprune_edge.pruning import _copy_and_shrink, _prune_via_depgraph, removal_plan, select_channels
 
     torch.manual_seed(0)
     model = build_model(args.model, width=args.width, num_classes=10).eval()

@@ -91,7 +91,7 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
     from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.latency.windows import robust_ratios
     from rlprune_edge.profiles import load_profile
-    from rlprune_edge.prune import prune
+    from rlprune_edge.pruning import prune
     from rlprune_edge.search.plan import PlanSpace, follower_groups
 
     profile = load_profile(profile_name)

@@ -340,7 +340,7 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                  f"predicted {floor_ms:.3f} ms ({floor_ms / dense_ms:.2f}x) -> {verdict}")
             if floor_ms > goal_ms:
                 # confirm with a real measurement before refusing
-                from rlprune_edge.prune import prune
+                from rlprune_edge.pruning import prune
 
                 tiny = prune(dense, example_inputs, keep={n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p},
                              importance="l1", channel_multiple=1, groups=groups)

@@ -261,7 +261,7 @@ class LatencyModel:
         which is what the search produces); 1 fits unaligned counts.
         """
         if pruner is None:
-            from rlprune_edge.prune import prune as pruner
+            from rlprune_edge.pruning import prune as pruner
         prunable = [g for g in groups if getattr(g, "prunable", True)]
         if not prunable:
             raise UserError("the model has no prunable channel groups, so there is no latency model to fit.")
@@ -353,7 +353,7 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
     the error in the predicted speed-up, which is what the reward uses, free of slow drift.
     """
     if pruner is None:
-        from rlprune_edge.prune import prune as pruner
+        from rlprune_edge.pruning import prune as pruner
     prunable = [g for g in groups if getattr(g, "prunable", True)]
     shape = tuple(example_inputs.shape[1:])
     rng = np.random.default_rng(seed)

@@ -161,7 +161,7 @@ class PruneEnv:
         return channel_scores(model, self.example_inputs, groups, method="taylor", calib=self.calib)
 
     def candidate(self, model: nn.Module, keep: dict[str, int], scores: Any, groups: list) -> nn.Module:
-        from rlprune_edge.prune import prune
+        from rlprune_edge.pruning import prune
 
         prunable = {g.name for g in groups if g.prunable}
         keep = {k: v for k, v in keep.items() if k in prunable}

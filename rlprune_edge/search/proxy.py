@@ -103,7 +103,7 @@ class PlanProxy:
     # --- models --------------------------------------------------------------------------------------
     def build(self, keep: dict[str, int]) -> nn.Module:
         """The plan pruned one-shot from the dense model, BatchNorm recalibrated."""
-        from rlprune_edge.prune import prune
+        from rlprune_edge.pruning import prune
 
         new = prune(self.dense, self.example_inputs, keep=keep, channel_multiple=1, scores=self.scores,
                     groups=self.groups)
