@@ -72,7 +72,7 @@ def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None
     result = run_search(env, job.dense, job.target, job.weights, dense_fig, config, job.state_dir, resume=a.resume,
                         fingerprint=fingerprint, progress=not a.quiet, log=_say, stop_after=a.stop_after)
     if a.stop_after is not None and not result.reached and len(result.steps) >= a.stop_after:
-        _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {job.out}")
+        _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {job.args.out}")
         return None
     if not result.steps:
         raise UserError("the search made no step (nothing left to prune); check --profile's channel multiple.")
@@ -119,7 +119,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
                              resume=a.resume, fingerprint=fingerprint, progress=not a.quiet, log=_say,
                              stop_after=a.stop_after)
     if result is None:
-        _say(f"stopped after {a.stop_after} rounds as asked; continue with --resume --out {job.out}")
+        _say(f"stopped after {a.stop_after} rounds as asked; continue with --resume --out {a.out}")
         return None
     if result.reached is False:
         _say(f"warning: the chosen plan still measures over {job.target.describe()} after "
@@ -199,7 +199,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
 
             manifest = export_bundle(student, final_info, profile, out / "bundle", precision=profile.runtime.precision,
                                      data=job.data, measure=False, verify_images=200, test_limit=1000, log=None)
-            bundle = str(out / "bundle") if manifest is not None else None
+            bundle = str(Path(a.out) / "bundle") if manifest is not None else None
         except UserError as exc:
             _say(f"warning: bundle not written: {exc}")
     shape = tuple(info.input_shape)
@@ -238,6 +238,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
         print(f"search: {'uniform plan kept' if search_info['fallback_to_uniform'] else 'searched plan chosen'}; "
               f"proxy accuracy chosen {100 * c['proxy_acc']:.2f}% vs uniform {100 * u['proxy_acc']:.2f}% "
               f"({search_info['distinct_plans']} distinct plans, {search_info['search_s']:.0f}s)")
-    print(f"wrote {out / 'model.pt'}, {out / 'model.onnx'}, {out / 'report.json'}, {out / 'pareto.png'}"
+    shown = Path(a.out)  # where the files are once the run directory is committed (out may be its temp sibling)
+    print(f"wrote {shown / 'model.pt'}, {shown / 'model.onnx'}, {shown / 'report.json'}, {shown / 'pareto.png'}"
           + (f", {bundle}" if bundle else ""))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +16,21 @@ STEP_KEYS = ("step", "val_acc", "predicted_latency_ms", "measured_latency_ms", "
 
 
 
+def finite_json(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None (JSON has no NaN; a bare NaN breaks readers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write `obj` as indented JSON atomically."""
+    """Write `obj` as indented, strictly valid JSON atomically (non-finite numbers become null)."""
     path = Path(path)
-    atomic_write_json(path, obj)
+    atomic_write_json(path, finite_json(obj))
     return path
 
 

@@ -7,6 +7,7 @@ With no arguments: the shipped VGG-19 (width 0.25) Fashion-MNIST model, profile 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -231,6 +232,19 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                             ("--confirm-size", args.confirm_size, 10)):
         if value is not None and value < lo:
             raise UserError(f"{name} {value} is too small; give at least {lo}.")
+    for name, value, lo, hi in (("--kd-lr", args.kd_lr, 0.0, 10.0), ("--width", args.width, 0.0, 64.0)):
+        if value is not None and not (math.isfinite(value) and lo < value <= hi):
+            raise UserError(f"{name} {value} is not a number in ({lo:g}, {hi:g}]; e.g. --kd-lr 0.01, --width 0.5.")
+    if args.seed < 0 or args.seed >= 2**31:
+        raise UserError(f"--seed {args.seed} is outside [0, 2**31); give a non-negative integer, e.g. --seed 0.")
+    if args.latency_variants < 2:
+        raise UserError(f"--latency-variants {args.latency_variants} is too small; the latency model needs at least 2 "
+                        "profiled variants (default 16).")
+    for name, value in (("--pareto-test-size", args.pareto_test_size), ("--test-images", args.test_images)):
+        if value < 0:
+            raise UserError(f"{name} {value} is negative; give 0 (all) or a positive number of images.")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError(f"--stop-after {args.stop_after} is too small; give at least 1 (or leave it out).")
     if not (0.0 <= args.min_keep < 1.0):
         raise UserError(f"--min-keep {args.min_keep} is outside [0, 1); give the smallest fraction of a group's "
                         "channels to keep, e.g. 0.1.")
@@ -241,10 +255,23 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
     if args.channel_multiple is not None and not 1 <= args.channel_multiple <= 256:
         raise UserError(f"--channel-multiple must be between 1 and 256, got {args.channel_multiple}; "
                         "e.g. 8 for ONNX Runtime on x86, 1 for no rounding.")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory; choose a directory path.")
+    from rlprune_edge.rundir import RunDir
 
+    # refuses a foreign or busy --out at once; a fresh run into an old run directory works beside it
+    run_dir = RunDir.open(args.out, resume=args.resume)
+    try:
+        code = _validated_run(args, announce, target, run_dir, t_start)
+    except BaseException:
+        run_dir.abandon()
+        raise
+    run_dir.commit()
+    return code
+
+
+def _validated_run(args: argparse.Namespace, announce: _Announcer, target: Any, run_dir: Any,  # noqa: C901
+                   t_start: float) -> int:
+    """Everything after the cheap checks: load, measure, search, distil, report (into run_dir.work)."""
+    out = run_dir.work
     import torch
 
     if args.threads is not None:
@@ -330,6 +357,10 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                                            args.latency_variants, args.seed)
         _say(f"latency model ready ({time.perf_counter() - t_fit:.0f}s)")
         goal_ms = target.latency_goal_ms(dense_ms)
+        if goal_ms is not None and goal_ms >= dense_ms:
+            raise UserError(f"target {target.describe()} is not below the dense model's {dense_ms:.3f} ms on "
+                            f"{profile.name}: there is nothing to prune for it; give a smaller --target-latency "
+                            "(e.g. 0.5x).")
         if goal_ms is not None:
             # on this run's scale: the cached model may have been fitted in another machine state
             scale = dense_ms / float(latency_model.predict({n: c for n, c, p in zip(names, ch0, prunable, strict=True) if p}))
@@ -361,19 +392,19 @@ def _run_rank0(args: argparse.Namespace, announce: _Announcer) -> int:  # noqa: 
                 if not reach:
                     raise TargetUnreachable(
                         f"target {target.describe()} is not reachable for {model_spec} on {profile.name}: even with "
-                        f"{bound_text} it measures {tiny_ratio:.2f}x dense ({tiny_ms:.3f} ms in that window); "
+                        f"{bound_text} it measures {tiny_ms:.3f} ms against the dense model's {window_dense_ms:.3f} ms "
+                        f"in the same windows ({tiny_ratio:.2f}x); "
                         f"choose a looser --target-latency or {bound_flag}.", floor_ratio=float(tiny_ratio))
         else:
             probe_keep, _ = space.size_to_channels(space.uniform_prefs(), int(round((1 - target.value) * total0)))
             _say(f"sparsity {target.value} predicted latency "
                  f"{float(latency_model.predict(space.as_dict(probe_keep))):.3f} ms (uniform plan)")
 
-        # --- validated: from here on we write into OUT ----------------------------------------------
+        # --- validated: from here on we write into the run directory ----------------------------------
         state_dir = out / "search"
-        if not args.resume and state_dir.exists():
-            _say(f"note: starting a fresh search in {out} (the previous search state there is replaced)")
-            shutil.rmtree(state_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        if run_dir.replaces:
+            _say(f"note: {run_dir.out} holds an earlier run; this run works beside it and replaces it only when "
+                 "it ends normally")
         state_dir.mkdir(parents=True, exist_ok=True)
         from rlprune_edge.pipeline import CompressJob, search_distil_report
 

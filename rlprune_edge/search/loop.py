@@ -181,6 +181,16 @@ def allocate_keep(
     return [ch[i] if take[i] == 0 else floor_keep[i] - take[i] * m for i in range(len(ch))]
 
 
+def _progress(target: Target, ratio: float, sparsity: float, goal_ms: float | None, dense_ms: float) -> float:
+    """Fraction of the way from the dense model to the target, in [0, 0.99] until it is reached."""
+    if target.kind == "sparsity":
+        done = sparsity / target.value
+    else:
+        goal_ratio = (goal_ms or dense_ms) / dense_ms
+        done = (1.0 - ratio) / (1.0 - goal_ratio) if goal_ratio < 1.0 else 1.0
+    return float(min(max(done, 0.0), 0.99))
+
+
 def max_prune_keep(channels: Sequence[int], prunable: Sequence[bool], multiple: int = 1) -> list[int]:
     """The smallest architecture the search may reach: every prunable group at `multiple` channels."""
     m = max(1, int(multiple))
@@ -294,8 +304,11 @@ def run_search(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=max(planned, len(steps) + 1), initial=len(steps), desc="search", unit="step",
-                   file=sys.stderr, dynamic_ncols=True, leave=False)
+        # a bar on the way from dense to the goal (measured ratio, or sparsity), not on a step count the
+        # search cannot know in advance
+        bar = tqdm(total=100, initial=0, desc=f"search -> {target.describe()}", unit="%",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}", file=sys.stderr, dynamic_ncols=True,
+                   leave=False)
     reached = False
     try:
         while len(steps) < config.max_steps:
@@ -383,11 +396,10 @@ def run_search(
                 "wall_s": wall_before + time.perf_counter() - start,
             })
             if bar is not None:
-                if bar.total < len(steps) + (0 if reached else 1):
-                    bar.total = len(steps) + 1
-                bar.set_postfix(acc=f"{100 * chosen['acc']:.1f}%", lat=f"{measured_ms:.3f}ms",
-                                x=f"{measured_ratio:.2f}", sp=f"{sparsity:.2f}")
-                bar.update(1)
+                bar.n = 100 if reached else int(round(100 * _progress(target, measured_ratio, sparsity, goal_ms,
+                                                                     base.latency_ms)))
+                bar.set_postfix_str(f"step {len(steps)}: {measured_ratio:.2f}x dense ({measured_ms:.3f} ms), "
+                                    f"sparsity {sparsity:.2f}, val acc {100 * chosen['acc']:.1f}%")
             if reached:
                 break
     finally:
