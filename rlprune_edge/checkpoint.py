@@ -13,7 +13,9 @@ weights strictly.
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -207,13 +209,115 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo) 
     return atomic_torch_save(payload, path)
 
 
+MAX_INPUT_DIM = 16384  # C, H or W of a checkpoint's input shape (larger ones are corrupt headers, not models)
+MAX_CLASSES = 100_000
+MAX_WIDTH = 64.0  # zoo width multiplier; the same bound as `compress --width`
+
+
+def check_width(width: float, flag: str = "--width") -> float:
+    """A zoo width multiplier from the command line: finite, > 0 and at most MAX_WIDTH (UserError otherwise)."""
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and 0 < width <= MAX_WIDTH):
+        raise UserError(f"{flag} must be a number in (0, {MAX_WIDTH:g}], got {width}; use e.g. {flag} 0.25.")
+    return float(width)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _shown(v: object) -> str:
+    """A short one-line description of a header value for an error message."""
+    if isinstance(v, torch.Tensor):
+        return f"a tensor of shape {list(v.shape)}"
+    text = repr(v)
+    if len(text) <= 60 and "\n" not in text:
+        return text
+    if isinstance(v, (list, tuple, dict)):
+        return f"a {type(v).__name__} of {len(v)} items"
+    text = " ".join(text.split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_header(payload: dict, path: str | os.PathLike) -> tuple[ModelInfo, dict]:
+    """Validate a loaded checkpoint dict field by field; return (ModelInfo, state_dict) or raise UserError.
+
+    Every message names the file and the field, so a hand-edited or foreign header never reaches
+    the model builder as a crash.
+    """
+
+    def bad(field_name: str, expected: str, got: object) -> UserError:
+        return UserError(f"checkpoint {path} has a malformed header: {field_name} must be {expected}, got "
+                         f"{_shown(got)}; re-create the checkpoint with `rlprune-edge train`.")
+
+    version = payload.get("version")
+    if not _is_int(version):
+        raise bad("version", "an integer", version)
+    if version > VERSION:
+        raise UserError(f"checkpoint {path} has format version {version}, newer than this "
+                        f"rlprune-edge supports ({VERSION}); upgrade rlprune-edge.")
+    if version < 1:
+        raise bad("version", f"an integer in 1..{VERSION}", version)
+    raw = payload.get("info")
+    if not isinstance(raw, dict):
+        raise bad("info", "a dict of model fields", raw)
+    for key in ("model", "width", "num_classes", "input_shape", "mean", "std", "class_names"):
+        if key not in raw:
+            raise UserError(f"checkpoint {path} has a malformed header: info.{key} is missing; "
+                            "re-create the checkpoint with `rlprune-edge train`.")
+    if not isinstance(raw["model"], str) or not raw["model"]:
+        raise bad("info.model", "a model name", raw["model"])
+    if not (_is_number(raw["width"]) and 0 < raw["width"] <= MAX_WIDTH):
+        raise bad("info.width", f"a number in (0, {MAX_WIDTH:g}]", raw["width"])
+    if not (_is_int(raw["num_classes"]) and 1 <= raw["num_classes"] <= MAX_CLASSES):
+        raise bad("info.num_classes", f"an integer in 1..{MAX_CLASSES}", raw["num_classes"])
+    shape = raw["input_shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3
+            and all(_is_int(d) and 1 <= d <= MAX_INPUT_DIM for d in shape)):
+        raise bad("info.input_shape", f"3 positive integers (C, H, W) up to {MAX_INPUT_DIM}", shape)
+    for key in ("mean", "std"):
+        vals = raw[key]
+        if not (isinstance(vals, (list, tuple)) and vals and all(_is_number(v) for v in vals)):
+            raise bad(f"info.{key}", "a non-empty list of finite numbers", vals)
+    if any(v <= 0 for v in raw["std"]):
+        raise bad("info.std", "a list of positive numbers", raw["std"])
+    names = raw["class_names"]
+    if not (isinstance(names, (list, tuple)) and all(isinstance(n, (str, int)) for n in names)):
+        raise bad("info.class_names", "a list of strings", names)
+    shapes = raw.get("layer_shapes")
+    if shapes is not None:
+        if not isinstance(shapes, dict):
+            raise bad("info.layer_shapes", "a dict of layer name -> {argument: positive integer}", shapes)
+        for name, record in shapes.items():
+            if not (isinstance(name, str) and isinstance(record, dict) and record
+                    and all(isinstance(k, str) and _is_int(v) and v >= 1 for k, v in record.items())):
+                raise bad(f"info.layer_shapes[{name!r}]", "a dict of argument name -> positive integer", record)
+    meta = raw.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise bad("info.meta", "a dict", meta)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise bad("state_dict", "a dict of parameter name -> tensor", state)
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise bad(f"state_dict[{key!r}]", "a tensor", value)
+    try:
+        return ModelInfo.from_dict(raw), state
+    except (KeyError, TypeError, ValueError) as exc:  # kept as a last line of defence
+        raise UserError(f"checkpoint {path} has a malformed header ({exc}); re-create it.") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
     """Rebuild the model recorded in `path` (weights_only load); UserError naming the file on any problem."""
     from rlprune_edge.models import build_model
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; give the path of a .pt file written by rlprune-edge.")
+        what = _not_a_file(path)
+        raise UserError(f"checkpoint {path} {what}; give the path of a .pt file written by rlprune-edge.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:
@@ -223,14 +327,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         "re-create it with `rlprune-edge train`.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not an rlprune-edge checkpoint; create one with `rlprune-edge train`.")
-    if int(payload.get("version", 0)) > VERSION:
-        raise UserError(f"checkpoint {path} has format version {payload.get('version')}, newer than this "
-                        f"rlprune-edge supports ({VERSION}); upgrade rlprune-edge.")
-    try:
-        info = ModelInfo.from_dict(payload["info"])
-        state = payload["state_dict"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} has a malformed header ({exc}); re-create it.") from None
+    info, state = check_header(payload, path)
     try:
         model = build_model(info.model, info.width, info.num_classes)
         if info.layer_shapes:
@@ -248,6 +345,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model.to(map_location)
     model.eval()
     return model, info
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` (not a regular file) cannot be a checkpoint, as a predicate: 'is a directory, ...'."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "does not exist"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a checkpoint file"
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "something else")
+    return f"is not a regular file but {kind}"
 
 
 # --- model specs (path or name) -----------------------------------------------------------------
@@ -270,6 +380,8 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
         valid_names_sentence,
     )
 
+    if not spec.strip():
+        raise UserError(f"--model is empty; give a checkpoint (.pt) path or one of {valid_names_sentence()}.")
     if spec in ZOO_NAMES or spec.startswith(TORCHVISION_PREFIX):
         if num_classes is None:
             num_classes = data.num_classes if data is not None else 10
@@ -286,6 +398,9 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
     if not path.exists():
         raise UserError(f"model {spec!r} is neither an existing checkpoint file nor a model name; "
                         f"give a .pt path or one of {valid_names_sentence()}.")
+    if not path.is_file():
+        raise UserError(f"model {spec!r} {_not_a_file(path)}; give the path of a .pt checkpoint file "
+                        "written by rlprune-edge.")
     model, info = load_checkpoint(path)
     if num_classes is not None and num_classes != info.num_classes:
         raise UserError(f"checkpoint {path} predicts {info.num_classes} classes but the data has {num_classes}; "

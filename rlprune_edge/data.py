@@ -310,6 +310,26 @@ def _read_image_dir(split_dir: Path, classes: list[str] | None) -> tuple[np.ndar
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes
 
 
+def _class_dirs(split_dir: Path) -> list[str]:
+    try:
+        return sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    except OSError as exc:
+        raise UserError(f"cannot read image folder {split_dir} ({exc.strerror or exc}); check that it is readable.") from None
+
+
+def _check_image_classes(directory: Path, held: list[str]) -> None:
+    """train/ defines the classes: at least 2 of them, and val/ or test/ may not add any it lacks."""
+    classes = _class_dirs(directory / "train")
+    if len(classes) == 1:
+        raise UserError(f"imagefolder {directory / 'train'} has a single class folder ({classes[0]}); a classifier "
+                        "needs at least 2 classes, so add a folder of images for each other class.")
+    for split in held:
+        extra = [c for c in _class_dirs(directory / split) if c not in classes]
+        if extra:
+            raise UserError(f"imagefolder {directory / split} has class folder(s) {', '.join(extra)} that "
+                            f"{directory / 'train'} lacks; add training images for them or remove them from {split}/.")
+
+
 def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     t = torch.from_numpy(x).float().div_(255.0)
     mean = t.mean(dim=(0, 2, 3))
@@ -350,8 +370,9 @@ def load_data(spec: str = "fashion-mnist", val_fraction: float = 0.1, seed: int 
                             "sub-directories of class folders.")
         if not (directory / "train").is_dir():
             raise UserError(f"imagefolder directory {directory} has no train/ sub-directory of class folders.")
-        xtr, ytr, names = _load_image_dir(directory / "train", None)
         held = [d for d in ("val", "test") if (directory / d).is_dir()]
+        _check_image_classes(directory, held)
+        xtr, ytr, names = _load_image_dir(directory / "train", None)
         if not held:
             raise UserError(f"imagefolder directory {directory} has no val/ or test/ sub-directory of class folders.")
         xte, yte, _ = _load_image_dir(directory / ("test" if "test" in held else "val"), names)

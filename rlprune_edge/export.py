@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from rlprune_edge.errors import DeviceError, UserError
-from rlprune_edge.fsutil import atomic_path, atomic_write_json
+from rlprune_edge.fsutil import atomic_path, atomic_write_json, make_temp_dir, remove_stale_temps
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -47,6 +47,46 @@ MIN_TOP1_AGREEMENT = 0.999
 
 # (profile, onnx_path, out_path, precision, calib_path | None) -> {"tensorrt_version", "gpu_name", ...}
 EngineBuilder = Callable[[Any, Path, Path, str, "Path | None"], dict]
+
+# ONNX opsets the bundle accepts: 17 (LayerNormalization) up to what torch's TorchScript exporter
+# (dynamo=False, used below) supports; above it torch only warns and writes an unvalidated graph.
+MIN_OPSET = 17
+try:
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:  # a torch without the constant: the value of torch 2.x
+    MAX_OPSET = 20
+
+
+def check_opset(opset: int) -> int:
+    """UserError unless `opset` is an integer in MIN_OPSET..MAX_OPSET."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"--opset must be >= {MIN_OPSET} and <= {MAX_OPSET} (the range torch.onnx.export "
+                        f"supports here), got {opset}; leave it out for {MIN_OPSET}.")
+    return opset
+
+
+def _write_error(out_dir: Path, exc: OSError) -> str:
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) != str(out_dir) else ""
+    return (f"cannot write the bundle --out {out_dir}: {exc.strerror or exc}{where}; "
+            "choose a writable output directory.")
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Fail early (UserError naming the path) when the bundle directory cannot be created or replaced."""
+    out_dir = Path(out_dir)
+    for ancestor in out_dir.parents:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise UserError(f"cannot write the bundle --out {out_dir}: {ancestor} is a file, not a directory; "
+                                "choose an output path inside a directory.")
+            break
+    try:
+        _prepare_out_dir(out_dir)
+        probe = tempfile.mkdtemp(prefix=f".{out_dir.name}.probe-", dir=out_dir.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UserError(_write_error(out_dir, exc)) from None
+    return out_dir
 
 
 def export_onnx(
@@ -481,7 +521,7 @@ def _install_bundle(tmp_dir: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp_dir, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old = make_temp_dir(out_dir.parent, out_dir.name, "old")
     os.rmdir(old)
     os.replace(out_dir, old)
     try:
@@ -537,6 +577,8 @@ def export_bundle(
         profile = load_profile(profile)
     precision = precision or profile.runtime.precision
     _check_precision(profile, precision)
+    check_opset(opset)
+    check_out_dir(out_dir)  # before loading data and exporting: minutes of work for nothing otherwise
     input_shape = _input_shape(info, profile)
     data = _resolve_data(info, data)
     _check_data(info, data)
@@ -544,9 +586,10 @@ def export_bundle(
     trt = profile.runtime.name == "tensorrt"
 
     out_dir = Path(out_dir)
+    remove_stale_temps(out_dir.parent, out_dir.name)  # what an export killed with SIGKILL left behind
     _prepare_out_dir(out_dir)
     model = copy.deepcopy(model).cpu().eval()  # never move or mode-switch the caller's model
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp_dir = make_temp_dir(out_dir.parent, out_dir.name)  # .NAME.tmp-<pid>-<random>
     try:
         manifest = _build(
             model, info, profile, tmp_dir, precision, data, dynamic_batch, measure, input_shape, batch, trt,
@@ -556,6 +599,9 @@ def export_bundle(
         _write_json(tmp_dir / MANIFEST_NAME, manifest)
         _publish_permissions(tmp_dir)
         _install_bundle(tmp_dir, out_dir)
+    except OSError as exc:  # disk full, permissions changed under us, ...: a sentence naming the path
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise UserError(_write_error(out_dir, exc)) from None
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

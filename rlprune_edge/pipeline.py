@@ -1,244 +1,329 @@
-"""The compress pipeline after validation: search (plan, uniform or paper) → distil → export → report.
+"""`compress` as a library call: validate → measure the dense model → latency model → reachability →
+search → distil → export → measure → report.
 
-``commands/compress.py`` validates the input, measures the dense model and fits the latency model;
-:func:`search_distil_report` does the rest and writes OUT. The default search is the plan search
-(:mod:`rlprune_edge.search.plan_search`); ``uniform`` is the project's own uniform baseline through
-the same pipeline (same importance, BN handling, measurement and KD); ``paper`` is the step-wise
-RL-Pruner loop (:mod:`rlprune_edge.search.loop`).
+    from rlprune_edge.pipeline import CompressConfig, compress
+    result = compress(CompressConfig(model="vgg19", width=0.25, profile="host-cpu", target_latency="0.5x",
+                                     out="runs/vgg"))
+    result.report["measured_ratio"]
+
+Bad input raises :class:`rlprune_edge.errors.UserError` before anything is written; options are
+named as Python fields (``kd_lr``) unless the caller is the command line (``cli_names=True``:
+``--kd-lr``). Progress goes to stderr (``quiet`` turns the bars off). The run directory rules
+(:mod:`rlprune_edge.rundir`) keep what ``out`` held until the new run ends normally.
 """
 
 from __future__ import annotations
 
-import copy
+import math
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from rlprune_edge.errors import TargetUnreachable, UserError
 
-from rlprune_edge.errors import UserError
-
-SEARCH_METHODS = ("plan", "uniform", "paper")
+DEFAULT_OUT = "runs/compress"
+DEFAULT_TARGET = "0.5x"
+# a floor model measuring above this fraction of dense is "not measurably faster" (interleaved-ratio noise is ±2-3%)
+FLAT_FLOOR_RATIO = 0.95
+SEARCHES = ("plan", "uniform", "paper")
+REWARDS = ("latency", "accuracy", "flops", "params")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
-class CompressJob:
-    """Everything the stages need, validated by the command."""
+class CompressConfig:
+    """Every option of a compress run (the command's flags, same names and defaults)."""
 
-    args: Any  # the parsed flags (read-only here)
-    target: Any
-    data: Any
-    data_spec: str
-    dense: Any
-    info: Any
-    model_spec: str
-    profile: Any
-    backend: Any
-    latency_model: Any
-    weights: Any
-    dense_artifact: Any
-    dense_ms: float
-    scratch: Path
+    model: str | None = None  # checkpoint path or model name; None: the shipped VGG-19 w0.25
+    width: float = 1.0
+    data: str | None = None
+    profile: str = "host-cpu"
+    target_latency: str | None = None  # "0.5x" or "3ms"; default 0.5x unless sparsity is given
+    sparsity: float | None = None
+    reward: str = "latency"
+    out: str = DEFAULT_OUT
+    resume: bool = False
+    seed: int = 0
+    kd_epochs: int = 4
+    kd_images: int = 0
+    kd_lr: float | None = None
+    search: str = "plan"
+    min_keep: float = 0.1
+    per_round: int = 8
+    screen_batches: int = 20
+    probe_top: int = 3
+    probe_batches: int = 100
+    select_size: int = 2000
+    confirm_size: int = 2000
+    steps: int = 60
+    step_ratio: float = 0.05
+    candidates: int | None = None
+    rounds: int | None = None
+    val_size: int = 800
+    step_kd_batches: int = 100
+    latency_variants: int = 16
+    pareto_test_size: int = 2000
+    test_images: int = 0
+    stop_after: int | None = None
+    channel_multiple: int | None = None
+    device: str = "auto"
+    threads: int | None = None
+    no_bundle: bool = False
+    quiet: bool = False
+    cli_names: bool = field(default=False, repr=False)  # name options as --flags in messages
+
+    @classmethod
+    def from_namespace(cls, ns: Any) -> CompressConfig:
+        """From the command's parsed flags (unknown attributes ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in vars(ns).items() if k in known}, cli_names=True)
+
+    def name(self, option: str) -> str:
+        """How messages name an option: ``--kd-lr`` for the command line, ``kd_lr`` for Python callers."""
+        return f"--{option.replace('_', '-')}" if self.cli_names else option
+
+    def target(self) -> Any:
+        """The target (sparsity, latency ratio or ms), validated."""
+        from rlprune_edge.search.loop import Target
+
+        if self.sparsity is not None and self.target_latency is not None:
+            raise UserError(f"give {self.name('sparsity')} or {self.name('target_latency')}, not both.")
+        if self.sparsity is not None:
+            if not (math.isfinite(self.sparsity) and 0.0 < self.sparsity < 1.0):
+                raise UserError(f"{self.name('sparsity')} {self.sparsity} is outside (0, 1); give the fraction of "
+                                "prunable channels to remove, e.g. 0.6.")
+            return Target.sparsity(self.sparsity)
+        return Target.parse_latency(self.target_latency or DEFAULT_TARGET, name=self.name("target_latency"))
+
+    def check(self) -> None:  # noqa: C901 - one check per option, read top to bottom
+        """Refuse every out-of-range value before anything is loaded or written."""
+        n = self.name
+        if self.search not in SEARCHES:
+            raise UserError(f"{n('search')} {self.search!r} is not one of {', '.join(SEARCHES)}.")
+        if self.reward not in REWARDS:
+            raise UserError(f"{n('reward')} {self.reward!r} is not one of {', '.join(REWARDS)}.")
+        for opt, lo in (("steps", 1), ("candidates", 1), ("rounds", 1), ("val_size", 10), ("kd_epochs", 0),
+                        ("kd_images", 0), ("per_round", 1), ("probe_top", 0), ("probe_batches", 0),
+                        ("screen_batches", 0), ("select_size", 10), ("confirm_size", 10), ("latency_variants", 2),
+                        ("pareto_test_size", 0), ("test_images", 0), ("stop_after", 1), ("threads", 1)):
+            value = getattr(self, opt)
+            if value is not None and value < lo:
+                raise UserError(f"{n(opt)} {value} is too small; give at least {lo}.")
+        for opt, lo, hi, example in (("kd_lr", 0.0, 10.0, "0.01"), ("width", 0.0, 64.0, "0.5")):
+            value = getattr(self, opt)
+            if value is not None and not (math.isfinite(value) and lo < value <= hi):
+                raise UserError(f"{n(opt)} {value} is not a number in ({lo:g}, {hi:g}]; e.g. {n(opt)} {example}.")
+        if not 0 <= self.seed < 2**31:
+            raise UserError(f"{n('seed')} {self.seed} is outside [0, 2**31); give a non-negative integer, e.g. 0.")
+        if not (math.isfinite(self.min_keep) and 0.0 <= self.min_keep < 1.0):
+            raise UserError(f"{n('min_keep')} {self.min_keep} is outside [0, 1); give the smallest fraction of a "
+                            "group's channels to keep, e.g. 0.1.")
+        if not (math.isfinite(self.step_ratio) and 0.0 < self.step_ratio < 0.5):
+            raise UserError(f"{n('step_ratio')} {self.step_ratio} is outside (0, 0.5); e.g. 0.05 removes 5% of "
+                            "channels per step.")
+        if self.channel_multiple is not None and not 1 <= self.channel_multiple <= 256:
+            raise UserError(f"{n('channel_multiple')} must be between 1 and 256, got {self.channel_multiple}; "
+                            "e.g. 8 for ONNX Runtime on x86, 1 for no rounding.")
+
+
+@dataclass
+class CompressResult:
+    """What a run produced: the report (None when it stopped early as asked) and where it is."""
+
     out: Path
-    state_dir: Path
-    t_start: float
-    groups: list
-    space: Any  # PlanSpace (plan/uniform searches)
-    device: Any = "cpu"  # where torch computes (importance, KD probes, scoring, distillation)
+    report: dict | None
+    stopped: bool
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None:
-    """The step-wise RL-Pruner search → (model, steps for the report, search info, reached)."""
-    from rlprune_edge.search.env import EnvConfig, PruneEnv, accuracy, tensors
-    from rlprune_edge.search.loop import SearchConfig, run_search
+def compress(config: CompressConfig, announce: Callable[[dict | None], None] | None = None) -> CompressResult:
+    """Run compress: everything is validated first (UserError, nothing written), then the run directory
+    is locked and written; it replaces an earlier run in ``config.out`` only when this run ends normally.
 
-    a = job.args
-    env = PruneEnv(job.dense, job.info, job.data, job.profile, job.backend, job.latency_model, job.dense_artifact,
-                   job.scratch, EnvConfig(val_size=a.val_size, step_kd_batches=a.step_kd_batches, seed=a.seed))
-    config = SearchConfig(step_ratio=a.step_ratio, candidates=a.candidates or 3, rounds=a.rounds or 2,
-                          max_steps=a.steps, seed=a.seed)
-    dense_fig = {"val_acc": env.evaluate(job.dense), "latency_ms": job.dense_ms,
-                 "flops": env.flops(job.dense), "params": env.params(job.dense)}
-    fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
-                   "reward": a.reward, "val_size": a.val_size, "step_kd": a.step_kd_batches,
-                   "channel_multiple": env.channel_multiple}
-    result = run_search(env, job.dense, job.target, job.weights, dense_fig, config, job.state_dir, resume=a.resume,
-                        fingerprint=fingerprint, progress=not a.quiet, log=_say, stop_after=a.stop_after)
-    if a.stop_after is not None and not result.reached and len(result.steps) >= a.stop_after:
-        _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {job.args.out}")
-        return None
-    if not result.steps:
-        raise UserError("the search made no step (nothing left to prune); check --profile's channel multiple.")
-    if not result.reached:
-        _say(f"warning: stopped after {len(result.steps)} steps without meeting {job.target.describe()}")
-    pareto_x, pareto_y = tensors(job.data.subset("test", a.pareto_test_size, seed=a.seed))
-    steps = []
-    for s in result.steps:
-        step_model = env.load_model(job.state_dir / s["model_file"])
-        steps.append({k: s[k] for k in ("step", "val_acc", "predicted_latency_ms", "measured_latency_ms",
-                                        "measured_ratio", "flops", "params", "sparsity", "reward",
-                                        "explored", "pd_reset", "step_s")}
-                     | {"test_acc": accuracy(step_model, pareto_x, pareto_y)})
-    info = {"method": "paper", "step_ratio": config.step_ratio, "candidates": config.candidates,
-            "rounds": config.rounds, "val_size": a.val_size, "channel_multiple": env.channel_multiple,
-            "search_s": result.wall_s, "dense_val_acc": result.dense["val_acc"]}
-    return result.model, steps, info, bool(result.reached)
+    `announce` (torchrun) is called once with the distillation job for the other ranks.
+    """
+    from rlprune_edge.rundir import RunDir
+
+    t_start = time.perf_counter()
+    config.check()
+    target = config.target()
+    run_dir = RunDir.open(config.out, resume=config.resume, name=config.name("out"))
+    try:
+        report = _run(config, target, run_dir, t_start, announce or (lambda _payload: None))
+    except BaseException:
+        run_dir.abandon()
+        raise
+    run_dir.commit()
+    return CompressResult(out=Path(config.out), report=report, stopped=report is None)
 
 
-def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] | None:
-    """The whole-plan search (or the uniform plan alone) → (model, steps, search info, reached)."""
-    from rlprune_edge.search.plan_search import PlanSearchConfig, run_plan_search
-    from rlprune_edge.search.proxy import PlanProxy, ProxyConfig
-    from rlprune_edge.search.reward import Baseline
+def _load(c: CompressConfig) -> tuple[Any, ...]:
+    """Profile, data, dense model (eval) and its info, model and data specs."""
+    import torch
 
-    a = job.args
-    t0 = time.perf_counter()
-    proxy = PlanProxy(job.dense, job.info, job.data, job.groups, job.profile, job.backend, job.latency_model,
-                      job.dense_artifact, job.scratch,
-                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed),
-                      device=job.device)
-    _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
-         f"{len(proxy.conf_y)} confirmation images")
-    config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else 64, per_round=a.per_round,
-                              screen_batches=a.screen_batches, probe_batches=a.probe_batches,
-                              probe_top=a.probe_top if a.probe_batches > 0 else 0, uniform_only=a.search == "uniform",
-                              seed=a.seed)
-    base = Baseline(job.dense_ms, float(proxy.flops(job.dense)), float(proxy.params(job.dense)))
-    fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
-                   "reward": a.reward, "select": a.select_size, "confirm": a.confirm_size,
-                   "min_keep": a.min_keep, "channel_multiple": job.space.multiple}
-    dense_keep = job.space.as_dict(job.space.full_keep())
-    result = run_plan_search(proxy, job.space, job.target, job.weights, base, dense_keep, config, job.state_dir,
-                             resume=a.resume, fingerprint=fingerprint, progress=not a.quiet, log=_say,
-                             stop_after=a.stop_after)
-    if result is None:
-        _say(f"stopped after {a.stop_after} rounds as asked; continue with --resume --out {a.out}")
-        return None
-    if result.reached is False:
-        _say(f"warning: the chosen plan still measures over {job.target.describe()} after "
-             f"{len(result.measurements)} measurements")
-    steps = [{"step": r["round"] + 1, "val_acc": r["best_acc"], "predicted_latency_ms": r["best_pred_ms"],
-              "measured_latency_ms": None, "flops": None, "params": None, "round_s": r["round_s"]}
-             for r in result.rounds]
-    dense_eval = proxy.evaluate(job.dense)
-    info = {"method": job.args.search, "candidates": config.candidates, "per_round": config.per_round,
-            "probe_top": config.probe_top, "probe_batches": a.probe_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
-            "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
-            "channel_multiple": job.space.multiple, "search_s": result.wall_s,
-            "dense_val_acc": dense_eval.acc, "distinct_plans": sum(1 for r in result.records if "duplicate_of" not in r),
-            "chosen": result.chosen, "uniform": result.uniform, "fallback_to_uniform": result.fallback_to_uniform,
-            "probes": result.probes, "measurements": result.measurements,
-            "followers": {job.space.names[f]: job.space.names[p] for f, p in job.space.followers.items()},
-            "plans": result.records}
-    return result.model, steps, info, result.reached
+    from rlprune_edge.checkpoint import ensure_default_model, load_checkpoint, resolve_model
+    from rlprune_edge.data import load_data
+    from rlprune_edge.profiles import load_profile
+
+    profile = load_profile(c.profile)
+    if c.channel_multiple is not None:
+        profile = replace(profile, pruning=replace(profile.pruning, channel_multiple=c.channel_multiple))
+    model_spec = c.model or str(ensure_default_model(progress=not c.quiet))
+    info_data = None
+    if Path(model_spec).is_file():
+        _, probe = load_checkpoint(model_spec)
+        info_data = (probe.meta or {}).get("data")
+    data_spec = c.data or info_data or "fashion-mnist"
+    data = load_data(data_spec, seed=c.seed)
+    torch.manual_seed(c.seed)  # a model *name* is built with random init: make it the same on resume
+    dense, info = resolve_model(model_spec, width=c.width, num_classes=data.num_classes, data=data)
+    if tuple(info.input_shape) != tuple(data.input_shape):
+        raise UserError(f"model {model_spec} takes inputs {tuple(info.input_shape)} but data {data_spec} gives "
+                        f"{tuple(data.input_shape)}; use a model trained on this dataset.")
+    return profile, data, dense.eval(), info, model_spec, data_spec
 
 
-def search_distil_report(job: CompressJob, announce: Callable[[dict | None], None]) -> int:
-    """Search, distil the winner from the dense model, export, measure, write the report (rank 0)."""
-    from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
-    from rlprune_edge.distill import DistillConfig, dist_env, distill
-    from rlprune_edge.export import export_onnx
-    from rlprune_edge.flops import count_flops, count_params
+def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,  # noqa: C901 - the flow, top to bottom
+         announce: Callable[[dict | None], None]) -> dict | None:
+    """Load, measure, check reachability, then the stages (into run_dir.work)."""
+    import torch
+
+    from rlprune_edge.compute import resolve_device
+    from rlprune_edge.graph import format_groups_table, prunable_groups
     from rlprune_edge.latency.artifacts import materialize
+    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.cache import get_or_fit
+    from rlprune_edge.search.env import low_ms
+    from rlprune_edge.search.loop import max_prune_keep
+    from rlprune_edge.search.plan import PlanSpace, follower_groups
+    from rlprune_edge.search.reward import weights_for
+    from rlprune_edge.stages import CompressJob, search_distil_report
+
+    if c.threads is not None:
+        torch.set_num_threads(c.threads)
+    device = resolve_device(c.device)
+    profile, data, dense, info, model_spec, data_spec = _load(c)
+    torch.manual_seed(c.seed)
+    example_inputs = torch.zeros(1, *info.input_shape)
+    backend = get_backend(profile)
+    weights = weights_for(c.reward, profile)
+    groups = prunable_groups(dense, example_inputs)
+    _say(f"compress: model {model_spec} ({info.model}, width {info.width}), data {data_spec}, "
+         f"profile {profile.name}, target {target.describe()}, reward {c.reward}")
+    _say("groups:\n" + format_groups_table(groups))
+    names = [g.name for g in groups]
+    ch0 = [int(g.channels) for g in groups]
+    prunable = [bool(g.prunable) for g in groups]
+    if not any(prunable):
+        raise UserError(f"model {model_spec} has no prunable channel group; nothing to compress.")
+    m = max(1, int(profile.pruning.channel_multiple))
+    total0 = sum(ch for ch, p in zip(ch0, prunable, strict=True) if p)
+    space = PlanSpace.build(names, ch0, prunable, m, min_fraction=c.min_keep,
+                            followers=follower_groups(dense, example_inputs, groups))
+    if c.search == "paper":
+        min_keep = max_prune_keep(ch0, prunable, m)
+        bound_text, bound_flag = f"every group cut to {m} channels", f"pass a smaller {c.name('channel_multiple')}"
+    else:
+        min_keep = space.floor_keep()
+        bound_text = f"every group cut to max({m} channels, {c.min_keep:g} of its width)"
+        bound_flag = f"lower {c.name('min_keep')} (or pass a smaller {c.name('channel_multiple')})"
+        if space.followers:
+            _say("followers (keep their producer's fraction): "
+                 + ", ".join(f"{names[f]} <- {names[p]}" for f, p in space.followers.items()))
+    floor = {n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p}
+    max_sparsity = 1.0 - sum(floor.values()) / total0
+    if target.kind == "sparsity" and target.value > max_sparsity + 1e-9:
+        raise UserError(f"{c.name('sparsity')} {target.value} is not reachable: with {bound_text} (profile "
+                        f"{profile.name}) at most {max_sparsity:.2f} can be removed; lower {c.name('sparsity')} "
+                        f"or {bound_flag}.")
+
+    scratch = Path(tempfile.mkdtemp(prefix="rlprune-compress-"))
+    try:
+        # what the profile's backend measures: an ONNX file, or the module itself (torch profiles)
+        shape, batch = tuple(info.input_shape), int(profile.input.batch)
+        dense_artifact = materialize(backend, dense, scratch / "dense.onnx", shape, batch)
+        dense_m = backend.measure(dense_artifact, warmup=profile.measure.warmup, runs=profile.measure.runs)
+        dense_ms = low_ms(dense_m)
+        _say(f"dense latency on {profile.name}: {dense_ms:.3f} ms (20th percentile; median "
+             f"{dense_m.median_ms:.3f} ms, p90 {dense_m.p90_ms:.3f} ms)")
+        t_fit = time.perf_counter()
+        latency_model = get_or_fit(dense, example_inputs, groups, backend, profile, n_variants=c.latency_variants,
+                                   seed=c.seed)
+        _say(f"latency model ready ({time.perf_counter() - t_fit:.0f}s)")
+        goal_ms = target.latency_goal_ms(dense_ms)
+        if goal_ms is not None:
+            _check_reachable(c, target, goal_ms, dense_ms, latency_model, floor,
+                             {n: ch for n, ch, p in zip(names, ch0, prunable, strict=True) if p},
+                             lambda: materialize(backend, _floor_model(dense, example_inputs, floor, groups),
+                                                 scratch / "tiny.onnx", shape, batch),
+                             backend, profile, dense_artifact, model_spec, bound_text, bound_flag)
+        else:
+            probe_keep, _ = space.size_to_channels(space.uniform_prefs(), int(round((1 - target.value) * total0)))
+            _say(f"sparsity {target.value} predicted latency "
+                 f"{float(latency_model.predict(space.as_dict(probe_keep))):.3f} ms (uniform plan)")
+
+        # --- validated: from here on we write into the run directory ----------------------------------
+        state_dir = run_dir.work / "search"
+        if run_dir.replaces:
+            _say(f"note: {run_dir.out} holds an earlier run; this run works beside it and replaces it only when "
+                 "it ends normally")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return search_distil_report(CompressJob(
+            args=c, target=target, data=data, data_spec=data_spec, dense=dense, info=info, model_spec=model_spec,
+            profile=profile, backend=backend, latency_model=latency_model, weights=weights,
+            dense_artifact=dense_artifact, dense_ms=dense_ms, scratch=scratch, out=run_dir.work, state_dir=state_dir,
+            t_start=t_start, groups=groups, space=space, device=device), announce)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _floor_model(dense: Any, example_inputs: Any, floor: dict[str, int], groups: list) -> Any:
+    from rlprune_edge.pruning import prune
+
+    return prune(dense, example_inputs, keep=floor, importance="l1", channel_multiple=1, groups=groups)
+
+
+def _check_reachable(c: CompressConfig, target: Any, goal_ms: float, dense_ms: float, latency_model: Any,
+                     floor: dict[str, int], full: dict[str, int], floor_artifact: Callable[[], Any], backend: Any,
+                     profile: Any, dense_artifact: Any, model_spec: str, bound_text: str, bound_flag: str) -> None:
+    """Refuse a target the dense model already meets, or one the smallest allowed model cannot reach
+    (predicted first; a predicted miss is measured for real before refusing)."""
+    if goal_ms >= dense_ms:
+        raise UserError(f"target {target.describe()} is not below the dense model's {dense_ms:.3f} ms on "
+                        f"{profile.name}: there is nothing to prune for it; give a smaller "
+                        f"{c.name('target_latency')} (e.g. 0.5x).")
+    # on this run's scale: the cached model may have been fitted in another machine state
+    scale = dense_ms / float(latency_model.predict(full))
+    floor_ms = scale * float(latency_model.predict(floor))
+    verdict = "reachable" if floor_ms <= goal_ms else "NOT reachable by prediction"
+    _say(f"target {goal_ms:.3f} ms; smallest allowed model ({bound_text}) "
+         f"predicted {floor_ms:.3f} ms ({floor_ms / dense_ms:.2f}x) -> {verdict}")
+    if floor_ms <= goal_ms:
+        return
     from rlprune_edge.latency.windows import robust_ratios
-    from rlprune_edge.report import plot_pareto, summary_lines, write_report
-    from rlprune_edge.search.env import accuracy, tensors
 
-    a, info, profile, out = job.args, job.info, job.profile, job.out
-    _, world = dist_env()
-    found = _paper_search(job) if a.search == "paper" else _plan_search(job)
-    if found is None:
-        return 0
-    model, steps, search_info, reached = found
-    model = model.cpu()
-    searched_path = job.state_dir / "searched.pt"
-    save_checkpoint(searched_path, model, info)
-    kd_lr = a.kd_lr if a.kd_lr is not None else DistillConfig.lr
-    # the other ranks (torchrun) wait for this, then distil together with this one
-    announce({"searched": str(searched_path), "model_spec": str(job.model_spec), "data_spec": job.data_spec,
-              "kd_lr": kd_lr, "device": a.device})
-    student, _ = load_checkpoint(searched_path)
-    torch.manual_seed(a.seed + 12345)
-    t_kd = time.perf_counter()
-    distill(student, job.dense, job.data, DistillConfig(epochs=a.kd_epochs, lr=kd_lr, limit=a.kd_images or None,
-                                                        seed=a.seed), progress=not a.quiet,
-            device=a.device if world > 1 else job.device)
-    kd_s = time.perf_counter() - t_kd
-
-    # --- final figures (the test split is used only here, after the search) -------------------------
-    student.eval()
-    test_x, test_y = tensors(job.data.subset("test", a.test_images, seed=a.seed) if a.test_images else job.data.test)
-    base_acc = accuracy(job.dense, test_x, test_y)
-    final_acc = accuracy(student, test_x, test_y)
-    final_info = replace(info, meta={**(info.meta or {}), "compressed_from": str(job.model_spec), "profile": profile.name,
-                                     "target": job.target.describe(), "test_acc": final_acc, "data": job.data_spec})
-    save_checkpoint(out / "model.pt", student, final_info)
-    export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-    final_art = materialize(job.backend, student, out / "model.onnx", tuple(info.input_shape), int(profile.input.batch))
-    ratios, base_ms, sessions = robust_ratios(job.backend, profile, job.dense_artifact, [final_art])
-    speed_ratio = ratios[0]
-    final_ms = speed_ratio * base_ms
-    # the spread of single runs (median, p90) of each model alone, for the record (ratios come from above)
-    spread = {name: job.backend.measure(path, warmup=int(profile.measure.warmup), runs=int(profile.measure.runs))
-              for name, path in (("base", job.dense_artifact), ("final", final_art))}
-    if job.target.kind == "ratio":
-        reached = speed_ratio <= job.target.value
-    elif job.target.kind == "ms":
-        reached = final_ms <= job.target.value
-    bundle = None
-    if not a.no_bundle:
-        try:
-            from rlprune_edge.export import export_bundle
-
-            manifest = export_bundle(student, final_info, profile, out / "bundle", precision=profile.runtime.precision,
-                                     data=job.data, measure=False, verify_images=200, test_limit=1000, log=None)
-            bundle = str(Path(a.out) / "bundle") if manifest is not None else None
-        except UserError as exc:
-            _say(f"warning: bundle not written: {exc}")
-    shape = tuple(info.input_shape)
-    report = {
-        "profile": profile.name,
-        "target": {"kind": job.target.kind, "value": job.target.value, "text": job.target.describe(),
-                   "goal_ms": job.target.latency_goal_ms(job.dense_ms)},
-        "reward": {"preset": a.reward, "latency": job.weights.latency, "flops": job.weights.flops,
-                   "params": job.weights.params},
-        "model": str(job.model_spec), "data": job.data_spec, "seed": a.seed,
-        "base": {"test_acc": base_acc, "latency_ms": base_ms, "median_ms": float(spread["base"].median_ms),
-                 "p90_ms": float(spread["base"].p90_ms), "flops": int(count_flops(job.dense, shape)),
-                 "params": int(count_params(job.dense)), "val_acc": search_info.get("dense_val_acc")},
-        "final": {"test_acc": final_acc, "latency_ms": final_ms, "median_ms": float(spread["final"].median_ms),
-                  "p90_ms": float(spread["final"].p90_ms), "flops": int(count_flops(student, shape)),
-                  "params": int(count_params(student))},
-        "measured_speedup": 1.0 / speed_ratio if speed_ratio > 0 else None,
-        "measured_ratio": speed_ratio,
-        "latency_statistic": f"median over {len(sessions)} sessions of the median over windows of the per-window "
-                             "ratio of interleaved block medians (dense and model in the same windows)",
-        "session_ratios": [s[0] for s in sessions],
-        "reached": reached,
-        "steps": steps,
-        "search": search_info,
-        "distill": {"epochs": a.kd_epochs, "images_per_epoch": a.kd_images, "lr": kd_lr, "kd_s": kd_s,
-                    "processes": world},
-        "bundle": bundle,
-        "wall_s": time.perf_counter() - job.t_start,
-    }
-    write_report(out, report)
-    plot_pareto(out / "pareto.png", steps, report["base"], report["final"],
-                title=f"{info.model} w{info.width} on {profile.name}, {a.search} search, reward {a.reward}")
-    print("\n".join(summary_lines(report)))
-    if search_info.get("method") in ("plan", "uniform"):
-        c, u = search_info["chosen"], search_info["uniform"]
-        print(f"search: {'uniform plan kept' if search_info['fallback_to_uniform'] else 'searched plan chosen'}; "
-              f"proxy accuracy chosen {100 * c['proxy_acc']:.2f}% vs uniform {100 * u['proxy_acc']:.2f}% "
-              f"({search_info['distinct_plans']} distinct plans, {search_info['search_s']:.0f}s)")
-    shown = Path(a.out)  # where the files are once the run directory is committed (out may be its temp sibling)
-    print(f"wrote {shown / 'model.pt'}, {shown / 'model.onnx'}, {shown / 'report.json'}, {shown / 'pareto.png'}"
-          + (f", {bundle}" if bundle else ""))
-    return 0
+    (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_artifact, [floor_artifact()])
+    tiny_ms = tiny_ratio * window_dense_ms
+    reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
+    _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")
+    if not reach and tiny_ratio > FLAT_FLOOR_RATIO:
+        raise TargetUnreachable(
+            f"pruning cannot make {model_spec} faster on {profile.name}: the dense model measures "
+            f"{window_dense_ms:.3f} ms and the smallest allowed model ({bound_text}) {tiny_ms:.3f} ms "
+            f"({tiny_ratio:.2f}x) in the same windows, so the time is in launch/runtime overhead, not in "
+            f"the layers; raise [input] batch, time CUDA graph replay (cuda_graphs = true on torch "
+            f"profiles) or use another runtime (TensorRT, ONNX Runtime).", floor_ratio=float(tiny_ratio))
+    if not reach:
+        raise TargetUnreachable(
+            f"target {target.describe()} is not reachable for {model_spec} on {profile.name}: even with "
+            f"{bound_text} it measures {tiny_ms:.3f} ms against the dense model's {window_dense_ms:.3f} ms "
+            f"in the same windows ({tiny_ratio:.2f}x); choose a looser {c.name('target_latency')} or {bound_flag}.",
+            floor_ratio=float(tiny_ratio))

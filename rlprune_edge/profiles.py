@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TORCH_DEVICES = ("cpu", "cuda")
 CONNECTION_KINDS = ("local", "ssh")
 DEFAULT_LATENCY_COEFF = 1.0  # c_L when a profile gives none
-REFUSED_SSH_OPTIONS = ("stricthostkeychecking=no", "userknownhostsfile=/dev/null")
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,8 @@ def parse_profile(data: dict[str, Any], file: str, path: Path | None = None) -> 
         )
     built = {sec: _build_section(file, sec, data[sec], cls) for sec, cls in _SECTIONS.items() if sec in data}
     profile = Profile(name=name, description=description, path=path, **built)
+    _check_numbers(file, profile)
+    _check_remote_python(file, profile)
     _check_consistency(file, profile)
     return profile
 
@@ -289,17 +292,65 @@ def _check_consistency(file: str, p: Profile) -> None:
             f"{file}: [connection] destination is required when kind = \"ssh\"; "
             "set it to an alias from ~/.ssh/config or user@host."
         )
-    for opt in c.ssh_options:
-        norm = opt.replace(" ", "").lower()
-        if any(norm == refused or norm.endswith(refused) for refused in REFUSED_SSH_OPTIONS):
-            raise UserError(
-                f"{file}: [connection] ssh_options contains {opt!r}, which disables host-key checking; "
-                "remove it and add the board's key with `ssh-keyscan` or a first manual `ssh` instead."
-            )
-        if "=" not in opt:
-            raise UserError(f"{file}: [connection] ssh_options entries must be Key=Value, got {opt!r}.")
+    _check_ssh_connection(file, c)
     if p.runtime.name == "tensorrt" and p.runtime.precision not in ("fp32", "fp16", "int8"):
         raise UserError(f"{file}: [runtime] precision {p.runtime.precision!r} is not supported by tensorrt.")
+
+
+# [reward] weights are coefficients of reward terms: a negative one would reward the slower model
+_AT_LEAST_ZERO_FLOATS = {("reward", "latency"), ("reward", "flops"), ("reward", "params")}
+# characters that make a shell do something other than run a program with arguments
+_SHELL_METACHARACTERS = set(";&|<>`$()")
+
+
+def _check_numbers(file: str, p: Profile) -> None:
+    """Every float key is finite (nan/inf would poison every reward or timeout); reward weights >= 0."""
+    for section in _SECTIONS:
+        spec = getattr(p, section)
+        for f in dataclasses.fields(spec):
+            value = getattr(spec, f.name)
+            if not isinstance(value, float):
+                continue
+            where = _where(file, section, f.name)
+            if not math.isfinite(value):
+                raise UserError(f"{where} must be a finite number, got {value!r}; fix the profile.")
+            if (section, f.name) in _AT_LEAST_ZERO_FLOATS and value < 0:
+                raise UserError(f"{where} must be >= 0, got {value!r}; fix the profile.")
+
+
+def _check_remote_python(file: str, p: Profile) -> None:
+    """[connection] python: plain words (a program and its arguments), never shell code."""
+    where = _where(file, "connection", "python")
+    text = p.connection.python
+    bad = sorted({ch for ch in text if ch in _SHELL_METACHARACTERS or ord(ch) < 32 or ord(ch) == 127})
+    if bad:
+        raise UserError(
+            f"{where} = {text!r} contains the shell character(s) {' '.join(repr(c) for c in bad)}; "
+            'give only the program and its arguments, e.g. "python3" or "~/venv/bin/python -I".'
+        )
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise UserError(
+            f"{where} = {text!r} cannot be split into words ({exc}); balance its quotes or remove them, "
+            'e.g. "python3" or "~/venv/bin/python -I".'
+        ) from None
+    if not words:
+        raise UserError(f'{where} is empty; set it to the board\'s python (e.g. "python3").')
+
+
+def _check_ssh_connection(file: str, c: ConnectionSpec) -> None:
+    """[connection] destination and ssh_options: only what cannot run code or weaken host-key checks.
+
+    The allow-list and the refusals live in :mod:`rlprune_edge.sshopts` (the ssh transport checks
+    a Profile built in code the same way).
+    """
+    from rlprune_edge.sshopts import check_ssh_destination, check_ssh_options
+
+    where = f"{file}: [connection]"
+    if c.destination:
+        check_ssh_destination(c.destination, where)
+    check_ssh_options(c.ssh_options, where)
 
 
 def _load_file(path: Path) -> Profile:
@@ -309,6 +360,11 @@ def _load_file(path: Path) -> Profile:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{shown}: not valid TOML ({exc}); fix the syntax.") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{shown}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "a profile must be UTF-8 TOML, so re-save it as UTF-8."
+        ) from None
     except OSError as exc:
         raise UserError(f"{shown}: cannot read the profile ({exc.strerror}).") from None
     return parse_profile(data, shown, path.resolve())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.fsutil import make_temp_dir, remove_stale_temps
 
 MARKER = ".rlprune-edge-run"
 LOCK = ".lock"
@@ -49,35 +49,37 @@ class RunDir:
     _lock: IO[Any] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, out: str | os.PathLike, *, resume: bool) -> RunDir:
-        """Validate `out` for a run (resume or not) and lock it; raise UserError when it cannot be used."""
+    def open(cls, out: str | os.PathLike, *, resume: bool, name: str = "output directory") -> RunDir:
+        """Validate `out` for a run (resume or not) and lock it; raise UserError when it cannot be used.
+
+        `name` is how messages call `out` (the command passes ``--out``)."""
         out = Path(out)
         if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} exists and is not a directory; choose a directory path.")
+            raise UserError(f"{name} {out} exists and is not a directory; choose a directory path.")
         created = not out.exists()
         if not created:
             if not os.access(out, os.W_OK | os.X_OK):
-                raise UserError(f"--out {out} is not writable; choose a directory you can write to.")
+                raise UserError(f"{name} {out} is not writable; choose a directory you can write to.")
             foreign = _entries(out)
             if foreign and not is_run_dir(out):
-                raise UserError(f"--out {out} is not empty and is not a compress run directory (it holds "
+                raise UserError(f"{name} {out} is not empty and is not a compress run directory (it holds "
                                 f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); give a new or empty "
-                                "directory, or --resume with a run directory of ours.")
+                                "directory, or resume a run directory of ours.")
         else:
             parent = out.parent if str(out.parent) else Path(".")
             if not parent.is_dir():
-                raise UserError(f"the parent directory {parent} of --out does not exist; create it first.")
+                raise UserError(f"the parent directory {parent} of {name} does not exist; create it first.")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"cannot create --out {out}: {parent} is not writable; choose another path.")
+                raise UserError(f"cannot create {name} {out}: {parent} is not writable; choose another path.")
         try:
             out.mkdir(exist_ok=True)
         except OSError as exc:
-            raise UserError(f"cannot create --out {out} ({exc.strerror}); choose another path.") from None
+            raise UserError(f"cannot create {name} {out} ({exc.strerror}); choose another path.") from None
         run = cls(out=out, work=out, replaces=False, created=created)
         run._acquire()
+        remove_stale_temps(out.parent, out.name)  # what a killed earlier run left beside OUT
         if not resume and is_run_dir(out) and _entries(out):
-            run.work = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            run.work.mkdir()
+            run.work = make_temp_dir(out.parent, out.name)
             run.replaces = True
         run._mark(run.work)
         return run
@@ -92,8 +94,8 @@ class RunDir:
             fh.seek(0)
             holder = fh.read().strip()
             fh.close()
-            raise UserError(f"--out {self.out} is in use by another compress run{f' ({holder})' if holder else ''}; "
-                            "wait for it to finish or choose another --out.") from None
+            raise UserError(f"{self.out} is in use by another compress run{f' ({holder})' if holder else ''}; "
+                            "wait for it to finish or choose another output directory.") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -108,7 +110,8 @@ class RunDir:
     def commit(self) -> None:
         """The run ended normally: a temporary work directory replaces `out` (old contents removed)."""
         if self.replaces:
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            old = make_temp_dir(self.out.parent, self.out.name, "old")
+            old.rmdir()  # only its unique name is needed: OUT moves there
             os.replace(self.out, old)
             os.replace(self.work, self.out)
             self.work = self.out

@@ -74,13 +74,13 @@ def test_foreign_non_empty_out_is_refused_untouched(tmp_path, prof, capsys):
 def test_failed_fresh_run_leaves_the_old_run_intact(tmp_path, prof, monkeypatch):
     out = tmp_path / "run"
     before = _old_run(out)
-    import rlprune_edge.pipeline as pipeline
+    import rlprune_edge.stages as stages
 
     def interrupted(job, announce):
         (job.state_dir / "state.json").write_text("half-written new state")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "search_distil_report", interrupted)
+    monkeypatch.setattr(stages, "search_distil_report", interrupted)
     assert main(["compress", *TINY, "--profile", prof, "--sparsity", "0.3", "--seed", "1", "--out", str(out)]) == 130
     assert _same(out, before) and _siblings(tmp_path, "run") == []
 
@@ -161,7 +161,7 @@ def test_search_progress_is_measured_against_the_goal():
 
     lat = Target.parse_latency("0.5x")
     seq = [_progress(lat, r, 0.0, 0.5, 1.0) for r in (1.0, 0.9, 0.75, 0.6, 0.5, 0.4)]
-    assert seq[0] == 0.0 and seq[2] == pytest.approx(0.5) and all(a <= b for a, b in zip(seq, seq[1:]))
+    assert seq[0] == 0.0 and seq[2] == pytest.approx(0.5) and all(a <= b for a, b in zip(seq, seq[1:], strict=False))
     assert max(seq) == 0.99  # 100% is shown only once the loop says the target is met
     sp = Target.sparsity(0.4)
     assert _progress(sp, 0.7, 0.2, None, 1.0) == pytest.approx(0.5)

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--verify-images", type=int, default=500, help="validation images for the check (default 500)")
     p.add_argument("--calib-images", type=int, default=300, help="training images for INT8 calibration (default 300)")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17..20 with this torch, default 17)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=run)
     return p
@@ -46,32 +46,38 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from rlprune_edge.checkpoint import load_checkpoint
-    from rlprune_edge.export import export_bundle
+    from rlprune_edge.export import check_opset, check_out_dir, export_bundle
     from rlprune_edge.profiles import load_profile
 
-    for flag, value, low in (("--verify-images", args.verify_images, 1), ("--calib-images", args.calib_images, 1),
-                             ("--opset", args.opset, 17)):
+    for flag, value, low in (("--verify-images", args.verify_images, 1), ("--calib-images", args.calib_images, 1)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}.")
     if args.test_limit is not None and args.test_limit < 1:
         raise UserError(f"--test-limit must be >= 1, got {args.test_limit}.")
+    check_opset(args.opset)
+    check_out_dir(args.out)  # before the checkpoint, the data and the export: fail in a second, not minutes
     profile = load_profile(args.profile)
     model, info = load_checkpoint(args.checkpoint)
-    manifest = export_bundle(
-        model,
-        info,
-        profile,
-        args.out,
-        precision=args.precision or profile.runtime.precision,
-        data=args.data,
-        dynamic_batch=args.dynamic_batch,
-        measure=not args.no_measure,
-        verify_images=args.verify_images,
-        calib_images=args.calib_images,
-        test_limit=args.test_limit,
-        opset=args.opset,
-        log=lambda msg: print(f"export: {msg}", file=sys.stderr),
-    )
+    try:
+        manifest = export_bundle(
+            model,
+            info,
+            profile,
+            args.out,
+            precision=args.precision or profile.runtime.precision,
+            data=args.data,
+            dynamic_batch=args.dynamic_batch,
+            measure=not args.no_measure,
+            verify_images=args.verify_images,
+            calib_images=args.calib_images,
+            test_limit=args.test_limit,
+            opset=args.opset,
+            log=lambda msg: print(f"export: {msg}", file=sys.stderr),
+        )
+    except OSError as exc:  # export_bundle names its own write failures; anything else still gets a sentence
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise UserError(f"export to --out {args.out} failed: {exc.strerror or exc}{where}; "
+                        "check that the output location is writable and has free space.") from None
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0

@@ -67,17 +67,21 @@ def run(args: argparse.Namespace) -> int:
     """Print the summary to stdout."""
     import torch
 
-    from rlprune_edge.checkpoint import ensure_default_model, resolve_model
+    from rlprune_edge.checkpoint import MAX_CLASSES, check_width, ensure_default_model, resolve_model
     from rlprune_edge.flops import count_flops, count_params
 
-    if not (math.isfinite(args.width) and args.width > 0):
-        raise UserError(f"--width must be a positive number, got {args.width}; use e.g. --width 0.25.")
-    if args.num_classes is not None and args.num_classes < 1:
-        raise UserError(f"--num-classes must be at least 1, got {args.num_classes}.")
+    check_width(args.width)
+    if args.num_classes is not None and not 1 <= args.num_classes <= MAX_CLASSES:
+        raise UserError(f"--num-classes must be an integer in 1..{MAX_CLASSES}, got {args.num_classes}.")
     spec = args.model if args.model is not None else str(ensure_default_model())
     model, info = resolve_model(spec, width=args.width, num_classes=args.num_classes)
     shape = tuple(info.input_shape)
-    macs = count_flops(model, shape)
+    try:
+        macs = count_flops(model, shape)
+    except (RuntimeError, ValueError) as exc:  # e.g. a header whose input shape is too small for the network
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{spec}: the model does not run on its recorded input shape {list(shape)} ({first}); "
+                        "the checkpoint header is inconsistent, re-create it with `rlprune-edge train`.") from None
     params = count_params(model)
     print(f"model:        {info.model} (width {info.width:g}){' [pruned]' if info.layer_shapes else ''}")
     print(f"source:       {spec}")
@@ -85,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters:   {params:,} ({_fmt(params)})")
     print(f"MACs/image:   {macs:,} ({_fmt(macs)})")
     for key in ("test_acc", "val_acc"):
-        if key in info.meta:
-            print(f"{key}:{' ' * (13 - len(key))}{float(info.meta[key]):.4f}")
+        value = info.meta.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            print(f"{key}:{' ' * (13 - len(key))}{float(value):.4f}")
     if "data" in info.meta:
         print(f"trained on:   {info.meta['data']} for {info.meta.get('epochs', '?')} epochs")
     rows = layer_table(model, shape)

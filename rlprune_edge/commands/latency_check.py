@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rlprune_edge.errors import UserError
@@ -27,10 +29,29 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _check_json_out(out: Path) -> Path:
+    """--json must name a file that can be created, checked before minutes of measuring."""
+    if not out.parent.exists() and str(out.parent):
+        raise UserError(f"directory {out.parent} for --json does not exist; create it first.")
+    if out.is_dir():
+        raise UserError(f"--json {out} is a directory; give a file name such as {out / 'latency-check.json'}.")
+    if out.exists() and not out.is_file():
+        raise UserError(f"--json {out} exists and is not a regular file; give a file path.")
+    if not out.parent.is_dir():
+        raise UserError(f"--json {out}: {out.parent} is not a directory; give a path inside a directory.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write --json {out}: {exc.strerror or exc}; choose a writable location.") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from rlprune_edge.checkpoint import resolve_model
+    from rlprune_edge.checkpoint import check_width, resolve_model
     from rlprune_edge.graph import prunable_groups
     from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.latency.cache import get_or_fit, model_path
@@ -39,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.variants < 1 or args.fit_variants < 2:
         raise UserError("--variants must be >= 1 and --fit-variants >= 2.")
-    if not args.width > 0:
-        raise UserError(f"--width must be positive, got {args.width}.")
-    out = Path(args.json_out)
-    if not out.parent.exists() and str(out.parent):
-        raise UserError(f"directory {out.parent} for --json does not exist; create it first.")
+    check_width(args.width)
+    if args.runs is not None and args.runs < 1:
+        raise UserError(f"--runs must be at least 1, got {args.runs}; leave it out to use min(profile, 100).")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}.")
+    out = _check_json_out(Path(args.json_out))
     profile = load_profile(args.profile)
     backend = get_backend(profile)
     model, info = resolve_model(args.model, width=args.width)
@@ -60,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     result = check_model(lm, model, example, groups, backend, profile, args.variants, seed=args.seed + 1000,
                          runs=args.runs, progress=progress)
     result.update(model=args.model, width=args.width, latency_model=str(model_path(profile, lm.arch_hash)))
-    atomic_write_json(out, result, indent=1)
+    try:
+        atomic_write_json(out, result, indent=1)
+    except OSError as exc:
+        raise UserError(f"cannot write --json {out}: {exc.strerror or exc}; choose a writable file path "
+                        "(the measurements were not saved).") from None
     print(f"{args.model} on {profile.name}: median |rel error| {result['median_abs_rel_error']:.1%}, "
           f"p90 {result['p90_abs_rel_error']:.1%} over {args.variants} variants -> {out}")
     return 0

@@ -8,6 +8,9 @@ import time
 
 from rlprune_edge.errors import UserError
 
+MAX_SEED = 2**31 - 1  # as `compress --seed`; the data loaders derive per-pass seeds that must fit int64
+MAX_THREADS = 1024
+
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `train` parser."""
@@ -37,26 +40,29 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, train, evaluate on test once, save atomically, print the test accuracy."""
-    from rlprune_edge.checkpoint import ModelInfo, check_writable, save_checkpoint
+    from rlprune_edge.checkpoint import ModelInfo, check_width, check_writable, save_checkpoint
     from rlprune_edge.data import load_data
     from rlprune_edge.models import build_model, is_model_name, model_input_shape
     from rlprune_edge.train import evaluate, train_model
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}.")
-    if not (math.isfinite(args.width) and args.width > 0):
-        raise UserError(f"--width must be a positive number, got {args.width}; use e.g. --width 0.25.")
+    check_width(args.width)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UserError(f"--lr must be a positive number, got {args.lr}.")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UserError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}; use e.g. 5e-4.")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed must be an integer in 0..{MAX_SEED}, got {args.seed}.")
     if args.limit is not None and args.limit < 2:
         raise UserError(f"--limit must be at least 2, got {args.limit}.")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be an integer in 1..{MAX_THREADS}, got {args.threads}.")
     import torch
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}.")
         torch.set_num_threads(args.threads)
     if not is_model_name(args.model):
         build_model(args.model, args.width)  # raises UserError listing the valid names, before data loads

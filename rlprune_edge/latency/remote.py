@@ -2,8 +2,11 @@
 
 Users' ``~/.ssh/config``, keys, agents and jump hosts work because the plain ``ssh`` binary does
 the connecting (``RLPRUNE_EDGE_SSH_CONFIG`` names an alternative config file, passed as ``ssh -F``).
-Host keys are always verified: ``BatchMode=yes`` never prompts, and options that disable checking
-are refused. The self-contained runner folder (``rlprune_edge/board``) and each model are copied
+Host keys are always verified: ``BatchMode=yes`` never prompts, and a profile's ``ssh_options`` are
+limited to an allow-list of harmless options (:mod:`rlprune_edge.sshopts`), each its own ``-o``.
+When ssh itself fails, its own reason (bad host name, unknown host, refused, timed out, no route,
+host key, authentication) is passed on with the ``ssh -p PORT -i KEY HOST`` command to try by hand.
+The self-contained runner folder (``rlprune_edge/board``) and each model are copied
 content-addressed under the profile's work dir::
 
     <work_dir>/runner-<hash of the runner files>/runner.py ...
@@ -34,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlprune_edge import sshopts
 from rlprune_edge.errors import DeviceError, UserError
 from rlprune_edge.fsutil import atomic_write_bytes
 
@@ -51,20 +55,40 @@ RECEIVE_MARK = "RLPRUNE_EDGE_RECEIVE_FAILED"
 BOARD_BLOB_BYTES = 2 << 30  # bytes of models kept on the board (least recently sent or used go first)
 BOARD_TIMEOUT_EXIT = 124  # coreutils `timeout` on the board stopped the runner
 RUNTIME_MISSING_EXIT = 3  # runner.py: {"error": "missing_runtime", "package": ...}
-_REFUSED_OPTIONS = {"stricthostkeychecking": {"no", "off", "false"}, "userknownhostsfile": {"/dev/null"}}
-_UNREACHABLE = (
-    "connection refused",
-    "connection timed out",
-    "operation timed out",
-    "no route to host",
-    "network is unreachable",
-    "could not resolve hostname",
-    "name or service not known",
-    "temporary failure in name resolution",
+# ssh's own reasons for failing, as (kind, lower-case phrases of its stderr); the first match wins.
+# All but "handshake" and "dropped" are deterministic: retrying cannot help, so they are not retried.
+SSH_FAILURES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("bad_hostname", ("hostname contains invalid characters",)),
+    ("host_key", ("host key verification failed", "remote host identification has changed", "no ed25519 host key")),
+    ("auth", ("permission denied (", "too many authentication failures")),
+    (
+        "resolve",
+        (
+            "could not resolve hostname",
+            "name or service not known",
+            "temporary failure in name resolution",
+            "nodename nor servname",
+        ),
+    ),
+    ("refused", ("connection refused",)),
+    ("timeout", ("connection timed out", "operation timed out")),
+    ("no_route", ("no route to host", "network is unreachable", "host is unreachable")),
+    ("handshake", ("kex_exchange_identification", "banner exchange", "ssh_exchange_identification")),
+    (
+        "dropped",
+        (
+            "closed by remote host",
+            "connection reset",
+            "broken pipe",
+            "server not responding",
+            "client_loop",
+            "packet_write_wait",
+            "connection closed by",
+        ),
+    ),
 )
+_RETRYABLE_KINDS = ("handshake", "dropped", "unknown")
 _NO_MODULE = re.compile(r"No module named '([\w.]+)'")
-_HOST_KEY = ("host key verification failed", "remote host identification has changed", "no ed25519 host key")
-_AUTH = ("permission denied", "too many authentication failures")
 
 # Runs on the board with the remote python before the runner when something is missing: read a tar
 # stream from stdin into a temp dir under the work dir, verify each file's sha256, then publish
@@ -213,37 +237,32 @@ def remote_command_expr(command: str) -> str:
     return " ".join([first, *(shlex.quote(w) for w in words[1:])])
 
 
-def check_ssh_options(options: Sequence[str]) -> list[str]:
-    """Validate extra ``-o Key=Value`` options; refuse those that disable host-key checking."""
-    out: list[str] = []
-    for opt in options:
-        key, sep, value = opt.partition("=")
-        if not sep:
-            key, _, value = opt.strip().partition(" ")
-        key, value = key.strip(), value.strip().strip('"')
-        if not key or not key.isalnum() or not value:
-            raise UserError(
-                f'[connection] ssh_options entry {opt!r} is not Key=Value; write e.g. "ServerAliveInterval=15".'
-            )
-        if value.lower() in _REFUSED_OPTIONS.get(key.lower(), set()):
-            raise UserError(
-                f"[connection] ssh_options {opt!r} would disable host-key checking, which rlprune-edge refuses; "
-                "add the board's key to known_hosts with a first manual `ssh` instead."
-            )
-        out.append(f"{key}={value}")
-    return out
+def check_ssh_options(options: Sequence[str], where: str = "[connection]") -> list[str]:
+    """Validate extra ``-o Key=Value`` options against the allow-list (:mod:`rlprune_edge.sshopts`)."""
+    return sshopts.check_ssh_options(options, where)
+
+
+def classify_ssh_stderr(stderr: str) -> tuple[str, str]:
+    """(kind, ssh's own line) for what ssh printed when it exited 255.
+
+    kind is one of :data:`SSH_FAILURES`' kinds (``bad_hostname``, ``host_key``, ``auth``,
+    ``resolve``, ``refused``, ``timeout``, ``no_route``, ``handshake``, ``dropped``) or ``unknown``;
+    the line is the stderr line that matched (for ``unknown``: the last lines, possibly empty).
+    """
+    lines = [ln.strip().strip("@").strip() for ln in stderr.splitlines()]  # "@ WARNING: ... @" banners
+    lines = [ln for ln in lines if ln]
+    for kind, phrases in SSH_FAILURES:
+        for ln in lines:
+            low = ln.lower()
+            if any(s in low for s in phrases):
+                return kind, ln
+    return "unknown", _tail(stderr, 2)
 
 
 def _classify(stderr: str) -> str | None:
-    """'unreachable', 'host_key', 'auth' for ssh's own deterministic failures, else None."""
-    low = stderr.lower()
-    if any(s in low for s in _HOST_KEY):
-        return "host_key"
-    if any(s in low for s in _AUTH):
-        return "auth"
-    if any(s in low for s in _UNREACHABLE):
-        return "unreachable"
-    return None
+    """The kind of ssh's own deterministic failure (not worth a retry), else None."""
+    kind, _ = classify_ssh_stderr(stderr)
+    return None if kind in _RETRYABLE_KINDS else kind
 
 
 def _tail(text: str, n: int = 6) -> str:
@@ -268,7 +287,9 @@ class RemoteBackend:
             )
         self.profile = profile
         self.name = f"{profile.runtime.name}@ssh"
-        self.ssh_options = check_ssh_options(conn.ssh_options)
+        where = f"profile {profile.name!r}: [connection]"
+        sshopts.check_ssh_destination(conn.destination, where)
+        self.ssh_options = check_ssh_options(conn.ssh_options, where)
         cfg = ssh_config if ssh_config is not None else os.environ.get(SSH_CONFIG_ENV, "")
         self.ssh_config = Path(cfg).expanduser() if cfg else None
         if self.ssh_config is not None and not self.ssh_config.is_file():
@@ -334,26 +355,65 @@ class RemoteBackend:
         self.attempts.append((step, result.rc))
         return result
 
-    def _connection_error(self, res: SshResult, step: str) -> DeviceError | None:
-        """A DeviceError for ssh's own deterministic failures (no retry), else None."""
-        kind = _classify(res.stderr) if res.rc == 255 else None
+    def manual_command(self, program: str = "ssh") -> str:
+        """The command a user can paste to reach the board by hand (port, key, config and options included)."""
         conn = self.profile.connection
-        if kind == "unreachable":
+        words = [program]
+        if self.ssh_config is not None:
+            words += ["-F", str(self.ssh_config)]
+        if conn.port:
+            words += ["-p", str(conn.port)]
+        if conn.identity_file:
+            words += ["-i", str(Path(conn.identity_file).expanduser())]
+        for opt in self.ssh_options:
+            words += ["-o", opt]
+        words.append(conn.destination)
+        return shlex.join(words)
+
+    def _connection_error(self, res: SshResult, step: str) -> DeviceError | None:
+        """A DeviceError passing on ssh's own reason for a deterministic failure (no retry), else None."""
+        if res.rc != 255:
+            return None
+        kind, said = classify_ssh_stderr(res.stderr)
+        conn = self.profile.connection
+        cannot = f"host {self.host}: cannot connect (step 'connect'): ssh says \"{said}\""
+        by_hand = f"then try `{self.manual_command()}` by hand"
+        if kind == "bad_hostname":
             return DeviceError(
-                f"host {self.host}: cannot connect (step 'connect': {_tail(res.stderr, 2)}); check that the board "
-                f"is powered and on the network, the destination/port in the profile, and `ssh {conn.destination}` "
-                f"by hand (connect timeout {conn.connect_timeout_s:g} s)."
+                f"{cannot}; fix [connection] destination in the profile (an alias from ~/.ssh/config or "
+                f"user@host, with letters, digits, '.' and '-' in the host name), {by_hand}."
+            )
+        if kind == "resolve":
+            return DeviceError(
+                f"{cannot}; check the spelling of [connection] destination (or its Host alias in ~/.ssh/config) "
+                f"and that this machine's DNS knows the board, {by_hand}."
+            )
+        if kind == "refused":
+            return DeviceError(
+                f"{cannot}; the board answered but nothing accepts ssh on that port: check that sshd runs on "
+                f"the board and the port in the profile, {by_hand}."
+            )
+        if kind == "timeout":
+            return DeviceError(
+                f"{cannot} (connect timeout {conn.connect_timeout_s:g} s); check that the board is powered and on "
+                f"the network and the destination/port in the profile, {by_hand}."
+            )
+        if kind == "no_route":
+            return DeviceError(
+                f"{cannot}; check that the board is powered and on the same network (or VPN) as this machine "
+                f"and its address, {by_hand}."
             )
         if kind == "host_key":
             return DeviceError(
-                f"host {self.host}: the board's host key is not in known_hosts or has changed (step 'connect'); "
-                f"run `ssh {conn.destination}` once by hand, verify the fingerprint and accept it — "
-                "rlprune-edge never disables host-key checking."
+                f"host {self.host}: the board's host key is not in known_hosts or has changed (step 'connect': "
+                f"ssh says \"{said}\"); run `{self.manual_command()}` once by hand, verify the fingerprint and "
+                "accept it — rlprune-edge never disables host-key checking."
             )
         if kind == "auth":
             return DeviceError(
-                f"host {self.host}: ssh authentication failed (step 'connect'); install your key on the board "
-                f"(`ssh-copy-id {conn.destination}`), set identity_file in the profile or load it into ssh-agent."
+                f"host {self.host}: ssh authentication failed (step 'connect': ssh says \"{said}\"); install your "
+                f"key on the board (`{self.manual_command('ssh-copy-id')}`), set identity_file in the profile "
+                "or load it into ssh-agent."
             )
         return None
 
@@ -363,7 +423,17 @@ class RemoteBackend:
             return err
         detail = _tail(res.stderr) or _tail(res.stdout.decode(errors="replace")) or "no output"
         if res.rc == 255:
-            hint = "the connection dropped; check the board's network and power supply"
+            kind, said = classify_ssh_stderr(res.stderr)
+            if kind == "dropped":
+                hint = "the connection dropped mid-session; check the board's network and power supply"
+            elif kind == "handshake":
+                hint = (
+                    f"the connection closed during the SSH handshake (ssh says \"{said}\"): check that the port "
+                    f"is the board's ssh port and that its sshd is not overloaded, then try "
+                    f"`{self.manual_command()}` by hand"
+                )
+            else:
+                hint = f"ssh gave no known reason; run `{self.manual_command()}` by hand to see why"
         elif res.rc >= 128:
             hint = f"the remote process was killed by signal {res.rc - 128}; check the board's memory (dmesg) and temperature"
         else:

@@ -41,29 +41,29 @@ class Target:
     value: float
 
     @classmethod
-    def parse_latency(cls, text: str) -> Target:
-        """`0.5x` / `0.5` → ratio of dense latency; `3ms` → absolute milliseconds."""
+    def parse_latency(cls, text: str, name: str = "target latency") -> Target:
+        """`0.5x` / `0.5` → ratio of dense latency; `3ms` → absolute milliseconds (`name` labels errors)."""
         t = str(text).strip().lower()
         m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(x|ms)?", t)
         if not m:
             raise UserError(
-                f"--target-latency {text!r} is not understood; write a fraction of the dense latency "
+                f"{name} {text!r} is not understood; write a fraction of the dense latency "
                 "like 0.5x or an absolute time like 3ms."
             )
         value, unit = float(m.group(1)), m.group(2) or "x"
         if unit == "x":
             if not 0.0 < value < 1.0:
-                raise UserError(f"--target-latency {text!r} must be a fraction in (0, 1) of the dense latency, e.g. 0.5x.")
+                raise UserError(f"{name} {text!r} must be a fraction in (0, 1) of the dense latency, e.g. 0.5x.")
             return cls("ratio", value)
-        if value <= 0:
-            raise UserError(f"--target-latency {text!r} must be a positive time, e.g. 3ms.")
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{name} {text!r} must be a positive time, e.g. 3ms.")
         return cls("ms", value)
 
     @classmethod
-    def sparsity(cls, value: float) -> Target:
+    def sparsity(cls, value: float, name: str = "sparsity") -> Target:
         """Fraction of prunable channels to remove, in (0, 1)."""
         if not 0.0 < float(value) < 1.0:
-            raise UserError(f"--sparsity {value} is outside (0, 1); give the fraction of prunable channels to remove, e.g. 0.6.")
+            raise UserError(f"{name} {value} is outside (0, 1); give the fraction of prunable channels to remove, e.g. 0.6.")
         return cls("sparsity", float(value))
 
     def describe(self) -> str:
