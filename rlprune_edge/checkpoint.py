@@ -16,9 +16,6 @@ from __future__ import annotations
 import math
 import os
 import stat
-import sys
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +23,9 @@ import torch
 from torch import nn
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.fsutil import atomic_path
+from rlprune_edge.fsutil import atomic_path, probe_writable
+from rlprune_edge.layers import handler_for
+from rlprune_edge.paths import cache_root
 
 FORMAT = "rlprune-edge-checkpoint"
 VERSION = 1
@@ -75,67 +74,18 @@ class ModelInfo:
         )
 
 
-# --- per-module shape records -------------------------------------------------------------------
-
-def _conv_args(m: nn.Module) -> dict[str, int]:
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "groups": m.groups}
-
-
-def _conv_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
-    kwargs = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                  groups=s["groups"], bias=m.bias is not None, padding_mode=m.padding_mode)
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        kwargs["output_padding"] = m.output_padding
-    return type(m)(s["in_channels"], s["out_channels"], **kwargs)
-
-
-def _bn_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
-    return type(m)(s["num_features"], eps=m.eps, momentum=m.momentum, affine=m.affine,
-                   track_running_stats=m.track_running_stats)
-
-
-def _linear_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
-    return type(m)(s["in_features"], s["out_features"], bias=m.bias is not None)
-
-
-def _groupnorm_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
-    return type(m)(s["num_groups"], s["num_channels"], eps=m.eps, affine=m.affine)
-
-
-def _layernorm_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
-    shape = tuple(m.normalized_shape[:-1]) + (s["normalized_size"],)
-    return type(m)(shape, eps=m.eps, elementwise_affine=m.elementwise_affine, bias=m.bias is not None)
-
-
-def _prelu_rebuild(m: nn.Module, s: dict[str, int]) -> nn.Module:
-    return type(m)(num_parameters=s["num_parameters"])
-
-
-# (types, shape-args getter, rebuild) — first match wins
-_SHAPED: list[tuple[tuple[type, ...], Callable[[nn.Module], dict[str, int]], Callable]] = [
-    ((nn.modules.conv._ConvNd,), _conv_args, _conv_rebuild),
-    ((nn.modules.batchnorm._BatchNorm,), lambda m: {"num_features": m.num_features}, _bn_rebuild),
-    ((nn.Linear,), lambda m: {"in_features": m.in_features, "out_features": m.out_features}, _linear_rebuild),
-    ((nn.GroupNorm,), lambda m: {"num_groups": m.num_groups, "num_channels": m.num_channels}, _groupnorm_rebuild),
-    ((nn.LayerNorm,), lambda m: {"normalized_size": int(m.normalized_shape[-1])}, _layernorm_rebuild),
-    ((nn.PReLU,), lambda m: {"num_parameters": m.num_parameters}, _prelu_rebuild),
-]
-
-
-def _shape_handler(m: nn.Module):
-    for types, getter, rebuild in _SHAPED:
-        if isinstance(m, types):
-            return getter, rebuild
-    return None
-
+# --- per-module shape records (rlprune_edge.layers: one handler per layer type) ----------------
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Constructor shape args of every shaped module (Conv, BatchNorm, Linear, GroupNorm, LayerNorm, PReLU)."""
+    """Constructor shape args of every module with a layer handler (``rlprune_edge.layers.handler_for``).
+
+    That is every Conv, ConvTranspose, BatchNorm, Linear, GroupNorm, LayerNorm and PReLU.
+    """
     out: dict[str, dict[str, int]] = {}
     for name, m in model.named_modules():
-        handler = _shape_handler(m)
+        handler = handler_for(m)
         if handler is not None:
-            out[name] = {k: int(v) for k, v in handler[0](m).items()}
+            out[name] = {k: int(v) for k, v in handler.shape_args(m).items()}
     return out
 
 
@@ -149,17 +99,16 @@ def apply_module_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> 
             module = model.get_submodule(name)
         except AttributeError:
             raise UserError(f"layer {name!r} recorded in the checkpoint does not exist in this architecture.") from None
-        handler = _shape_handler(module)
+        handler = handler_for(module)
         if handler is None:
             raise UserError(f"layer {name!r} ({type(module).__name__}) has no shape record support.")
-        getter, rebuild = handler
-        current = getter(module)
+        current = handler.shape_args(module)
         if set(current) != set(record):
             raise UserError(f"layer {name!r}: recorded shape keys {sorted(record)} do not match {type(module).__name__}.")
         if {k: int(v) for k, v in record.items()} == current:
             continue
         try:
-            new = rebuild(module, {k: int(v) for k, v in record.items()})
+            new = handler.rebuild(module, {k: int(v) for k, v in record.items()})
         except (ValueError, TypeError, RuntimeError) as exc:
             raise UserError(f"layer {name!r}: cannot rebuild with {record}: {exc}.") from None
         new.train(module.training)
@@ -189,9 +138,7 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise UserError(f"output path {path} is a directory; give a file name such as {path / 'model.pt'}.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(tmp)
+        probe_writable(path)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
     return path
@@ -416,34 +363,5 @@ def default_checkpoint_path() -> Path:
 
 
 def cache_dir() -> Path:
-    """The user cache dir for rlprune-edge ($XDG_CACHE_HOME or ~/.cache)/rlprune-edge."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rlprune-edge"
-
-
-def ensure_default_model(progress: bool = True) -> Path:
-    """Path of the default checkpoint: the shipped asset, else the cached one, else trained now into the cache."""
-    shipped = default_checkpoint_path()
-    if shipped.is_file():
-        return shipped
-    cached = cache_dir() / DEFAULT_FILENAME
-    if cached.is_file():
-        return cached
-    from rlprune_edge.data import load_data
-    from rlprune_edge.models import build_model
-    from rlprune_edge.train import evaluate, train_model
-
-    print(f"rlprune-edge: the default model is not shipped with this install; training {DEFAULT_MODEL} "
-          f"width {DEFAULT_WIDTH} on {DEFAULT_DATA} for {DEFAULT_EPOCHS} epochs into {cached} "
-          "(once; tens of minutes on a small CPU).", file=sys.stderr)
-    check_writable(cached)
-    data = load_data(DEFAULT_DATA)
-    model = build_model(DEFAULT_MODEL, DEFAULT_WIDTH, data.num_classes)
-    result = train_model(model, data, epochs=DEFAULT_EPOCHS, progress=progress)
-    test_acc = evaluate(model, data.loader("test", 256))
-    info = ModelInfo(DEFAULT_MODEL, DEFAULT_WIDTH, data.num_classes, data.input_shape, tuple(data.mean),
-                     tuple(data.std), list(data.class_names),
-                     meta={"val_acc": result["best_val_acc"], "test_acc": test_acc, "epochs": DEFAULT_EPOCHS,
-                           "wall_s": result["wall_s"], "data": DEFAULT_DATA})
-    save_checkpoint(cached, model, info)
-    return cached
+    """The user cache dir for rlprune-edge (see :func:`rlprune_edge.paths.cache_root`)."""
+    return cache_root()

@@ -38,21 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rlprune-edge", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, module_name in COMMAND_MODULES.items():
-        try:
-            module = importlib.import_module(f"rlprune_edge.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"rlprune_edge.commands.{module_name}":
-                raise
-            p = sub.add_parser(name, help="(not built yet)")
-            p.set_defaults(func=_not_built, command_name=name)
-            continue
-        module.register(sub)
+    for module_name in COMMAND_MODULES.values():
+        importlib.import_module(f"rlprune_edge.commands.{module_name}").register(sub)
     return parser
-
-
-def _not_built(args: argparse.Namespace) -> int:
-    raise UserError(f"`rlprune-edge {args.command_name}` is not built yet in this version.")
 
 
 def main(argv: list[str] | None = None) -> int:

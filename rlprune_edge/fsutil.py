@@ -4,11 +4,13 @@ A failed or interrupted write leaves the previous file untouched and no temp fil
 Temp siblings are named ``.NAME.tmp-<pid>-<random>[suffix]`` (``.NAME.old-<pid>-<random>`` for a
 directory being replaced), so one left by a process killed with SIGKILL is recognisable:
 :func:`remove_stale_temps` removes those whose process is gone at the start of the next write of
-the same NAME, and never touches a live process's temp or anything else.
+the same NAME, and never touches a live process's temp or anything else. :func:`sha256_file` is
+the one file hash (bundle manifests).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -35,6 +37,14 @@ def temp_prefix(name: str, kind: str = "tmp") -> str:
 def make_temp_dir(parent: str | os.PathLike, name: str, kind: str = "tmp") -> Path:
     """A new private directory ``.NAME.<kind>-<pid>-<random>`` in `parent`."""
     return Path(tempfile.mkdtemp(prefix=temp_prefix(name, kind), dir=parent))
+
+
+def probe_writable(path: str | os.PathLike) -> None:
+    """Create and remove a hidden probe file beside `path` (raises OSError when it cannot be written there)."""
+    path = Path(path)
+    fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def pid_alive(pid: int) -> bool:
@@ -120,3 +130,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write `obj` as JSON to `path` atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -7,12 +7,12 @@ the model once with Torch-Pruning, then turns every group into a plain, picklabl
 with a stable human-readable name (the first conv/linear whose output channels the group
 controls, in ``named_modules`` order) and an index plan: for every member module, which of its
 channels map to which channel of the group. ``prune`` and ``channel_scores`` work from that plan
-alone, so pruning a candidate needs no fresh trace.
+alone, so pruning a candidate needs no fresh trace. What is refused and why (channel shuffles,
+channel splits, ops that mix channels) and how grouped convs are kept consistent: ``graph_rules``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,23 +21,20 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune_edge.errors import UserError
-
-# Member kinds in a plan: output channels (rows of a filter bank, per-channel norm params),
-# input channels (columns of a consumer), or a depthwise conv whose in and out move together.
-OUT, IN, DEPTHWISE = "out", "in", "depthwise"
-
-# Autograd ops (grad_fn name without "Backward<N>") known to keep channel i in channel i.
-_CHANNEL_PRESERVING_OPS = frozenset(
-    """Add Sub Rsub Mul Div Relu Relu6 Hardtanh Hardswish Hardsigmoid Sigmoid Silu Gelu Tanh LeakyRelu
-    Elu Selu Celu Softplus Mish Clamp ClampMin ClampMax Threshold MaxPool2DWithIndices MaxPool1DWithIndices
-    MaxPool3DWithIndices MaxPool2D AvgPool2D AvgPool1D AvgPool3D AdaptiveAvgPool2D AdaptiveAvgPool1D
-    AdaptiveMaxPool2D AdaptiveMaxPool1D UpsampleNearest2D UpsampleBilinear2D UpsampleNearest2DAliasToDefault
-    ConstantPadNd ReflectionPad2D ReplicationPad2D Clone NativeDropout Neg Pow Exp Abs Sqrt Rsqrt Unsqueeze
-    Squeeze Expand Alias Detach ToCopy Contiguous""".split()
+from rlprune_edge.graph_rules import (
+    PROBLEM_ATTR,
+    SafeDependencyGraph,
+    channel_blocks,
+    is_depthwise,
+    module_problem,
+    op_problem,
+    tie_kind,
 )
-# Reductions that are fine as long as they do not reduce over the channel dimension (1).
-_REDUCTIONS = frozenset({"Mean", "Sum", "Amax", "Amin"})
-_SUPPORTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.PReLU)
+from rlprune_edge.layers import DEPTHWISE, IN, OUT, handler_for
+
+# Member kinds in a plan (OUT, IN, DEPTHWISE; defined in ``layers``, imported from here by callers):
+# output channels (rows of a filter bank, per-channel norm params), input channels (columns of a
+# consumer), or a depthwise conv whose in and out move together.
 
 
 @dataclass(eq=False)
@@ -59,6 +56,9 @@ class Group:
     ``coupled_flops_share`` also counts the consumers whose input channels it controls (the MACs that
     shrink when the group shrinks). Rows for a conv/linear whose output channels belong to another
     group (residual partners, depthwise convs) have ``prunable=False``, ``follows`` = that group.
+    ``blocks`` > 1 when a grouped conv (ResNeXt, RegNet) shares the channels: they fall into
+    ``blocks`` equal cells (``block_ids``: the cell of every channel) that must lose channels in equal
+    numbers, so keep counts are multiples of ``blocks``.
     """
 
     name: str
@@ -70,6 +70,8 @@ class Group:
     coupled_flops_share: float = 0.0
     follows: list[str] = field(default_factory=list)
     plan: list[MemberPlan] = field(default_factory=list, repr=False)
+    blocks: int = 1
+    block_ids: torch.Tensor | None = field(default=None, repr=False)
 
 
 def _as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -92,93 +94,19 @@ def _as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tu
     return tuple(out)
 
 
-def _signed_dims(dims: object) -> list[int]:
-    """Autograd stores negative dims as unsigned 64-bit integers; turn them back into Python ints."""
-    if isinstance(dims, int):
-        dims = (dims,)
-    out = []
-    for d in dims:  # type: ignore[union-attr]
-        d = int(d)
-        out.append(d - 2**64 if d >= 2**63 else d)
-    return out
-
-
-def _op_problem(node: tp.Node) -> str | None:
-    """Why an op node on a group's path breaks channel-wise pruning, or None if it is fine."""
-    kind = node.type
-    op = tp.ops.OPTYPE
-    if kind == op.PARAMETER:
-        return f"it uses an unwrapped parameter ({node.name})"
-    if kind in (op.UNBIND, op.CUSTOMIZED):
-        return f"operation {node.name} is not supported"
-    grad_fn = node.grad_fn
-    gname = re.sub(r"Backward\d*$", "", grad_fn.name()) if grad_fn is not None else "?"
-    if kind == op.CONCAT:
-        if node.module.offsets is not None:
-            return None
-        dims = _signed_dims(getattr(grad_fn, "_saved_dim", -1))
-        return None if dims[0] >= 0 and dims[0] != 1 else "a channel concat could not be mapped"
-    if kind == op.SPLIT:
-        return None if node.module.offsets is not None else "a channel split could not be mapped"
-    if kind != op.ELEMENTWISE or not node.inputs:  # modules, reshapes, slices; ops on weights only
-        return None
-    if gname in _CHANNEL_PRESERVING_OPS:
-        return None
-    if gname in _REDUCTIONS and hasattr(grad_fn, "_saved_self_sym_sizes"):
-        rank = len(grad_fn._saved_self_sym_sizes)
-        dims = [d % rank for d in _signed_dims(grad_fn._saved_dim)]
-        if rank >= 2 and 1 not in dims and dims:
-            return None
-    return f"operation {gname} on its path may mix or reorder channels"
-
-
-def _tie_kind(node: tp.Node) -> set[str]:
-    """How an op node couples channels of different layers (for the reasons shown to users)."""
-    if node.type == tp.ops.OPTYPE.CONCAT:
-        return {"a concat"}
-    if node.type != tp.ops.OPTYPE.ELEMENTWISE or node.grad_fn is None or len(node.inputs) < 2:
-        return set()
-    gname = re.sub(r"Backward\d*$", "", node.grad_fn.name())
-    if gname in ("Add", "Sub", "Rsub"):
-        return {"a residual add"}
-    if gname in ("Mul", "Div"):
-        return {"a channel-wise multiply (squeeze-excitation)"}
-    return set()
-
-
-def _module_problem(name: str, module: nn.Module) -> str | None:
-    """Why the pruner cannot shrink `module`, or None."""
-    if not isinstance(module, _SUPPORTED_MODULES):
-        return f"module {name} ({type(module).__name__}) is not supported by the pruner"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        if module.transposed:
-            return f"transposed conv {name} is not supported"
-        if module.groups > 1 and not (module.groups == module.in_channels == module.out_channels):
-            return f"grouped conv {name} (groups={module.groups}) is not supported"
-    return None
-
-
 def _mapping_problem(name: str, module: nn.Module, item: _RawItem, pruner: object) -> str | None:
     """Index maps must stay inside the member and, on the output side, be one-to-one."""
-    out_side = item.handler == pruner.prune_out_channels or _is_depthwise(module)
+    out_side = item.handler == pruner.prune_out_channels or is_depthwise(module)
     size = pruner.get_out_channels(module) if out_side else pruner.get_in_channels(module)
     bad = size is not None and (not item.idxs or max(item.idxs) >= size or min(item.idxs) < 0)
     if out_side and len(set(item.root_idxs)) != len(item.root_idxs):
         bad = True
     # a (non-depthwise) conv/linear's outputs move as a whole: all of them belong to this group
-    if out_side and not _is_depthwise(module) and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+    if out_side and not is_depthwise(module) and _is_root(module):
         bad = bad or len(set(item.idxs)) != size
     if bad:
         return f"channel counts do not line up at {name} (a broadcast or reshape across channels?)"
     return None
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.modules.conv._ConvNd)
-        and module.groups > 1
-        and module.groups == module.in_channels == module.out_channels
-    )
 
 
 def _macs_hook(store: dict[nn.Module, int]):
@@ -227,12 +155,12 @@ def _trace(
     hooks = [
         m.register_forward_hook(_macs_hook(macs))
         for m in model.modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        if _is_root(m)
     ]
     hooks.append(model.register_forward_hook(record_outputs))
     try:
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
+            dg = SafeDependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
     except UserError:
         raise
     except Exception as exc:
@@ -264,7 +192,7 @@ def _coupled(dg: tp.DependencyGraph, module: nn.Module, pruning_fn: object, chan
     index mapping (idempotent on an unpruned graph, and quadratic: 15 s of 21 s on DenseNet-121).
     """
     hybrid = tp._helpers._HybridIndex
-    if _is_depthwise(module):
+    if is_depthwise(module):
         pruning_fn = tp.pruner.function.prune_depthwise_conv_out_channels
     root = dg.module2node[module]
     start = [hybrid(idx=i, root_idx=i) for i in range(channels)]
@@ -287,7 +215,8 @@ def _coupled(dg: tp.DependencyGraph, module: nn.Module, pruning_fn: object, chan
                 continue
             seen.add(key)
             items.append((dep.target, dep.handler, new))
-            stack.append((dep.target, dep.handler, new))
+            if not getattr(dep.target, PROBLEM_ATTR, None):  # a channel shuffle: the group ends (refused) here
+                stack.append((dep.target, dep.handler, new))
     merged: dict[tuple[tp.Node, object], dict[int, int]] = {}
     for node, fn, idxs in items:
         slot = merged.setdefault((node, fn), {})
@@ -303,9 +232,8 @@ def _raw_groups(dg: tp.DependencyGraph) -> list[list[_RawItem]]:
     """Every coupled group rooted at a conv/linear's output channels (prunable or not)."""
     groups = []
     visited: set[nn.Module] = set()
-    roots = (nn.modules.conv._ConvNd, nn.Linear)
     for m in list(dg.module2node):
-        if not isinstance(m, roots) or m in visited:
+        if not _is_root(m) or m in visited:
             continue
         pruner = dg.get_pruner_of_module(m)
         channels = pruner.get_out_channels(m) if pruner is not None else None
@@ -356,13 +284,15 @@ def prunable_groups(
                 continue
             mname = names.get(module) if isinstance(module, nn.Module) else None
             if mname is None:
-                ties.update(_tie_kind(node))
-                problem = _op_problem(node)
-                if problem:
+                ties.update(tie_kind(node))
+                problem = op_problem(node)
+                if problem and getattr(node, PROBLEM_ATTR, None):
+                    problems.insert(0, problem)  # the root cause (a shuffle) before its side effects
+                elif problem:
                     problems.append(problem)
                 continue
             pruner = dg.get_pruner_of_module(module)
-            if _is_depthwise(module):
+            if is_depthwise(module):
                 kind = DEPTHWISE
             elif pruner is not None and item.handler == pruner.prune_out_channels:
                 kind = OUT
@@ -370,9 +300,9 @@ def prunable_groups(
                 kind = IN
             if kind != IN and node.grad_fn in out_fns:
                 produces_output = True
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            if _is_root(module):
                 (in_layers if kind == IN else out_layers).append(mname)
-            problem = _module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
+            problem = module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
             if problem:
                 problems.append(problem)
                 continue
@@ -385,12 +315,17 @@ def prunable_groups(
                 )
             )
         plan.sort(key=lambda p: (order.get(p.module, 0), p.kind))
+        blocks, block_ids, block_problem = channel_blocks(
+            [(p.module, _get(model, p.module), p.kind == IN, p.idxs, p.root_idxs) for p in plan], channels
+        )
+        if block_problem:
+            problems.append(block_problem)
         full = torch.arange(channels)
         identity_outs = [
             p.module
             for p in plan
             if p.kind in (OUT, DEPTHWISE)
-            and isinstance(_get(model, p.module), (nn.modules.conv._ConvNd, nn.Linear))
+            and _is_root(_get(model, p.module))
             and len(p.idxs) == channels == _out_size(_get(model, p.module))
             and torch.equal(p.idxs, full)
             and torch.equal(p.root_idxs, full)
@@ -421,6 +356,8 @@ def prunable_groups(
                 flops_share=own / total_macs,
                 coupled_flops_share=coupled / total_macs,
                 plan=plan,
+                blocks=blocks if prunable else 1,
+                block_ids=block_ids if prunable else None,
             )
         )
         for n in dict.fromkeys(out_layers):
@@ -430,7 +367,7 @@ def prunable_groups(
 
     for n, leaders in followers.items():
         module = _get(model, n)
-        if _is_depthwise(module):
+        if is_depthwise(module):
             reason = f"depthwise conv follows its producer group {', '.join(leaders)}"
         else:
             how = " and ".join(sorted(tied_by.get(n, ()))) or "a shared consumer"
@@ -450,8 +387,14 @@ def prunable_groups(
     return rows
 
 
+def _is_root(module: object) -> bool:
+    """A filter bank (conv/linear, by its layer handler): its output channels start a group, its MACs count."""
+    handler = handler_for(module)
+    return handler is not None and handler.root
+
+
 def _out_size(module: nn.Module) -> int:
-    return int(module.out_channels if hasattr(module, "out_channels") else module.out_features)
+    return int(handler_for(module).out_channels(module))
 
 
 def _get(model: nn.Module, name: str) -> nn.Module:

@@ -43,7 +43,11 @@ def _per_channel(module: nn.Module, kind: str, values: dict[str, torch.Tensor]) 
     if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
         if w is None:
             return None
-        if kind == IN:  # columns of the weight (conv: dim 1; groups == 1 here)
+        groups = getattr(module, "groups", 1)
+        if kind == IN and groups > 1:  # grouped conv: block g's filters see input block g only
+            per = w.reshape(groups, w.shape[0] // groups, w.shape[1], -1).sum(dim=(1, 3))
+            return per.reshape(-1)
+        if kind == IN:  # columns of the weight (conv: dim 1)
             return w.sum(dim=[d for d in range(w.dim()) if d != 1])
         total = w.sum(dim=list(range(1, w.dim()))) if w.dim() > 1 else w
         return total + b if b is not None else total

@@ -169,9 +169,10 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     """Profile, data, dense model (eval) and its info, model and data specs."""
     import torch
 
-    from rlprune_edge.checkpoint import ensure_default_model, load_checkpoint, resolve_model
+    from rlprune_edge.checkpoint import load_checkpoint, resolve_model
     from rlprune_edge.data import load_data
     from rlprune_edge.profiles import load_profile
+    from rlprune_edge.train import ensure_default_model
 
     profile = load_profile(c.profile)
     if c.channel_multiple is not None:
@@ -199,9 +200,9 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,  # noqa: 
     from rlprune_edge.compute import resolve_device
     from rlprune_edge.graph import format_groups_table, prunable_groups
     from rlprune_edge.latency.artifacts import materialize
-    from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.latency.cache import get_or_fit
-    from rlprune_edge.search.env import low_ms
+    from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.latency.windows import low_ms
     from rlprune_edge.search.loop import max_prune_keep
     from rlprune_edge.search.plan import PlanSpace, follower_groups
     from rlprune_edge.search.reward import weights_for

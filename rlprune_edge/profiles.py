@@ -162,10 +162,11 @@ _POSITIVE = {
 
 
 def shipped_profiles_dir() -> Path:
-    """The repository's `profiles/` directory (next to the package)."""
-    import rlprune_edge
+    """The directory of the shipped profiles: package data, ``rlprune_edge/profiles_data/``.
 
-    return Path(rlprune_edge.__file__).resolve().parent.parent / "profiles"
+    The repository's top-level ``profiles/*.toml`` are symbolic links to these files.
+    """
+    return Path(__file__).resolve().parent / "profiles_data"
 
 
 def profile_dirs() -> list[Path]:
@@ -371,13 +372,16 @@ def _load_file(path: Path) -> Profile:
 
 
 def _display(path: Path) -> str:
+    """How messages name a profile file: shipped ones as ``profiles/NAME.toml``, others relative to cwd."""
+    resolved = path.resolve()
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
+        return str(Path("profiles") / resolved.relative_to(shipped_profiles_dir()))
     except ValueError:
-        try:
-            return str(Path("profiles") / path.resolve().relative_to(shipped_profiles_dir()))
-        except ValueError:
-            return str(path)
+        pass
+    try:
+        return str(resolved.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def load_profile(name_or_path: str | os.PathLike) -> Profile:

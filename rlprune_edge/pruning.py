@@ -11,6 +11,7 @@ on the parent model and a candidate costs a deep copy plus index selection.
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -18,15 +19,17 @@ import torch
 from torch import nn
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.graph import DEPTHWISE, IN, OUT, Group, prunable_groups
+from rlprune_edge.graph import OUT, Group, prunable_groups
 from rlprune_edge.importance import channel_scores
+from rlprune_edge.layers import handler_for
 
 
 def align_keep(keep: Mapping[str, int], groups: Sequence[Group], channel_multiple: int = 1) -> dict[str, int]:
     """Round keep counts to the nearest multiple of `channel_multiple`.
 
     Never below one multiple (or the group's channel count if that is smaller), never above the
-    original count. Unknown group names, non-integer or out-of-range counts raise UserError; a
+    original count. A group with ``blocks`` > 1 (grouped convs) rounds to a multiple of
+    lcm(`channel_multiple`, ``blocks``), so that every conv group keeps the same number of channels. Unknown group names, non-integer or out-of-range counts raise UserError; a
     group that is not prunable only accepts its full channel count.
     """
     if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int) or channel_multiple < 1:
@@ -53,7 +56,7 @@ def align_keep(keep: Mapping[str, int], groups: Sequence[Group], channel_multipl
                 raise UserError(f"group {name!r} cannot be pruned ({g.reason}); keep all {g.channels} channels.")
             out[name] = k
             continue
-        m = channel_multiple
+        m = math.lcm(channel_multiple, g.blocks)
         rounded = int((k + m / 2) // m) * m  # nearest multiple, halves round up
         out[name] = min(g.channels, max(min(m, g.channels), rounded))
     return out
@@ -65,68 +68,19 @@ def _keep_index(size: int, removed: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
-def _select(p: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
-    data = p.detach().index_select(dim, keep.to(p.device))
-    if isinstance(p, nn.Parameter):
-        return nn.Parameter(data, requires_grad=p.requires_grad)
-    return data
-
-
 def _shrink(module: nn.Module, kind: str, removed: torch.Tensor) -> None:
-    """Remove channels `removed` from `module` on side `kind`, in place."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        if kind == IN:
-            keep = _keep_index(module.in_channels, removed)
-            module.weight = _select(module.weight, 1, keep)
-            module.in_channels = len(keep)
-            return
-        keep = _keep_index(module.out_channels, removed)
-        module.weight = _select(module.weight, 0, keep)
-        if module.bias is not None:
-            module.bias = _select(module.bias, 0, keep)
-        module.out_channels = len(keep)
-        if kind == DEPTHWISE:
-            module.in_channels = module.groups = len(keep)
-        return
-    if isinstance(module, nn.Linear):
-        if kind == IN:
-            keep = _keep_index(module.in_features, removed)
-            module.weight = _select(module.weight, 1, keep)
-            module.in_features = len(keep)
-            return
-        keep = _keep_index(module.out_features, removed)
-        module.weight = _select(module.weight, 0, keep)
-        if module.bias is not None:
-            module.bias = _select(module.bias, 0, keep)
-        module.out_features = len(keep)
-        return
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        keep = _keep_index(module.num_features, removed)
-        for attr in ("weight", "bias", "running_mean", "running_var"):
-            t = getattr(module, attr, None)
-            if t is not None:
-                setattr(module, attr, _select(t, 0, keep))
-        module.num_features = len(keep)
-        return
-    if isinstance(module, nn.PReLU):
-        if module.num_parameters > 1:
-            keep = _keep_index(module.num_parameters, removed)
-            module.weight = _select(module.weight, 0, keep)
-            module.num_parameters = len(keep)
-        return
-    raise UserError(f"cannot shrink module of type {type(module).__name__}; mark its group unprunable.")
+    """Remove channels `removed` from `module` on side `kind`, in place (the layer's handler does the slicing)."""
+    handler = handler_for(module)
+    if handler is None or not handler.prunable:
+        raise UserError(f"cannot shrink module of type {type(module).__name__}; mark its group unprunable.")
+    size = handler.size(module, kind)
+    if size is not None:  # None: nothing per-channel on that side (a single-parameter PReLU)
+        handler.shrink(module, kind, _keep_index(size, removed))
 
 
 def _side_size(module: nn.Module, kind: str) -> int | None:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return module.in_channels if kind == IN else module.out_channels
-    if isinstance(module, nn.Linear):
-        return module.in_features if kind == IN else module.out_features
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features
-    if isinstance(module, nn.PReLU):
-        return module.num_parameters if module.num_parameters > 1 else None
-    return None
+    handler = handler_for(module)
+    return handler.size(module, kind) if handler is not None else None
 
 
 def _check_matches(model: nn.Module, groups: Iterable[Group]) -> None:
@@ -155,7 +109,8 @@ def select_channels(
 ) -> dict[str, torch.Tensor]:
     """{group: sorted indices of the channels to remove}: everything but the top-`keep` by score.
 
-    Ties keep the lower index (stable sort). Groups kept whole are left out.
+    Ties keep the lower index (stable sort). Groups kept whole are left out. A group with ``blocks``
+    > 1 keeps the top keep/blocks channels of every cell (keep must be a multiple of ``blocks``).
     """
     out: dict[str, torch.Tensor] = {}
     for g in groups:
@@ -168,7 +123,21 @@ def select_channels(
                 f"scores for group {g.name!r} must be a tensor of {g.channels} values; "
                 f"got {type(s).__name__ if not isinstance(s, torch.Tensor) else tuple(s.shape)}."
             )
-        order = torch.sort(s.detach().float().cpu(), descending=True, stable=True).indices
+        s = s.detach().float().cpu()
+        if g.blocks > 1:
+            if k % g.blocks:
+                raise UserError(
+                    f"keep count for group {g.name!r} is {k}; its grouped convs need a multiple of {g.blocks} "
+                    "(use align_keep, or prune(), which aligns)."
+                )
+            drop = []
+            for cell in range(g.blocks):
+                members = (g.block_ids == cell).nonzero().squeeze(1)
+                order = torch.sort(s[members], descending=True, stable=True).indices
+                drop.append(members[order[k // g.blocks:]])
+            out[g.name] = torch.sort(torch.cat(drop)).values
+            continue
+        order = torch.sort(s, descending=True, stable=True).indices
         out[g.name] = torch.sort(order[k:]).values
     return out
 

@@ -12,8 +12,7 @@ import numpy as np
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_path
-
-INPUT_NAME = "input"
+from rlprune_edge.onnx_io import INPUT_NAME, onnx_input_batch
 
 
 class ArrayCalibrationReader:
@@ -78,8 +77,6 @@ def quantize_int8(
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from rlprune_edge.export import onnx_input_batch
-
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if calibrate_method not in methods:
@@ -108,20 +105,19 @@ def quantize_int8(
             except Exception:  # pre-processing is an optimisation; quantize the plain graph instead
                 source, preprocessed = fp32_path, False
         reader = _reader_class()(calib_images, batch)
-        tmp_out = work / "int8.onnx"
-        quantize_static(
-            str(source),
-            str(tmp_out),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=act_types[activations],
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[calibrate_method],
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-        os.replace(tmp_out, out_path)
+        with atomic_path(out_path, suffix=".onnx") as tmp_out:
+            quantize_static(
+                str(source),
+                str(tmp_out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=act_types[activations],
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[calibrate_method],
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {

@@ -66,13 +66,13 @@ class RunDir:
                                 f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); give a new or empty "
                                 "directory, or resume a run directory of ours.")
         else:
-            parent = out.parent if str(out.parent) else Path(".")
-            if not parent.is_dir():
-                raise UserError(f"the parent directory {parent} of {name} does not exist; create it first.")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UserError(f"cannot create {name} {out}: {parent} is not writable; choose another path.")
+            parent = out.absolute().parent
+            while not parent.exists():
+                parent = parent.parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"cannot create {name} {out}: {parent} is not a writable directory; choose another path.")
         try:
-            out.mkdir(exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create {name} {out} ({exc.strerror}); choose another path.") from None
         run = cls(out=out, work=out, replaces=False, created=created)

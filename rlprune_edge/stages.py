@@ -146,10 +146,10 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     directory, to be resumed)."""
     from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
     from rlprune_edge.distill import DistillConfig, dist_env, distill
-    from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
     from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.windows import robust_ratios
+    from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.report import plot_pareto, write_report
     from rlprune_edge.search.env import accuracy, tensors
 

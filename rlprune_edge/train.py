@@ -1,4 +1,7 @@
-"""Base-model training (SGD + momentum, cosine LR, crop/flip augmentation, best-on-val weights) and evaluation."""
+"""Base-model training (SGD + momentum, cosine LR, crop/flip augmentation, best-on-val weights) and evaluation.
+
+Also ``ensure_default_model``: the default checkpoint, trained into the user cache when an install lacks it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,26 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from rlprune_edge.data import DataBundle
+from rlprune_edge.checkpoint import (
+    DEFAULT_DATA,
+    DEFAULT_EPOCHS,
+    DEFAULT_FILENAME,
+    DEFAULT_MODEL,
+    DEFAULT_WIDTH,
+    ModelInfo,
+    cache_dir,
+    check_writable,
+    default_checkpoint_path,
+    save_checkpoint,
+)
+from rlprune_edge.data import DataBundle, load_data
 from rlprune_edge.errors import UserError
+from rlprune_edge.models import build_model
 
 
 @torch.no_grad()
@@ -114,3 +131,27 @@ def train_model(
     model.eval()
     return {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs": epochs,
             "wall_s": time.perf_counter() - start, "history": history}
+
+
+def ensure_default_model(progress: bool = True) -> Path:
+    """Path of the default checkpoint: the shipped asset, else the cached one, else trained now into the cache."""
+    shipped = default_checkpoint_path()
+    if shipped.is_file():
+        return shipped
+    cached = cache_dir() / DEFAULT_FILENAME
+    if cached.is_file():
+        return cached
+    print(f"rlprune-edge: the default model is not shipped with this install; training {DEFAULT_MODEL} "
+          f"width {DEFAULT_WIDTH} on {DEFAULT_DATA} for {DEFAULT_EPOCHS} epochs into {cached} "
+          "(once; tens of minutes on a small CPU).", file=sys.stderr)
+    check_writable(cached)
+    data = load_data(DEFAULT_DATA)
+    model = build_model(DEFAULT_MODEL, DEFAULT_WIDTH, data.num_classes)
+    result = train_model(model, data, epochs=DEFAULT_EPOCHS, progress=progress)
+    test_acc = evaluate(model, data.loader("test", 256))
+    info = ModelInfo(DEFAULT_MODEL, DEFAULT_WIDTH, data.num_classes, data.input_shape, tuple(data.mean),
+                     tuple(data.std), list(data.class_names),
+                     meta={"val_acc": result["best_val_acc"], "test_acc": test_acc, "epochs": DEFAULT_EPOCHS,
+                           "wall_s": result["wall_s"], "data": DEFAULT_DATA})
+    save_checkpoint(cached, model, info)
+    return cached

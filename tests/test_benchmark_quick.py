@@ -1,11 +1,10 @@
-"""tools/benchmark.py --quick end to end: every table and column is produced, reruns resume, bad input exits 2.
+"""tools/benchmark --quick end to end: every table and column is produced, reruns resume, bad input exits 2.
 
 Asserts that the figures exist (and are numbers), never what they are.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -13,18 +12,19 @@ from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "benchmark.py"
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """tools/benchmark.py imported as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("rlprune_benchmark_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    """tools/benchmark/ imported as the package `benchmark` (a tool, not part of rlprune_edge)."""
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import benchmark
+
+        yield benchmark
+    finally:
+        sys.path.remove(str(TOOLS))
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,8 @@ def test_uniform_bisection_picks_smallest_ratio_meeting_the_target(tmp_path):
 
     from rlprune_edge.baselines import bisect_uniform, output_layers
     from rlprune_edge.checkpoint import resolve_model
-    from rlprune_edge.export import export_onnx
     from rlprune_edge.latency.backend import Measurement
+    from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
 
     class SizeBackend:
@@ -185,7 +185,7 @@ def test_unreachable_target_is_a_recorded_result_not_a_failure(bench, quick_run,
                              "method": "latency", "target": 0.01, "sparsity": 0.0, "seed": 0,
                              "status": "unreachable", "error": str(info.value), "floor_ratio": info.value.floor_ratio}
     out = tmp_path / "render"
-    bench.render(doc, out, "tools/benchmark.py --quick")
+    bench.render(doc, out, "tools/benchmark --quick")
     md = (out / "BENCHMARKS.md").read_text()
     assert "Target 0.01× dense latency:" in md
     assert f"{info.value.floor_ratio:.2f}–{info.value.floor_ratio:.2f}× dense" in md

@@ -174,18 +174,40 @@ def test_torchvision_model_round_trip(tmp_path):
     _same_outputs(model, loaded)
 
 
-def test_default_model_paths(tmp_path, monkeypatch, tiny_vgg):
+def test_default_model_paths(tmp_path, monkeypatch, tiny_vgg, capsys):
+    from types import SimpleNamespace
+
     import rlprune_edge.checkpoint as ck
+    import rlprune_edge.train as tr
 
     shipped = ck.default_checkpoint_path()
     assert shipped.name == "vgg19_w0.25_fashion-mnist.pt" and shipped.parent.name == "assets"
-    # with no shipped asset, a previously cached one is used (no training)
-    monkeypatch.setattr(ck, "default_checkpoint_path", lambda: tmp_path / "absent.pt")
+    # a shipped asset wins over everything
+    model, info = tiny_vgg
+    asset = save_checkpoint(tmp_path / "asset.pt", model, info)
+    monkeypatch.setattr(tr, "default_checkpoint_path", lambda: asset)
+    assert tr.ensure_default_model(progress=False) == asset
+    # with no shipped asset and nothing cached, the default recipe is trained once into the cache
+    monkeypatch.setattr(tr, "default_checkpoint_path", lambda: tmp_path / "absent.pt")
+    monkeypatch.delenv("RLPRUNE_EDGE_CACHE", raising=False)  # it would take precedence
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cached = tmp_path / "cache" / "rlprune-edge" / "vgg19_w0.25_fashion-mnist.pt"
-    model, info = tiny_vgg
-    save_checkpoint(cached, model, info)
-    assert ck.ensure_default_model(progress=False) == cached
+    data = SimpleNamespace(num_classes=10, input_shape=(3, 32, 32), mean=(0.2,) * 3, std=(0.3,) * 3,
+                           class_names=list("abcdefghij"), loader=lambda split, batch_size: [])
+    trained: list[int] = []
+
+    def fake_train(m, d, *, epochs, progress):
+        trained.append(epochs)
+        return {"best_val_acc": 0.5, "wall_s": 1.0}
+
+    monkeypatch.setattr(tr, "load_data", lambda name: data)
+    monkeypatch.setattr(tr, "train_model", fake_train)
+    assert tr.ensure_default_model(progress=False) == cached
+    assert trained == [ck.DEFAULT_EPOCHS] and "training vgg19" in capsys.readouterr().err
+    _, got = load_checkpoint(cached)
+    assert got.model == ck.DEFAULT_MODEL and got.meta["data"] == ck.DEFAULT_DATA and got.meta["val_acc"] == 0.5
+    # from then on the cached one is used (no training)
+    assert tr.ensure_default_model(progress=False) == cached and trained == [ck.DEFAULT_EPOCHS]
 
 
 def test_unreadable_checkpoint_is_user_error(tiny_checkpoint, monkeypatch):

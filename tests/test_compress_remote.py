@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from rlprune_edge.cli import main
-from rlprune_edge.latency import remote
+from rlprune_edge.latency import ssh
+from rlprune_edge.paths import CACHE_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sshd_fixture  # noqa: E402
@@ -32,8 +33,8 @@ def board(tmp_path):
 
 
 def test_compress_short_search_on_a_remote_board(board, tmp_path, monkeypatch):
-    monkeypatch.setenv(remote.SSH_CONFIG_ENV, str(board.ssh_config))
-    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(ssh.SSH_CONFIG_ENV, str(board.ssh_config))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     work = tmp_path / "board-work"
     prof = board.profile(tmp_path / "board.toml", work_dir=work, runs=6, blocks=2, warmup=2)

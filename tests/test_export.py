@@ -17,23 +17,22 @@ import pytest
 import torch
 from torch import nn
 
+from rlprune_edge.bundle import check_bundle
 from rlprune_edge.checkpoint import ModelInfo, default_checkpoint_path, load_checkpoint
 from rlprune_edge.data import load_data
+from rlprune_edge.engine import build_engine, engine_provenance
 from rlprune_edge.errors import DeviceError, UserError
-from rlprune_edge.export import (
+from rlprune_edge.export import export_bundle
+from rlprune_edge.graph import prunable_groups
+from rlprune_edge.models import build_model
+from rlprune_edge.onnx_io import (
     MAX_ABS_DIFF,
     MIN_TOP1_AGREEMENT,
-    build_engine,
-    check_bundle,
-    engine_provenance,
-    export_bundle,
     onnx_accuracy,
     ort_session,
     read_metadata,
     run_onnx,
 )
-from rlprune_edge.graph import prunable_groups
-from rlprune_edge.models import build_model
 from rlprune_edge.profiles import load_profile, parse_profile
 from rlprune_edge.pruning import prune
 from rlprune_edge.quantize import ArrayCalibrationReader, save_calibration
@@ -279,7 +278,7 @@ def test_local_engine_build_without_tensorrt_is_a_device_error(tmp_path):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     model = build_model("vgg11", 0.125, 10).eval()
-    from rlprune_edge.export import export_onnx
+    from rlprune_edge.onnx_io import export_onnx
 
     onnx_path = export_onnx(model, tmp_path / "m.onnx", (3, 32, 32))
     with pytest.raises(DeviceError, match="tensorrt"):
@@ -301,7 +300,7 @@ def test_local_engine_build_calls_the_board_runner(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "run", fake_run)
     monkeypatch.setattr(runner, "collect_facts", lambda: {"packages": {"tensorrt": "10.0.1"}})
-    monkeypatch.setattr("rlprune_edge.export.local_gpu_name", lambda: "NVIDIA RTX A2000")
+    monkeypatch.setattr("rlprune_edge.engine.local_gpu_name", lambda: "NVIDIA RTX A2000")
     calib = save_calibration(np.zeros((4, 3, 8, 8), np.float32), tmp_path / "c.npy")
     got = build_engine(load_profile("desktop-gpu-tensorrt"), tmp_path / "m.onnx", tmp_path / "m.engine", "int8", calib)
     argv = seen["argv"]

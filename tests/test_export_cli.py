@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlprune_edge.bundle import check_bundle
 from rlprune_edge.checkpoint import ModelInfo, save_checkpoint
 from rlprune_edge.cli import main
 from rlprune_edge.data import FASHION_MNIST_CLASSES
 from rlprune_edge.errors import UserError
-from rlprune_edge.export import check_bundle
 from rlprune_edge.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent

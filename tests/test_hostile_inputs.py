@@ -242,7 +242,7 @@ def test_export_checkpoint_is_a_directory(tmp_path, capsys):
          "exit 2 before any work: '--opset must be >= 17 and <= 20 (the range torch.onnx.export supports here)'")
 @pytest.mark.parametrize("opset", ["99", "16", "21", "-1"])
 def test_export_opset_out_of_range(tmp_path, tiny_ckpt, capsys, opset):
-    from rlprune_edge.export import MAX_OPSET
+    from rlprune_edge.onnx_io import MAX_OPSET
 
     out = tmp_path / "bundle"
     assert main(["export", str(tiny_ckpt), "--profile", "host-cpu", "--out", str(out), "--opset", opset]) == 2
@@ -295,7 +295,7 @@ def test_export_oserror_while_writing(tmp_path, tiny_ckpt, capsys, monkeypatch):
     monkeypatch.setattr("rlprune_edge.export._resolve_data", lambda info, data: object())
     monkeypatch.setattr("rlprune_edge.export._check_data", lambda info, data: None)
 
-    def full_disk(model, info, profile, tmp_dir, *rest):
+    def full_disk(request, tmp_dir, *rest):
         target = Path(tmp_dir) / "model.onnx"
         target.write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
@@ -318,7 +318,7 @@ LC = ["latency-check", "--model", "vgg11", "--width", "0.0625", "--profile", "ho
 def no_measuring(monkeypatch, tmp_path):
     """Latency-check bad-input tests must fail before the profile's backend is even built."""
     monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("rlprune_edge.latency.backend.get_backend",
+    monkeypatch.setattr("rlprune_edge.latency.registry.get_backend",
                         lambda *a, **k: pytest.fail("measuring started before the bad input was refused"))
 
 
@@ -378,7 +378,7 @@ def test_latency_check_write_failure_at_the_end(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
     monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("rlprune_edge.latency.backend.get_backend", lambda profile: object())
+    monkeypatch.setattr("rlprune_edge.latency.registry.get_backend", lambda profile: object())
     monkeypatch.setattr("rlprune_edge.latency.cache.get_or_fit", lambda *a, **k: SimpleNamespace(arch_hash="0" * 16))
     monkeypatch.setattr("rlprune_edge.latency.model.check_model",
                         lambda *a, **k: {"median_abs_rel_error": 0.1, "p90_abs_rel_error": 0.2, "variants": []})

@@ -21,7 +21,8 @@ import pytest
 from rlprune_edge.cli import main
 from rlprune_edge.errors import DeviceError, UserError
 from rlprune_edge.fsutil import atomic_path, atomic_write_json, remove_stale_temps
-from rlprune_edge.latency import remote
+from rlprune_edge.latency import remote, ssh
+from rlprune_edge.paths import CACHE_ENV
 from rlprune_edge.profiles import load_profile
 from rlprune_edge.sshopts import ALLOWED_SSH_OPTIONS
 
@@ -66,7 +67,7 @@ def dead_pid() -> int:
 
 @pytest.fixture
 def no_ssh_config(monkeypatch):
-    monkeypatch.delenv(remote.SSH_CONFIG_ENV, raising=False)
+    monkeypatch.delenv(ssh.SSH_CONFIG_ENV, raising=False)
 
 
 # ---------------------------------------------------------------------------------------------- ssh_options
@@ -182,10 +183,10 @@ def test_allowed_options_pass_as_separate_arguments(tmp_path, no_ssh_config):
                "IPQoS=af21 cs1", "IdentityFile=~/.ssh/id_pi", "BatchMode=yes", "LogLevel=ERROR"]
     prof = load_profile(ssh_profile(tmp_path, options=options))
     backend = remote.RemoteBackend(prof)
-    argv = backend.ssh_argv("true")
+    argv = backend.ssh.argv("true")
     expected = ["Port=2222", "ServerAliveInterval=5", "IdentitiesOnly=yes", "HostKeyAlgorithms=+ssh-rsa",
                 "IPQoS=af21 cs1", "IdentityFile=~/.ssh/id_pi", "BatchMode=yes", "LogLevel=ERROR"]
-    assert backend.ssh_options == expected
+    assert backend.ssh.options == expected
     for opt in expected:
         assert argv[argv.index(opt) - 1] == "-o"  # each its own argument, after its own -o
     assert argv[-3:] == ["--", "pi@board", "true"]
@@ -256,10 +257,10 @@ def test_ssh_own_reason_is_passed_on(tmp_path, no_ssh_config, stderr, kind, said
     key = tmp_path / "pi_key"
     prof = load_profile(ssh_profile(tmp_path, extra=f'port = 2222\nidentity_file = "{key}"\n'))
     backend = remote.RemoteBackend(prof)
-    assert remote.classify_ssh_stderr(stderr) == (kind, said)
-    res = remote.SshResult(255, b"", stderr, 0.1)
-    assert not backend._retryable(res)
-    msg = str(backend._fail(res, "measure", "unused"))
+    assert ssh.classify_ssh_stderr(stderr) == (kind, said)
+    res = ssh.SshResult(255, b"", stderr, 0.1)
+    assert not backend.ssh.retryable(res)
+    msg = str(backend.ssh.fail(res, "measure", "unused"))
     assert msg.startswith("host pi@board:2222: ") and f'ssh says "{said}"' in msg and words in msg
     assert "dropped" not in msg and "power supply" not in msg
     program = "ssh-copy-id" if kind == "auth" else "ssh"
@@ -275,17 +276,17 @@ def test_only_a_real_drop_is_called_dropped(tmp_path, no_ssh_config):
     backend = remote.RemoteBackend(load_profile(ssh_profile(tmp_path)))
     for stderr in ["Connection to 10.0.0.2 closed by remote host.\n", "client_loop: send disconnect: Broken pipe\n",
                    "Read from remote host board: Connection reset by peer\n"]:
-        res = remote.SshResult(255, b"", stderr, 1.0)
-        assert remote.classify_ssh_stderr(stderr)[0] == "dropped" and backend._retryable(res)
-        msg = str(backend._fail(res, "measure", "unused"))
+        res = ssh.SshResult(255, b"", stderr, 1.0)
+        assert ssh.classify_ssh_stderr(stderr)[0] == "dropped" and backend.ssh.retryable(res)
+        msg = str(backend.ssh.fail(res, "measure", "unused"))
         assert "the connection dropped mid-session" in msg and stderr.strip() in msg
-    silent = remote.SshResult(255, b"", "", 1.0)
-    assert remote.classify_ssh_stderr("") == ("unknown", "") and backend._retryable(silent)
-    msg = str(backend._fail(silent, "measure", "unused"))
+    silent = ssh.SshResult(255, b"", "", 1.0)
+    assert ssh.classify_ssh_stderr("") == ("unknown", "") and backend.ssh.retryable(silent)
+    msg = str(backend.ssh.fail(silent, "measure", "unused"))
     assert "dropped" not in msg and "ssh gave no known reason" in msg and "`ssh pi@board`" in msg
-    handshake = remote.SshResult(255, b"", "kex_exchange_identification: Connection closed by remote host\n", 1.0)
-    assert backend._retryable(handshake)
-    assert "during the SSH handshake" in str(backend._fail(handshake, "measure", "unused"))
+    handshake = ssh.SshResult(255, b"", "kex_exchange_identification: Connection closed by remote host\n", 1.0)
+    assert backend.ssh.retryable(handshake)
+    assert "during the SSH handshake" in str(backend.ssh.fail(handshake, "measure", "unused"))
 
 
 @pytest.mark.hostile(
@@ -297,8 +298,8 @@ def test_invalid_hostname_from_real_ssh_is_not_called_a_drop(tmp_path, monkeypat
         pytest.skip("no OpenSSH client on this machine")
     config = tmp_path / "empty_ssh_config"
     config.write_text("")
-    monkeypatch.setenv(remote.SSH_CONFIG_ENV, str(config))
-    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(ssh.SSH_CONFIG_ENV, str(config))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     backend = remote.RemoteBackend(load_profile(ssh_profile(tmp_path, destination="pi@bo'ard", extra="port = 2222\n")))
     with pytest.raises(DeviceError) as exc:
         backend.facts()

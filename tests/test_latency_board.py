@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rlprune_edge.board import nodemap, onnx_lite, protocol, runner, trt_measure
-from rlprune_edge.export import export_onnx
+from rlprune_edge.onnx_io import export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -222,7 +222,7 @@ def test_trt_profiler_aggregation():
 def test_tensorrt_backend_absent_is_a_clear_device_error():
     from rlprune_edge.cli import main
     from rlprune_edge.errors import DeviceError
-    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.registry import get_backend
 
     pytest.importorskip("onnx")
     try:
@@ -264,3 +264,21 @@ def test_session_options_stop_spinning_between_runs():
     assert so.get_session_config_entry("session.force_spinning_stop") == "1"
     assert so.intra_op_num_threads == 2
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_registry_names_backends_and_imports_them_on_use():
+    import subprocess
+    import sys
+
+    from rlprune_edge.latency import registry
+    from rlprune_edge.profiles import load_profile
+
+    assert registry.backend_spec(load_profile("host-cpu")) == "rlprune_edge.latency.onnxruntime:OrtBackend"
+    assert registry.backend_spec(load_profile("desktop-gpu-tensorrt")).endswith(":TensorRTBackend")
+    for spec in [*registry.RUNTIME_BACKENDS.values(), *registry.CONNECTION_BACKENDS.values()]:
+        assert isinstance(registry.resolve(spec), type)
+    # importing the interface or the registry loads no backend module
+    code = ("import sys, rlprune_edge.latency.registry, rlprune_edge.latency.backend; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('rlprune_edge.latency.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["rlprune_edge.latency.backend", "rlprune_edge.latency.registry"]

@@ -282,3 +282,24 @@ def test_slot_times_over_windows_spreads_each_model_over_passes():
     assert times[0]["conv"] == pytest.approx(float(np.median(drifts[0::2])))
     assert times[1]["conv"] == pytest.approx(0.5 * float(np.median(drifts[1::2])))
     assert runtime == {"name": "drifting"}
+
+
+def test_one_cache_root_for_every_cache(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from rlprune_edge import checkpoint
+    from rlprune_edge.latency.remote_cache import ResultCache
+    from rlprune_edge.paths import cache_root
+    from rlprune_edge.profiles import load_profile
+
+    monkeypatch.delenv("RLPRUNE_EDGE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert cache_root() == Path.home() / ".cache" / "rlprune-edge"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "rlprune-edge"
+    monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "mine"))  # wins over XDG_CACHE_HOME
+    root = tmp_path / "mine"
+    profile = load_profile("host-cpu")
+    assert cache_root() == root and checkpoint.cache_dir() == root
+    assert cache.model_path(profile, "0" * 16).parent == root / "latency-models"
+    assert ResultCache.path("k") == root / "remote" / "k.json"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.export import export_onnx
 from rlprune_edge.flops import count_flops, count_params
 from rlprune_edge.models import ZOO_NAMES, build_model, model_input_shape
+from rlprune_edge.onnx_io import export_onnx
 
 # Small widths keep the whole file fast on 2 shared cores; MobileNet rounds to >= 8 channels anyway.
 TEST_WIDTH = {"googlenet": 0.0625, "densenet121": 0.125}

@@ -97,7 +97,7 @@ def _onnx_matches(model: nn.Module, x: torch.Tensor, tmp_path) -> float:
     """Max relative difference between ONNX Runtime and torch on `x`."""
     import onnxruntime as ort
 
-    from rlprune_edge.export import export_onnx
+    from rlprune_edge.onnx_io import export_onnx
 
     path = export_onnx(model, tmp_path / "m.onnx", tuple(x.shape[1:]), batch=x.shape[0])
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -19,7 +19,9 @@ import pytest
 
 from rlprune_edge import cli
 from rlprune_edge.errors import DeviceError, UserError
-from rlprune_edge.latency import remote
+from rlprune_edge.fsutil import sha256_file
+from rlprune_edge.latency import remote, remote_cache, ssh, upload
+from rlprune_edge.paths import CACHE_ENV
 from rlprune_edge.profiles import load_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,8 +43,8 @@ def board(tmp_path_factory):
 @pytest.fixture
 def env(board, tmp_path, monkeypatch):
     """Point ssh at the fixture's client config and the result cache at a fresh dir."""
-    monkeypatch.setenv(remote.SSH_CONFIG_ENV, str(board.ssh_config))
-    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(ssh.SSH_CONFIG_ENV, str(board.ssh_config))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path
 
 
@@ -114,7 +116,8 @@ def test_bench_remote_json_has_the_local_shape(board, env, capsys):
 
 
 def test_get_backend_measure_and_compare(board, env):
-    from rlprune_edge.latency.backend import LatencyBackend, get_backend
+    from rlprune_edge.latency.backend import LatencyBackend
+    from rlprune_edge.latency.registry import get_backend
 
     prof = load_profile(profile_at(board, env, "board.toml"))
     backend = get_backend(prof)
@@ -142,10 +145,10 @@ def test_content_addressed_copies_are_not_resent(board, env):
         "measure",
         "measure",
     ]  # a check, then copy + run in one call
-    sha = remote.file_sha256(model)
+    sha = sha256_file(model)
     blob = work / "blobs" / f"{sha}.onnx"
     assert blob.read_bytes() == model.read_bytes()
-    runner_dir = work / f"runner-{remote.runner_hash()}"
+    runner_dir = work / f"runner-{upload.runner_hash()}"
     assert (runner_dir / "runner.py").is_file() and (runner_dir / "facts.py").is_file()
     stamps = (blob.stat().st_mtime_ns, runner_dir.stat().st_mtime_ns)
 
@@ -160,7 +163,7 @@ def test_content_addressed_copies_are_not_resent(board, env):
     changed = tiny(env / "m.onnx", channels=16)
     second.measure(changed, warmup=1, runs=4)
     assert [kind for kind, _ in second.transfers] == ["model"]
-    assert (work / "blobs" / f"{remote.file_sha256(changed)}.onnx").is_file()
+    assert (work / "blobs" / f"{sha256_file(changed)}.onnx").is_file()
 
 
 def test_results_are_cached_per_profile_and_model(board, env, monkeypatch):
@@ -172,10 +175,10 @@ def test_results_are_cached_per_profile_and_model(board, env, monkeypatch):
     m2 = backend.measure(model, warmup=1, runs=3)
     assert len(backend.attempts) == calls  # served from the cache: no ssh at all
     assert m2.samples_ms == m1.samples_ms
-    monkeypatch.setenv(remote.NO_CACHE_ENV, "1")
+    monkeypatch.setenv(remote_cache.NO_CACHE_ENV, "1")
     m3 = backend.measure(model, warmup=1, runs=3)
     assert len(backend.attempts) == calls + 1 and m3.samples_ms != m1.samples_ms  # measured afresh, stored
-    monkeypatch.delenv(remote.NO_CACHE_ENV)
+    monkeypatch.delenv(remote_cache.NO_CACHE_ENV)
     entries = cache_files(env / "cache")
     assert (
         len(entries) == 1 and json.loads(entries[0].read_text())["measurement"]["median_ms"] == m3.median_ms
@@ -184,11 +187,11 @@ def test_results_are_cached_per_profile_and_model(board, env, monkeypatch):
     other = load_profile(profile_at(board, env, "other.toml", name="other-board"))
     args = ["measure", "--runs", "3"]
     keys = {
-        backend.cache_key("ab" * 32, args=args, per_layer=False),
-        remote.RemoteBackend(other).cache_key("ab" * 32, args=args, per_layer=False),
-        backend.cache_key("ab" * 32, args=[*args[:-1], "4"], per_layer=False),
-        backend.cache_key("ab" * 32, args=args, per_layer=True),
-        backend.cache_key("cd" * 32, args=args, per_layer=False),
+        backend.cache.key("ab" * 32, args=args, per_layer=False),
+        remote.RemoteBackend(other).cache.key("ab" * 32, args=args, per_layer=False),
+        backend.cache.key("ab" * 32, args=[*args[:-1], "4"], per_layer=False),
+        backend.cache.key("ab" * 32, args=args, per_layer=True),
+        backend.cache.key("cd" * 32, args=args, per_layer=False),
     }
     assert len(keys) == 5
 
@@ -205,16 +208,16 @@ def test_remote_arguments_are_quoted(board, env):
         assert not (where / "PWNED").exists() and not (where / "PWNED2").exists()
 
 
-def test_profiles_check_and_fetch_file(board, env, capsys):
+def test_profiles_check_and_fetching_a_board_file(board, env, capsys):
     prof_path = profile_at(board, env, "board.toml")
     code, out, err = run_cli(["profiles", "check", str(prof_path), "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
     assert report["ok"] and report["device"]["python_executable"] == sys.executable
-    # fetch_file brings a board file back byte for byte (how engines come home)
+    # the transport's fetch brings a board file back byte for byte (how engines come home)
     backend = remote.RemoteBackend(load_profile(prof_path))
-    back = backend.fetch_file(f"runner-{remote.runner_hash()}/runner.py", env / "back" / "runner.py")
-    assert back.read_bytes() == (remote.board_dir() / "runner.py").read_bytes()
+    back = backend.ssh.fetch(f"runner-{upload.runner_hash()}/runner.py", env / "back" / "runner.py")
+    assert back.read_bytes() == (upload.board_dir() / "runner.py").read_bytes()
     assert [step for step, _ in backend.attempts] == ["fetch"]
 
 
@@ -370,7 +373,7 @@ def test_remote_runtime_missing_names_the_package(board, env, tmp_path):
         [str(exe), "bench", str(env / "m.onnx"), "--profile", str(env / "board.toml"), "--json"],
         capture_output=True,
         text=True,
-        env={**os.environ, remote.SSH_CONFIG_ENV: str(board.ssh_config)},
+        env={**os.environ, ssh.SSH_CONFIG_ENV: str(board.ssh_config)},
     )
     assert done.returncode == 2 and done.stdout == ""
     assert "pip install onnxruntime" in done.stderr and "Traceback" not in done.stderr
@@ -436,17 +439,17 @@ def test_ssh_argv_carries_profile_settings_as_separate_arguments(board, env):
         prof.connection, identity_file="~/.ssh/id_board", ssh_options=("ServerAliveInterval=5",)
     )
     backend = remote.RemoteBackend(dataclasses.replace(prof, connection=conn))
-    argv = backend.ssh_argv("true")
+    argv = backend.ssh.argv("true")
     assert argv[:3] == ["ssh", "-F", str(board.ssh_config)]
     assert ["-p", "2222"] == argv[argv.index("-p") : argv.index("-p") + 2]
     assert argv[argv.index("-i") + 1] == str(Path.home() / ".ssh/id_board")
     assert "BatchMode=yes" in argv and "ConnectTimeout=5" in argv and "ServerAliveInterval=5" in argv
     assert argv[-3:] == ["--", board.alias, "true"]
-    assert remote.remote_path_expr("~/.cache/x y", "blobs/a") == "\"$HOME\"/'.cache/x y/blobs/a'"
-    assert remote.remote_path_expr("/abs/dir/", "f") == "/abs/dir/f"
-    assert remote.remote_path_expr("rel dir", "f") == "\"$HOME\"/'rel dir/f'"  # ssh starts in $HOME
-    assert remote.remote_command_expr("~/venv/bin/python -I") == '"$HOME"/venv/bin/python -I'
-    assert remote.remote_command_expr("python3") == "python3"  # bare names stay a PATH lookup
+    assert ssh.remote_path_expr("~/.cache/x y", "blobs/a") == "\"$HOME\"/'.cache/x y/blobs/a'"
+    assert ssh.remote_path_expr("/abs/dir/", "f") == "/abs/dir/f"
+    assert ssh.remote_path_expr("rel dir", "f") == "\"$HOME\"/'rel dir/f'"  # ssh starts in $HOME
+    assert ssh.remote_command_expr("~/venv/bin/python -I") == '"$HOME"/venv/bin/python -I'
+    assert ssh.remote_command_expr("python3") == "python3"  # bare names stay a PATH lookup
 
 
 def test_receive_refuses_a_corrupt_copy_and_publishes_nothing(tmp_path):
@@ -463,7 +466,7 @@ def test_receive_refuses_a_corrupt_copy_and_publishes_nothing(tmp_path):
         [
             sys.executable,
             "-c",
-            remote._RECEIVE,
+            upload.receive_source(),
             str(tmp_path / "work"),
             "1000",
             f"file:blobs/abc.onnx:{wrong}",
@@ -494,7 +497,7 @@ def test_receive_trims_old_blobs_but_keeps_those_in_use(tmp_path):
         tf.addfile(info, io.BytesIO(data))
     items = [f"file:blobs/{sha}.onnx:{sha}", "keep:blobs/in-use.onnx"]
     done = subprocess.run(
-        [sys.executable, "-c", remote._RECEIVE, str(tmp_path / "work"), "1000", *items],
+        [sys.executable, "-c", upload.receive_source(), str(tmp_path / "work"), "1000", *items],
         input=buf.getvalue(),
         capture_output=True,
     )

@@ -11,7 +11,6 @@ import torch
 from rlprune_edge.cli import main
 from rlprune_edge.compute import process_group_backend, rank_device, resolve_device
 from rlprune_edge.errors import UserError
-from rlprune_edge.export import export_onnx
 from rlprune_edge.graph import prunable_groups
 from rlprune_edge.latency.artifacts import (
     materialize,
@@ -20,10 +19,11 @@ from rlprune_edge.latency.artifacts import (
     onnx_node_dims,
     takes_modules,
 )
-from rlprune_edge.latency.backend import get_backend
 from rlprune_edge.latency.model import LatencyModel, check_model, uniform_keep
+from rlprune_edge.latency.registry import get_backend
 from rlprune_edge.latency.torch_backend import _run_times
 from rlprune_edge.models import build_model
+from rlprune_edge.onnx_io import export_onnx
 from rlprune_edge.profiles import load_profile, parse_profile
 
 TORCH_CPU = {"name": "torch-cpu-test", "runtime": {"name": "torch", "device": "cpu", "threads": 1},

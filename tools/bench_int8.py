@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
 
-    from rlprune_edge.checkpoint import ensure_default_model, load_checkpoint
+    from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.data import load_data
     from rlprune_edge.export import export_bundle
     from rlprune_edge.profiles import load_profile
+    from rlprune_edge.train import ensure_default_model
 
     ckpt = Path(args.model) if args.model else ensure_default_model()
     model, info = load_checkpoint(ckpt)

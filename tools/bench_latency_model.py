@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlprune_edge.graph import prunable_groups  # noqa: E402
 from rlprune_edge.latency.artifacts import materialize  # noqa: E402
-from rlprune_edge.latency.backend import get_backend  # noqa: E402
 from rlprune_edge.latency.model import (  # noqa: E402
     LatencyModel,
     check_model,
     error_summary,
 )
+from rlprune_edge.latency.registry import get_backend  # noqa: E402
 from rlprune_edge.latency.windows import profile_rounds, ratios_over_windows  # noqa: E402
 from rlprune_edge.models import build_model  # noqa: E402
 from rlprune_edge.profiles import load_profile  # noqa: E402

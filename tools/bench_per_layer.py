@@ -30,7 +30,8 @@ def build(name: str):
 
     torch.manual_seed(0)
     if name == "vgg19-w0.25":
-        from rlprune_edge.checkpoint import ensure_default_model, load_checkpoint
+        from rlprune_edge.checkpoint import load_checkpoint
+        from rlprune_edge.train import ensure_default_model
 
         model, info = load_checkpoint(ensure_default_model(progress=False))
         return model.eval(), tuple(info.input_shape)
@@ -41,7 +42,7 @@ def build(name: str):
 def measure(name: str, profile_name: str, runs: int) -> dict:
     """One model on one profile: kernel and wall sums over the profiled end-to-end median."""
     from rlprune_edge.latency.artifacts import materialize
-    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.profiles import load_profile
 
     profile = load_profile(profile_name)

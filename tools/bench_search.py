@@ -85,11 +85,11 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
     import torch
 
     from rlprune_edge.checkpoint import load_checkpoint
-    from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_params
     from rlprune_edge.graph import prunable_groups
-    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.latency.windows import robust_ratios
+    from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.pruning import prune
     from rlprune_edge.search.plan import PlanSpace, follower_groups
@@ -142,9 +142,9 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
     from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
     from rlprune_edge.data import load_data
     from rlprune_edge.distill import DistillConfig, distill
-    from rlprune_edge.export import export_onnx
     from rlprune_edge.flops import count_flops, count_params
-    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.search.env import accuracy, tensors
 
@@ -183,9 +183,9 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
 def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
     """Every final of one (model, target, seed) with the dense model in the same common windows."""
     from rlprune_edge.checkpoint import load_checkpoint
-    from rlprune_edge.export import export_onnx
-    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.latency.windows import robust_ratios
+    from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
 
     profile = load_profile("host-cpu")

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.profiles import load_profile
 
     if args.runs is not None and args.runs < 1:

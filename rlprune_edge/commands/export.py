@@ -45,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     """Load the checkpoint and profile, build the bundle, print a summary."""
     import json
 
+    from rlprune_edge.bundle import check_out_dir
     from rlprune_edge.checkpoint import load_checkpoint
-    from rlprune_edge.export import check_opset, check_out_dir, export_bundle
+    from rlprune_edge.export import export_bundle
+    from rlprune_edge.onnx_io import check_opset
     from rlprune_edge.profiles import load_profile
 
     for flag, value, low in (("--verify-images", args.verify_images, 1), ("--calib-images", args.calib_images, 1)):

@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     """Print the summary to stdout."""
     import torch
 
-    from rlprune_edge.checkpoint import MAX_CLASSES, check_width, ensure_default_model, resolve_model
+    from rlprune_edge.checkpoint import MAX_CLASSES, check_width, resolve_model
     from rlprune_edge.flops import count_flops, count_params
+    from rlprune_edge.train import ensure_default_model
 
     check_width(args.width)
     if args.num_classes is not None and not 1 <= args.num_classes <= MAX_CLASSES:
@@ -102,13 +103,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{'layer':<{width}}  {'type':<8} {'shape':<34} {'MACs':>9}  share")
         for name, kind, desc, m in rows:
             print(f"{name:<{width}}  {kind:<8} {desc:<34} {_fmt(m):>9}  {m / max(macs, 1):6.1%}")
-    try:
-        from rlprune_edge.graph import prunable_groups
-    except ModuleNotFoundError as exc:
-        if exc.name != "rlprune_edge.graph":
-            raise
-        print("\nprunable groups: (the pruning engine is not installed in this version)")
-        return 0
+    from rlprune_edge.graph import prunable_groups
+
     groups = prunable_groups(model, torch.zeros(1, *shape))
     n_prunable = sum(1 for g in groups if g.prunable)
     print(f"\nprunable groups: {n_prunable} of {len(groups)}")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.fsutil import atomic_write_json
+from rlprune_edge.fsutil import atomic_write_json, probe_writable
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,9 +38,7 @@ def _check_json_out(out: Path) -> Path:
     if not out.parent.is_dir():
         raise UserError(f"--json {out}: {out.parent} is not a directory; give a path inside a directory.")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(out)
     except OSError as exc:
         raise UserError(f"cannot write --json {out}: {exc.strerror or exc}; choose a writable location.") from None
     return out
@@ -53,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     from rlprune_edge.checkpoint import check_width, resolve_model
     from rlprune_edge.graph import prunable_groups
-    from rlprune_edge.latency.backend import get_backend
     from rlprune_edge.latency.cache import get_or_fit, model_path
     from rlprune_edge.latency.model import check_model
+    from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.profiles import load_profile
 
     if args.variants < 1 or args.fit_variants < 2:

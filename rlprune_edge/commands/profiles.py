@@ -67,6 +67,6 @@ def check_profile(profile) -> dict:
         from rlprune_edge.latency.remote import check_remote
 
         return dict(check_remote(profile))
-    from rlprune_edge.latency.backend import get_backend
+    from rlprune_edge.latency.registry import get_backend
 
     return get_backend(profile).self_test()

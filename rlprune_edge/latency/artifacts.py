@@ -36,7 +36,7 @@ def materialize(backend: Any, model: Any, path: str | Path, input_shape: Sequenc
         m = copy.deepcopy(model).eval().cpu()
         m.input_shape = tuple(int(d) for d in input_shape)
         return m
-    from rlprune_edge.export import export_onnx
+    from rlprune_edge.onnx_io import export_onnx
 
     return export_onnx(copy.deepcopy(model).eval().cpu(), Path(path), tuple(input_shape), batch=int(batch))
 

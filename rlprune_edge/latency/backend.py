@@ -1,19 +1,19 @@
 """The latency backend interface: one `Measurement` shape for every runtime, local or remote.
 
-``get_backend(profile)`` returns the backend a profile names: ONNX Runtime, TensorRT or torch on
-this machine, or ``rlprune_edge.latency.remote.RemoteBackend`` when the profile's connection is
-ssh. Local backends run the same board code (``rlprune_edge.board``) the remote runner runs.
+This module imports no backend. ``rlprune_edge.latency.registry.get_backend(profile)`` returns the
+backend a profile names: ONNX Runtime, TensorRT or torch on this machine, or
+``rlprune_edge.latency.remote.RemoteBackend`` when the profile's connection is ssh. Local backends
+run the same board code (``rlprune_edge.board``) the remote runner runs.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from rlprune_edge.errors import DeviceError, UserError
-from rlprune_edge.profiles import Profile, load_profile
+from rlprune_edge.profiles import Profile
 
 
 @dataclass
@@ -54,10 +54,6 @@ class Measurement:
                 del d[key]
         return d
 
-    def to_json(self) -> str:
-        """Serialize to one JSON document."""
-        return json.dumps(self.to_dict())
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
         """Build from the runner's JSON document (unknown keys are ignored)."""
@@ -82,11 +78,6 @@ class Measurement:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a measurement document: {exc}") from None
-
-    @classmethod
-    def from_json(cls, text: str) -> Measurement:
-        """Parse `to_json()` output or a runner document."""
-        return cls.from_dict(json.loads(text))
 
     @property
     def per_layer_sum_ms(self) -> float:
@@ -169,25 +160,3 @@ def board_error_to_user(exc: Exception, profile: Profile, where: str = "this mac
     if kind == "dynamic_shape":
         return UserError(f"{message.rstrip('.')}; add `shape = [C, H, W]` under [input] in profile {profile.name}.")
     return UserError(f"profile {profile.name}: {message}.")
-
-
-def get_backend(profile: Profile | str) -> LatencyBackend:
-    """The backend for a profile (name, path or Profile); remote profiles get the ssh backend."""
-    p = load_profile(profile) if not isinstance(profile, Profile) else profile
-    if p.connection.kind == "ssh":
-        try:
-            from rlprune_edge.latency.remote import RemoteBackend
-        except ImportError as exc:
-            raise UserError(f"profile {p.name} is reached over ssh, but the ssh transport is unavailable ({exc}).") from None
-        return RemoteBackend(p)
-    if p.runtime.name == "onnxruntime":
-        from rlprune_edge.latency.onnxruntime import OrtBackend
-
-        return OrtBackend(p)
-    if p.runtime.name == "tensorrt":
-        from rlprune_edge.latency.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(p)
-    from rlprune_edge.latency.torch_backend import TorchBackend
-
-    return TorchBackend(p)

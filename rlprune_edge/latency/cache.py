@@ -1,25 +1,20 @@
 """On-disk cache of fitted latency models, keyed by (profile settings, architecture hash).
 
-Location: ``$RLPRUNE_EDGE_CACHE`` or ``~/.cache/rlprune-edge``, under ``latency-models/``.
+Location: ``latency-models/`` under :func:`rlprune_edge.paths.cache_root` (``$RLPRUNE_EDGE_CACHE``,
+else ``$XDG_CACHE_HOME/rlprune-edge``, else ``~/.cache/rlprune-edge``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rlprune_edge.latency.model import DEFAULT_FIT_VARIANTS, LatencyModel, architecture_hash
+from rlprune_edge.paths import cache_root
 from rlprune_edge.profiles import Profile
-
-
-def cache_dir() -> Path:
-    """The user cache directory (RLPRUNE_EDGE_CACHE overrides ~/.cache/rlprune-edge)."""
-    env = os.environ.get("RLPRUNE_EDGE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "rlprune-edge"
 
 
 def profile_key(profile: Profile) -> str:
@@ -33,7 +28,7 @@ def profile_key(profile: Profile) -> str:
 
 def model_path(profile: Profile, arch_hash: str) -> Path:
     """Cache file of the latency model for this profile and architecture."""
-    return cache_dir() / "latency-models" / f"{profile_key(profile)}-{arch_hash}.json"
+    return cache_root() / "latency-models" / f"{profile_key(profile)}-{arch_hash}.json"
 
 
 def load_cached(profile: Profile, arch_hash: str) -> LatencyModel | None:

@@ -8,6 +8,7 @@ see ``artifacts.materialize``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,36 @@ def decision_protocol(profile: Any) -> tuple[int, int]:
     sub-millisecond models and narrows that to the few-percent interleaved-ratio noise.
     """
     return max(4 * int(profile.measure.runs), 1200), max(5, profile_rounds(profile))
+
+
+LOW_QUANTILE = 20  # percentile of the timing samples used for latency ratios (see robust_compare)
+
+
+def low_ms(m: Any) -> float:
+    """The 20th percentile of a Measurement's samples (its median when it has no samples)."""
+    return float(np.percentile(m.samples_ms, LOW_QUANTILE)) if getattr(m, "samples_ms", None) else float(m.median_ms)
+
+
+def robust_compare(backend: Any, paths: Sequence[Any], profile: Any, tries: int = 3) -> tuple[Any, Any, float]:
+    """Interleaved compare of dense vs candidate → (dense, candidate, ratio of 20th percentiles).
+
+    On this shared 2-core machine (load 8-13) samples are bimodal: ~2 ms when running, ~40 ms when
+    descheduled. Both the sample median and the median of 5 per-block ratios flipped in practice
+    (identical models: block ratio 0.59; 8-channel cut: median ratio 0.48 vs true ≈ 0.89). The 20th
+    percentile is robust to stalls in up to 80% of the samples. When it disagrees with the block
+    ratio by more than 15% the pair is measured again (up to `tries`), and the median over tries is used.
+    """
+    pm = profile.measure
+    seen = []
+    for _ in range(max(1, tries)):
+        d, c = backend.compare(paths, blocks=int(pm.blocks), warmup=int(pm.warmup), runs=int(pm.runs))
+        low = low_ms(c) / low_ms(d)
+        block = float(c.ratio) if c.ratio is not None else low
+        seen.append((d, c, low))
+        if abs(math.log(block / low)) <= math.log(1.15):
+            break
+    seen.sort(key=lambda t: t[2])
+    return seen[len(seen) // 2]
 
 
 def robust_ratios(backend: Any, profile: Any, dense_path: Any, paths: Sequence[Any], *,

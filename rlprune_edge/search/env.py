@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from rlprune_edge.latency.windows import low_ms, robust_compare
 
 
 @dataclass(frozen=True)
@@ -77,40 +78,6 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
         bn.momentum = mom
     model.eval()
     return model
-
-
-LOW_QUANTILE = 20  # percentile of the timing samples used for latency ratios (see robust_compare)
-
-
-def low_ms(m: Any) -> float:
-    """The 20th percentile of a Measurement's samples (its median when it has no samples)."""
-    import numpy as np
-
-    return float(np.percentile(m.samples_ms, LOW_QUANTILE)) if getattr(m, "samples_ms", None) else float(m.median_ms)
-
-
-def robust_compare(backend: Any, paths: list[Path], profile: Any, tries: int = 3) -> tuple[Any, Any, float]:
-    """Interleaved compare of dense vs candidate → (dense, candidate, ratio of 20th percentiles).
-
-    On this shared 2-core machine (load 8-13) samples are bimodal: ~2 ms when running, ~40 ms when
-    descheduled. Both the sample median and the median of 5 per-block ratios flipped in practice
-    (identical models: block ratio 0.59; 8-channel cut: median ratio 0.48 vs true ≈ 0.89). The 20th
-    percentile is robust to stalls in up to 80% of the samples. When it disagrees with the block
-    ratio by more than 15% the pair is measured again (up to `tries`), and the median over tries is used.
-    """
-    import math
-
-    pm = profile.measure
-    seen = []
-    for _ in range(max(1, tries)):
-        d, c = backend.compare(paths, blocks=int(pm.blocks), warmup=int(pm.warmup), runs=int(pm.runs))
-        low = low_ms(c) / low_ms(d)
-        block = float(c.ratio) if c.ratio is not None else low
-        seen.append((d, c, low))
-        if abs(math.log(block / low)) <= math.log(1.15):
-            break
-    seen.sort(key=lambda t: t[2])
-    return seen[len(seen) // 2]
 
 
 class PruneEnv:
