@@ -61,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlprune-edge {args.command}: interrupted; outputs written so far are intact.", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug, not bad input
+    except Exception as exc:  # a bug, not bad input -- except a file the run could not read or write
         if args.debug or os.environ.get("RLPRUNE_EDGE_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:  # disk full, read-only, permissions
+            print(f"rlprune-edge {args.command}: error: cannot use {exc.filename}: {exc.strerror or exc}; free "
+                  "space or choose a path you can write to (outputs are written to a temporary path first, so "
+                  "what you had there is intact).", file=sys.stderr)
+            return 2
         print(
             f"rlprune-edge {args.command}: unexpected failure: {type(exc).__name__}: {exc} "
             "(rerun with --debug for the traceback and report it)",

@@ -88,6 +88,47 @@ def _num_batches(loader: Any) -> int | None:
         return None
 
 
+def _place(student: nn.Module, teacher: nn.Module, device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
+    """Student moved to `device` (wrapped in DDP under torchrun); the teacher copied there if needed."""
+    from rlprune_edge.compute import module_device
+
+    if module_device(teacher) != device:
+        teacher = copy.deepcopy(teacher).to(device)
+    teacher.eval()
+    student.to(device)
+    if world <= 1:
+        return teacher, student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return teacher, DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _kd_epoch(module: nn.Module, teacher: nn.Module, batches: Iterable, opt: Any, sched: Any, config: DistillConfig,
+              device: torch.device, rank_world: tuple[int, int], bar: Any) -> tuple[float, int]:
+    """One pass of KD over `batches` (under DDP each rank takes its slice of the global batch);
+    returns (summed loss, samples)."""
+    rank, world = rank_world
+    total, n = 0.0, 0
+    for x, y in batches:
+        if world > 1:  # this rank's slice of the shared global batch
+            x, y = x[rank::world], y[rank::world]
+            if len(x) == 0:
+                continue
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss = kd_loss(module(x), t_logits, y, config.temperature, config.alpha)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(x)
+        n += len(x)
+        if bar is not None:
+            bar.set_postfix(loss=f"{total / max(1, n):.3f}")
+    return total, n
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -120,20 +161,9 @@ def distill(
         return student
     rank, world = dist_env() if distributed else (0, 1)
     home = module_device(student)
-    if world > 1:
-        device = rank_device(device)
-    else:
-        device = torch.device(device) if device is not None else home
+    device = rank_device(device) if world > 1 else (torch.device(device) if device is not None else home)
     created = ensure_process_group(device) if world > 1 else False
-    if module_device(teacher) != device:
-        teacher = copy.deepcopy(teacher).to(device)
-    teacher.eval()
-    student.to(device)
-    module: nn.Module = student
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        module = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    teacher, module = _place(student, teacher, device, world)
     opt = torch.optim.SGD(
         student.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -157,24 +187,7 @@ def distill(
                 bar = tqdm(loader, total=_num_batches(loader), desc=f"distill {epoch + 1}/{config.epochs}",
                            unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
                 batches = bar
-            total, n = 0.0, 0
-            for x, y in batches:
-                if world > 1:  # this rank's slice of the shared global batch
-                    x, y = x[rank::world], y[rank::world]
-                    if len(x) == 0:
-                        continue
-                x, y = x.to(device), y.to(device)
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = kd_loss(module(x), t_logits, y, config.temperature, config.alpha)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(x)
-                n += len(x)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{total / max(1, n):.3f}")
+            total, n = _kd_epoch(module, teacher, batches, opt, sched, config, device, (rank, world), bar)
             if bar is not None:
                 bar.close()
                 print(f"distill epoch {epoch + 1}/{config.epochs}: loss {total / max(1, n):.4f} "

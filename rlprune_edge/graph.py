@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -247,6 +248,85 @@ def _raw_groups(dg: tp.DependencyGraph) -> list[list[_RawItem]]:
     return groups
 
 
+def _verdict(produces_output: bool, ignored_out: list[str], problems: list[str], channels: int) -> tuple[bool, str]:
+    """(prunable, reason) of a group: the first rule that refuses it, in order of importance."""
+    if produces_output:
+        return False, "produces the model output"
+    if ignored_out:
+        return False, f"ignored by request ({ignored_out[0]})"
+    if problems:
+        return False, problems[0]
+    if channels < 2:
+        return False, "single channel"
+    return True, ""
+
+
+def _follower_rows(model: nn.Module, followers: dict[str, list[str]], tied_by: dict[str, set[str]], macs: dict,
+                   total_macs: int) -> list[Group]:
+    """Rows for layers whose output channels follow another group (depthwise convs, tied outputs)."""
+    rows = []
+    for n, leaders in followers.items():
+        module = _get(model, n)
+        if is_depthwise(module):
+            reason = f"depthwise conv follows its producer group {', '.join(leaders)}"
+        else:
+            how = " and ".join(sorted(tied_by.get(n, ()))) or "a shared consumer"
+            reason = f"output channels are tied to group {', '.join(leaders)} by {how}"
+        rows.append(Group(name=n, channels=_out_size(module), prunable=False, reason=reason, members=[],
+                          flops_share=macs.get(module, 0) / total_macs, follows=leaders))
+    return rows
+
+
+def _members(raw: list, dg: Any, names: dict, out_fns: set) -> tuple[list[MemberPlan], list[str], bool, set[str],
+                                                                     list[str], list[str]]:
+    """One raw Torch-Pruning group's members -> (plan, problems, produces the output, ties, out layers, in layers)."""
+    plan: list[MemberPlan] = []
+    problems: list[str] = []
+    produces_output = False
+    ties: set[str] = set()
+    out_layers: list[str] = []
+    in_layers: list[str] = []
+    for item in raw:
+        node = item.node
+        module = node.module
+        if node.type == tp.ops.OPTYPE.OUTPUT:  # the output is a non-module op (flatten, add, ...)
+            produces_output = True
+            continue
+        mname = names.get(module) if isinstance(module, nn.Module) else None
+        if mname is None:
+            ties.update(tie_kind(node))
+            problem = op_problem(node)
+            if problem and getattr(node, PROBLEM_ATTR, None):
+                problems.insert(0, problem)  # the root cause (a shuffle) before its side effects
+            elif problem:
+                problems.append(problem)
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        if is_depthwise(module):
+            kind = DEPTHWISE
+        elif pruner is not None and item.handler == pruner.prune_out_channels:
+            kind = OUT
+        else:
+            kind = IN
+        if kind != IN and node.grad_fn in out_fns:
+            produces_output = True
+        if _is_root(module):
+            (in_layers if kind == IN else out_layers).append(mname)
+        problem = module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
+        if problem:
+            problems.append(problem)
+            continue
+        plan.append(
+            MemberPlan(
+                module=mname,
+                kind=kind,
+                idxs=torch.as_tensor(list(item.idxs), dtype=torch.long),
+                root_idxs=torch.as_tensor(list(item.root_idxs), dtype=torch.long),
+            )
+        )
+    return plan, problems, produces_output, ties, out_layers, in_layers
+
+
 def prunable_groups(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -270,50 +350,7 @@ def prunable_groups(
     tied_by: dict[str, set[str]] = {}
     for raw in _raw_groups(dg):
         channels = len(raw[0].idxs)
-        plan: list[MemberPlan] = []
-        problems: list[str] = []
-        produces_output = False
-        ties: set[str] = set()
-        out_layers: list[str] = []
-        in_layers: list[str] = []
-        for item in raw:
-            node = item.node
-            module = node.module
-            if node.type == tp.ops.OPTYPE.OUTPUT:  # the output is a non-module op (flatten, add, ...)
-                produces_output = True
-                continue
-            mname = names.get(module) if isinstance(module, nn.Module) else None
-            if mname is None:
-                ties.update(tie_kind(node))
-                problem = op_problem(node)
-                if problem and getattr(node, PROBLEM_ATTR, None):
-                    problems.insert(0, problem)  # the root cause (a shuffle) before its side effects
-                elif problem:
-                    problems.append(problem)
-                continue
-            pruner = dg.get_pruner_of_module(module)
-            if is_depthwise(module):
-                kind = DEPTHWISE
-            elif pruner is not None and item.handler == pruner.prune_out_channels:
-                kind = OUT
-            else:
-                kind = IN
-            if kind != IN and node.grad_fn in out_fns:
-                produces_output = True
-            if _is_root(module):
-                (in_layers if kind == IN else out_layers).append(mname)
-            problem = module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
-            if problem:
-                problems.append(problem)
-                continue
-            plan.append(
-                MemberPlan(
-                    module=mname,
-                    kind=kind,
-                    idxs=torch.as_tensor(list(item.idxs), dtype=torch.long),
-                    root_idxs=torch.as_tensor(list(item.root_idxs), dtype=torch.long),
-                )
-            )
+        plan, problems, produces_output, ties, out_layers, in_layers = _members(raw, dg, names, out_fns)
         plan.sort(key=lambda p: (order.get(p.module, 0), p.kind))
         blocks, block_ids, block_problem = channel_blocks(
             [(p.module, _get(model, p.module), p.kind == IN, p.idxs, p.root_idxs) for p in plan], channels
@@ -334,16 +371,7 @@ def prunable_groups(
         name = min(identity_outs, key=order.__getitem__) if identity_outs else root_name
 
         ignored_out = [n for n in out_layers if _get(model, n) in ignored]
-        if produces_output:
-            prunable, reason = False, "produces the model output"
-        elif ignored_out:
-            prunable, reason = False, f"ignored by request ({ignored_out[0]})"
-        elif problems:
-            prunable, reason = False, problems[0]
-        elif channels < 2:
-            prunable, reason = False, "single channel"
-        else:
-            prunable, reason = True, ""
+        prunable, reason = _verdict(produces_output, ignored_out, problems, channels)
         own = sum(macs.get(_get(model, n), 0) for n in set(out_layers))
         coupled = sum(macs.get(_get(model, n), 0) for n in set(out_layers) | set(in_layers))
         rows.append(
@@ -365,24 +393,7 @@ def prunable_groups(
                 followers.setdefault(n, []).append(name)
                 tied_by.setdefault(n, set()).update(ties)
 
-    for n, leaders in followers.items():
-        module = _get(model, n)
-        if is_depthwise(module):
-            reason = f"depthwise conv follows its producer group {', '.join(leaders)}"
-        else:
-            how = " and ".join(sorted(tied_by.get(n, ()))) or "a shared consumer"
-            reason = f"output channels are tied to group {', '.join(leaders)} by {how}"
-        rows.append(
-            Group(
-                name=n,
-                channels=_out_size(module),
-                prunable=False,
-                reason=reason,
-                members=[],
-                flops_share=macs.get(module, 0) / total_macs,
-                follows=leaders,
-            )
-        )
+    rows += _follower_rows(model, followers, tied_by, macs, total_macs)
     rows.sort(key=lambda g: order.get(g.name, len(order)))
     return rows
 

@@ -192,7 +192,7 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     return profile, data, dense.eval(), info, model_spec, data_spec
 
 
-def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,  # noqa: C901 - the flow, top to bottom
+def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
          announce: Callable[[dict | None], None]) -> dict | None:
     """Load, measure, check reachability, then the stages (into run_dir.work)."""
     import torch
@@ -203,7 +203,6 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,  # noqa: 
     from rlprune_edge.latency.cache import get_or_fit
     from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.latency.windows import low_ms
-    from rlprune_edge.search.loop import max_prune_keep
     from rlprune_edge.search.plan import PlanSpace, follower_groups
     from rlprune_edge.search.reward import weights_for
     from rlprune_edge.stages import CompressJob, search_distil_report
@@ -220,31 +219,18 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,  # noqa: 
     _say(f"compress: model {model_spec} ({info.model}, width {info.width}), data {data_spec}, "
          f"profile {profile.name}, target {target.describe()}, reward {c.reward}")
     _say("groups:\n" + format_groups_table(groups))
-    names = [g.name for g in groups]
-    ch0 = [int(g.channels) for g in groups]
-    prunable = [bool(g.prunable) for g in groups]
-    if not any(prunable):
+    if not any(g.prunable for g in groups):
         raise UserError(f"model {model_spec} has no prunable channel group; nothing to compress.")
-    m = max(1, int(profile.pruning.channel_multiple))
-    total0 = sum(ch for ch, p in zip(ch0, prunable, strict=True) if p)
-    space = PlanSpace.build(names, ch0, prunable, m, min_fraction=c.min_keep,
+    space = PlanSpace.build([g.name for g in groups], [int(g.channels) for g in groups], [g.prunable for g in groups],
+                            max(1, int(profile.pruning.channel_multiple)), min_fraction=c.min_keep,
                             followers=follower_groups(dense, example_inputs, groups))
-    if c.search == "paper":
-        min_keep = max_prune_keep(ch0, prunable, m)
-        bound_text, bound_flag = f"every group cut to {m} channels", f"pass a smaller {c.name('channel_multiple')}"
-    else:
-        min_keep = space.floor_keep()
-        bound_text = f"every group cut to max({m} channels, {c.min_keep:g} of its width)"
-        bound_flag = f"lower {c.name('min_keep')} (or pass a smaller {c.name('channel_multiple')})"
-        if space.followers:
-            _say("followers (keep their producer's fraction): "
-                 + ", ".join(f"{names[f]} <- {names[p]}" for f, p in space.followers.items()))
-    floor = {n: k for n, k, p in zip(names, min_keep, prunable, strict=True) if p}
-    max_sparsity = 1.0 - sum(floor.values()) / total0
-    if target.kind == "sparsity" and target.value > max_sparsity + 1e-9:
-        raise UserError(f"{c.name('sparsity')} {target.value} is not reachable: with {bound_text} (profile "
-                        f"{profile.name}) at most {max_sparsity:.2f} can be removed; lower {c.name('sparsity')} "
-                        f"or {bound_flag}.")
+    bounds = _Bounds.of(c, space, profile.name)
+    full = space.as_dict(space.full_keep())
+    total0 = sum(full.values())
+    if target.kind == "sparsity" and target.value > bounds.max_sparsity + 1e-9:
+        raise UserError(f"{c.name('sparsity')} {target.value} is not reachable: with {bounds.text} (profile "
+                        f"{profile.name}) at most {bounds.max_sparsity:.2f} can be removed; lower "
+                        f"{c.name('sparsity')} or {bounds.flag}.")
 
     scratch = Path(tempfile.mkdtemp(prefix="rlprune-compress-"))
     try:
@@ -261,11 +247,10 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,  # noqa: 
         _say(f"latency model ready ({time.perf_counter() - t_fit:.0f}s)")
         goal_ms = target.latency_goal_ms(dense_ms)
         if goal_ms is not None:
-            _check_reachable(c, target, goal_ms, dense_ms, latency_model, floor,
-                             {n: ch for n, ch, p in zip(names, ch0, prunable, strict=True) if p},
-                             lambda: materialize(backend, _floor_model(dense, example_inputs, floor, groups),
+            _check_reachable(c, target, goal_ms, dense_ms, latency_model, bounds, full,
+                             lambda: materialize(backend, _floor_model(dense, example_inputs, bounds.floor, groups),
                                                  scratch / "tiny.onnx", shape, batch),
-                             backend, profile, dense_artifact, model_spec, bound_text, bound_flag)
+                             backend, profile, dense_artifact, model_spec)
         else:
             probe_keep, _ = space.size_to_channels(space.uniform_prefs(), int(round((1 - target.value) * total0)))
             _say(f"sparsity {target.value} predicted latency "
@@ -286,6 +271,35 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,  # noqa: 
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+@dataclass
+class _Bounds:
+    """The smallest model the search may build, and how messages describe its limit."""
+
+    floor: dict[str, int]  # prunable group -> its minimum keep
+    max_sparsity: float
+    text: str  # "every group cut to ..."
+    flag: str  # what to change to go lower
+
+    @classmethod
+    def of(cls, c: CompressConfig, space: Any, profile_name: str) -> _Bounds:
+        from rlprune_edge.search.loop import max_prune_keep
+
+        m, prunable = space.multiple, list(space.prunable)
+        if c.search == "paper":
+            keep = max_prune_keep(list(space.channels), prunable, m)
+            text, flag = f"every group cut to {m} channels", f"pass a smaller {c.name('channel_multiple')}"
+        else:
+            keep = space.floor_keep()
+            text = f"every group cut to max({m} channels, {c.min_keep:g} of its width)"
+            flag = f"lower {c.name('min_keep')} (or pass a smaller {c.name('channel_multiple')})"
+            if space.followers:
+                _say("followers (keep their producer's fraction): " + ", ".join(
+                    f"{space.names[f]} <- {space.names[p]}" for f, p in space.followers.items()))
+        floor = space.as_dict(keep)
+        full = space.as_dict(space.full_keep())
+        return cls(floor, 1.0 - sum(floor.values()) / sum(full.values()), text, flag)
+
+
 def _floor_model(dense: Any, example_inputs: Any, floor: dict[str, int], groups: list) -> Any:
     from rlprune_edge.pruning import prune
 
@@ -293,8 +307,8 @@ def _floor_model(dense: Any, example_inputs: Any, floor: dict[str, int], groups:
 
 
 def _check_reachable(c: CompressConfig, target: Any, goal_ms: float, dense_ms: float, latency_model: Any,
-                     floor: dict[str, int], full: dict[str, int], floor_artifact: Callable[[], Any], backend: Any,
-                     profile: Any, dense_artifact: Any, model_spec: str, bound_text: str, bound_flag: str) -> None:
+                     bounds: _Bounds, full: dict[str, int], floor_artifact: Callable[[], Any], backend: Any,
+                     profile: Any, dense_artifact: Any, model_spec: str) -> None:
     """Refuse a target the dense model already meets, or one the smallest allowed model cannot reach
     (predicted first; a predicted miss is measured for real before refusing)."""
     if goal_ms >= dense_ms:
@@ -303,9 +317,9 @@ def _check_reachable(c: CompressConfig, target: Any, goal_ms: float, dense_ms: f
                         f"{c.name('target_latency')} (e.g. 0.5x).")
     # on this run's scale: the cached model may have been fitted in another machine state
     scale = dense_ms / float(latency_model.predict(full))
-    floor_ms = scale * float(latency_model.predict(floor))
+    floor_ms = scale * float(latency_model.predict(bounds.floor))
     verdict = "reachable" if floor_ms <= goal_ms else "NOT reachable by prediction"
-    _say(f"target {goal_ms:.3f} ms; smallest allowed model ({bound_text}) "
+    _say(f"target {goal_ms:.3f} ms; smallest allowed model ({bounds.text}) "
          f"predicted {floor_ms:.3f} ms ({floor_ms / dense_ms:.2f}x) -> {verdict}")
     if floor_ms <= goal_ms:
         return
@@ -318,13 +332,13 @@ def _check_reachable(c: CompressConfig, target: Any, goal_ms: float, dense_ms: f
     if not reach and tiny_ratio > FLAT_FLOOR_RATIO:
         raise TargetUnreachable(
             f"pruning cannot make {model_spec} faster on {profile.name}: the dense model measures "
-            f"{window_dense_ms:.3f} ms and the smallest allowed model ({bound_text}) {tiny_ms:.3f} ms "
+            f"{window_dense_ms:.3f} ms and the smallest allowed model ({bounds.text}) {tiny_ms:.3f} ms "
             f"({tiny_ratio:.2f}x) in the same windows, so the time is in launch/runtime overhead, not in "
             f"the layers; raise [input] batch, time CUDA graph replay (cuda_graphs = true on torch "
             f"profiles) or use another runtime (TensorRT, ONNX Runtime).", floor_ratio=float(tiny_ratio))
     if not reach:
         raise TargetUnreachable(
             f"target {target.describe()} is not reachable for {model_spec} on {profile.name}: even with "
-            f"{bound_text} it measures {tiny_ms:.3f} ms against the dense model's {window_dense_ms:.3f} ms "
-            f"in the same windows ({tiny_ratio:.2f}x); choose a looser {c.name('target_latency')} or {bound_flag}.",
+            f"{bounds.text} it measures {tiny_ms:.3f} ms against the dense model's {window_dense_ms:.3f} ms "
+            f"in the same windows ({tiny_ratio:.2f}x); choose a looser {c.name('target_latency')} or {bounds.flag}.",
             floor_ratio=float(tiny_ratio))

@@ -144,8 +144,8 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
 
     Returns the report, or None when the search stopped early as asked (its state is in the run
     directory, to be resumed)."""
-    from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
-    from rlprune_edge.distill import DistillConfig, dist_env, distill
+    from rlprune_edge.checkpoint import save_checkpoint
+    from rlprune_edge.distill import dist_env
     from rlprune_edge.flops import count_flops, count_params
     from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.windows import robust_ratios
@@ -159,20 +159,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     if found is None:
         return None
     model, steps, search_info, reached = found
-    model = model.cpu()
-    searched_path = job.state_dir / "searched.pt"
-    save_checkpoint(searched_path, model, info)
-    kd_lr = a.kd_lr if a.kd_lr is not None else DistillConfig.lr
-    # the other ranks (torchrun) wait for this, then distil together with this one
-    announce({"searched": str(searched_path), "model_spec": str(job.model_spec), "data_spec": job.data_spec,
-              "kd_lr": kd_lr, "device": a.device})
-    student, _ = load_checkpoint(searched_path)
-    torch.manual_seed(a.seed + 12345)
-    t_kd = time.perf_counter()
-    distill(student, job.dense, job.data, DistillConfig(epochs=a.kd_epochs, lr=kd_lr, limit=a.kd_images or None,
-                                                        seed=a.seed), progress=not a.quiet,
-            device=a.device if world > 1 else job.device)
-    kd_s = time.perf_counter() - t_kd
+    student, kd_lr, kd_s = _distil(job, model.cpu(), announce, world)
 
     # --- final figures (the test split is used only here, after the search) -------------------------
     student.eval()
@@ -190,20 +177,11 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     # the spread of single runs (median, p90) of each model alone, for the record (ratios come from above)
     spread = {name: job.backend.measure(path, warmup=int(profile.measure.warmup), runs=int(profile.measure.runs))
               for name, path in (("base", job.dense_artifact), ("final", final_art))}
+    bundle = None if a.no_bundle else _bundle(job, student, final_info)
     if job.target.kind == "ratio":
         reached = speed_ratio <= job.target.value
     elif job.target.kind == "ms":
         reached = final_ms <= job.target.value
-    bundle = None
-    if not a.no_bundle:
-        try:
-            from rlprune_edge.export import export_bundle
-
-            manifest = export_bundle(student, final_info, profile, out / "bundle", precision=profile.runtime.precision,
-                                     data=job.data, measure=False, verify_images=200, test_limit=1000, log=None)
-            bundle = str(Path(a.out) / "bundle") if manifest is not None else None
-        except UserError as exc:
-            _say(f"warning: bundle not written: {exc}")
     shape = tuple(info.input_shape)
     report = {
         "profile": profile.name,
@@ -235,3 +213,40 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     plot_pareto(out / "pareto.png", steps, report["base"], report["final"],
                 title=f"{info.model} w{info.width} on {profile.name}, {a.search} search, reward {a.reward}")
     return report
+
+
+def _distil(job: CompressJob, model: Any, announce: Callable[[dict | None], None], world: int) -> tuple[Any, float, float]:
+    """Save the searched model, tell the other torchrun ranks, distil it from the dense model.
+
+    Returns (student, learning rate, seconds)."""
+    from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
+    from rlprune_edge.distill import DistillConfig, distill
+
+    a = job.args
+    searched_path = job.state_dir / "searched.pt"
+    save_checkpoint(searched_path, model, job.info)
+    kd_lr = a.kd_lr if a.kd_lr is not None else DistillConfig.lr
+    # the other ranks (torchrun) wait for this, then distil together with this one
+    announce({"searched": str(searched_path), "model_spec": str(job.model_spec), "data_spec": job.data_spec,
+              "kd_lr": kd_lr, "device": a.device})
+    student, _ = load_checkpoint(searched_path)
+    torch.manual_seed(a.seed + 12345)
+    t_kd = time.perf_counter()
+    distill(student, job.dense, job.data, DistillConfig(epochs=a.kd_epochs, lr=kd_lr, limit=a.kd_images or None,
+                                                        seed=a.seed), progress=not a.quiet,
+            device=a.device if world > 1 else job.device)
+    return student, kd_lr, time.perf_counter() - t_kd
+
+
+def _bundle(job: CompressJob, student: Any, final_info: Any) -> str | None:
+    """The deployable bundle in OUT/bundle; a failure is a warning (the model and report stand)."""
+    from rlprune_edge.export import export_bundle
+
+    try:
+        manifest = export_bundle(student, final_info, job.profile, job.out / "bundle",
+                                 precision=job.profile.runtime.precision, data=job.data, measure=False,
+                                 verify_images=200, test_limit=1000, log=None)
+    except UserError as exc:
+        _say(f"warning: bundle not written: {exc}")
+        return None
+    return str(Path(job.args.out) / "bundle") if manifest is not None else None

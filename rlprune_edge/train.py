@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,6 +48,26 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     finally:
         model.train(was_training)
     return correct / total if total else 0.0
+
+
+def _train_epoch(model: nn.Module, bar: Any, optimizer: Any, scheduler: Any, loss_fn: Any) -> tuple[float, int, int]:
+    """One pass over the (progress-wrapped) training batches; returns (summed loss, correct, seen)."""
+    model.train()
+    loss_sum = 0.0
+    correct = seen = 0
+    for x, y in bar:
+        out = model(x)
+        loss = loss_fn(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        n = int(y.numel())
+        loss_sum += float(loss.detach()) * n
+        correct += int((out.argmax(1) == y).sum())
+        seen += n
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return loss_sum, correct, seen
 
 
 def train_model(
@@ -94,23 +115,9 @@ def train_model(
     history: list[dict] = []
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        model.train()
-        loss_sum = 0.0
-        correct = seen = 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
                    file=sys.stderr, leave=True, dynamic_ncols=True)
-        for x, y in bar:
-            out = model(x)
-            loss = loss_fn(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            n = int(y.numel())
-            loss_sum += float(loss.detach()) * n
-            correct += int((out.argmax(1) == y).sum())
-            seen += n
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        loss_sum, correct, seen = _train_epoch(model, bar, optimizer, scheduler, loss_fn)
         val_acc = evaluate(model, val_loader) if len(data.val) else correct / max(seen, 1)
         is_best = val_acc > best_acc
         if is_best:

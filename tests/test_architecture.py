@@ -136,3 +136,17 @@ def test_board_code_needs_no_torch_and_no_package_imports():
 def test_no_file_over_500_lines():
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
     assert long == {}
+
+
+def test_no_function_over_80_lines_unless_a_comment_says_why():
+    """A longer function must open its body with a `# long: ...` comment giving the reason."""
+    long = []
+    for path in PKG.rglob("*.py"):
+        text = path.read_text()
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                body = lines[node.body[0].lineno - 1: node.body[0].lineno + 12]
+                if not any(line.strip().startswith("# long:") for line in body):
+                    long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}")
+    assert long == []

@@ -165,3 +165,21 @@ def test_search_progress_is_measured_against_the_goal():
     assert max(seq) == 0.99  # 100% is shown only once the loop says the target is met
     sp = Target.sparsity(0.4)
     assert _progress(sp, 0.7, 0.2, None, 1.0) == pytest.approx(0.5)
+
+
+@pytest.mark.hostile("an output write failing mid-run (disk full, read-only file system, permissions)",
+                     "exit 2 naming the path and the system's reason, never \"unexpected failure\"; the run "
+                     "directory rules keep what was there")
+def test_an_os_error_on_an_output_is_exit_2_naming_the_path(tmp_path, prof, monkeypatch, capsys):
+    import errno
+
+    import rlprune_edge.stages as stages
+
+    def disk_full(job, announce):
+        raise OSError(errno.ENOSPC, "No space left on device", str(job.out / "model.pt"))
+
+    monkeypatch.setattr(stages, "search_distil_report", disk_full)
+    out = tmp_path / "full"
+    assert main(["compress", *TINY, "--profile", prof, "--sparsity", "0.3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "model.pt" in err and "unexpected" not in err

@@ -116,15 +116,14 @@ def targets_from_floor(f: float) -> dict[str, float]:
 
 
 def run_compress(ckpt: Path, target: float, seed: int, method: str, out: Path, extra: list[str]) -> dict[str, Any]:
-    from benchmark import run_cli
+    from benchmark.cells import run_compress as compress_call
 
     argv = ["compress", "--model", str(ckpt), "--target-latency", f"{target:g}x", "--seed", str(seed),
             "--out", str(out), "--no-bundle", "--quiet", *extra]
     if method == "uniform":
         argv += ["--search", "uniform"]
     resume = (out / "search" / "plan_state.json").is_file() and not (out / "report.json").is_file()
-    run_cli([*argv, "--resume"] if resume else argv)
-    rep = json.loads((out / "report.json").read_text())
+    rep = compress_call([*argv, "--resume"] if resume else argv)
     s = rep.get("search", {})
     return {"test_acc": rep["final"]["test_acc"], "base_test_acc": rep["base"]["test_acc"],
             "own_ratio": rep["measured_ratio"], "params": rep["final"]["params"], "flops": rep["final"]["flops"],

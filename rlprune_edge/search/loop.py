@@ -244,6 +244,9 @@ def run_search(
     recorded latency corrections instead of re-measuring, so it reaches the same result as an
     uninterrupted run. `stop_after` ends the loop after that many completed steps (for tests).
     """
+    # long: the paper's step loop (kept as `--search paper`, the default is the plan search) carries the
+    # policy, the resume replay, the equal-latency step goal and the per-step checkpoint through one
+    # loop; its exact-resume tests pin this order, so it stays one function until the loop is retired.
     say = log or (lambda s: print(s, file=sys.stderr))
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)

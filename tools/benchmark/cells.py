@@ -22,16 +22,37 @@ from rlprune_edge.errors import TargetUnreachable, UserError
 
 
 # --- running the CLI in-process -------------------------------------------------------------------------
-def run_cli(argv: list[str]) -> None:
-    """Run `rlprune-edge ARGV` in this process; raise RuntimeError with the command's message on failure."""
+def _parse(argv: list[str]) -> Any:
     from rlprune_edge.cli import build_parser
 
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        return build_parser().parse_args(argv)
     except SystemExit as exc:
         raise RuntimeError(f"`rlprune-edge {' '.join(argv[:1])}` rejected the arguments {argv[1:]} "
                            f"(exit {exc.code}); the command lacks a flag this benchmark needs") from None
+
+
+def run_compress(argv: list[str]) -> dict[str, Any]:
+    """`compress` as a library call (``rlprune_edge.pipeline.compress``) with the options of the command
+    line ``rlprune-edge compress ARGV[1:]`` (parsed by the command's own parser, so the recorded command
+    is exactly what ran); returns its report."""
+    from rlprune_edge.pipeline import CompressConfig, compress
+
+    args = _parse(argv)
+    try:
+        result = compress(CompressConfig.from_namespace(args))
+    except TargetUnreachable as exc:
+        raise CellUnreachable(f"rlprune-edge compress: {exc}", exc.floor_ratio) from None
+    except UserError as exc:
+        raise RuntimeError(f"rlprune-edge compress: {exc}") from None
+    if result.report is None:
+        raise RuntimeError("rlprune-edge compress stopped before its report (--stop-after?)")
+    return result.report
+
+
+def run_cli(argv: list[str]) -> None:
+    """Run `rlprune-edge ARGV` in this process; raise RuntimeError with the command's message on failure."""
+    args = _parse(argv)
     try:
         rc = int(args.func(args) or 0)
     except TargetUnreachable as exc:
@@ -215,13 +236,12 @@ def run_compress_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
     (out / "report.json").unlink(missing_ok=True)
     if resumable:
         try:
-            run_cli([*argv, "--resume"])
+            rep = run_compress([*argv, "--resume"])
         except RuntimeError as exc:
             _say(f"benchmark: resuming {cell.id} failed ({exc}); starting it afresh")
-            run_cli(argv)
+            rep = run_compress(argv)
     else:
-        run_cli(argv)
-    rep = json.loads((out / "report.json").read_text())
+        rep = run_compress(argv)
     _clean_run(out, ctx)
     return {"run_dir": ctx.rel(out), "command": ["rlprune-edge", *(ctx.rel(Path(a)) if os.path.isabs(a) else a for a in argv)]} | _from_report(rep)
 
