@@ -78,7 +78,7 @@ class BundleFacts:
 def write_error(out_dir: Path, exc: OSError) -> str:
     """The UserError sentence for an OSError while writing the bundle `out_dir`."""
     where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) != str(out_dir) else ""
-    return (f"cannot write the bundle --out {out_dir}: {exc.strerror or exc}{where}; "
+    return (f"cannot write the bundle directory {out_dir}: {exc.strerror or exc}{where}; "
             "choose a writable output directory.")
 
 
@@ -88,7 +88,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     for ancestor in out_dir.parents:
         if ancestor.exists() or ancestor.is_symlink():
             if not ancestor.is_dir():
-                raise UserError(f"cannot write the bundle --out {out_dir}: {ancestor} is a file, not a directory; "
+                raise UserError(f"cannot write the bundle directory {out_dir}: {ancestor} is a file, not a directory; "
                                 "choose an output path inside a directory.")
             break
     try:
@@ -103,10 +103,10 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
 def prepare_out_dir(out_dir: Path) -> None:
     """Refuse to replace anything that is not a previous bundle (or an empty directory)."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise UserError(f"--out {out_dir} exists and is not a directory; choose another output path.")
+        raise UserError(f"bundle directory {out_dir} exists and is not a directory; choose another output path.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
         raise UserError(
-            f"--out {out_dir} exists and is not an rlprune-edge bundle (no {MANIFEST_NAME}); "
+            f"bundle directory {out_dir} exists and is not an rlprune-edge bundle (no {MANIFEST_NAME}); "
             "choose another output directory or empty it first."
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)

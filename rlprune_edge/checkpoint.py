@@ -313,7 +313,8 @@ FASHION_MNIST_MEAN = (0.2190, 0.2190, 0.2190)
 FASHION_MNIST_STD = (0.3318, 0.3318, 0.3318)
 
 
-def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None, data=None) -> tuple[nn.Module, ModelInfo]:
+def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None, data=None,
+                  name: str = "model") -> tuple[nn.Module, ModelInfo]:
     """A checkpoint path, or a zoo/torchvision name built fresh (random init) with the data's stats.
 
     `data` is an optional :class:`rlprune_edge.data.DataBundle` giving num_classes, mean, std and class
@@ -328,7 +329,7 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
     )
 
     if not spec.strip():
-        raise UserError(f"--model is empty; give a checkpoint (.pt) path or one of {valid_names_sentence()}.")
+        raise UserError(f"{name} is empty; give a checkpoint (.pt) path or one of {valid_names_sentence()}.")
     if spec in ZOO_NAMES or spec.startswith(TORCHVISION_PREFIX):
         if num_classes is None:
             num_classes = data.num_classes if data is not None else 10

@@ -18,17 +18,17 @@ from rlprune_edge.errors import UserError
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(requested: str | None) -> torch.device:
-    """The device of this process's compute for --device `requested` (auto | cpu | cuda)."""
+def resolve_device(requested: str | None, name: str = "device") -> torch.device:
+    """The device of this process's compute for `requested` (auto | cpu | cuda); `name` labels errors."""
     req = (requested or "auto").lower()
     if req not in DEVICE_CHOICES:
-        raise UserError(f"--device {requested!r} is not one of {', '.join(DEVICE_CHOICES)}; e.g. --device cpu.")
+        raise UserError(f"{name} {requested!r} is not one of {', '.join(DEVICE_CHOICES)}; e.g. {name} cpu.")
     if req == "cpu":
         return torch.device("cpu")
     if req == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("--device cuda was given, but torch sees no CUDA GPU on this machine; "
-                            "use --device cpu (or auto).")
+            raise UserError(f"{name} cuda was given, but torch sees no CUDA GPU on this machine; "
+                            f"use {name} cpu (or auto).")
         return torch.device("cuda", 0)
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 

@@ -130,7 +130,7 @@ def _resolve_data(info: Any, data: Any) -> Any:
         data = meta.get("data") if isinstance(meta, dict) else None
         if not data:
             raise UserError(
-                "the checkpoint does not say which data it was trained on; pass --data SPEC "
+                "the checkpoint does not say which data it was trained on; give the data spec "
                 "(e.g. fashion-mnist) so the export can be verified on real images."
             )
     if isinstance(data, str):
@@ -323,7 +323,7 @@ def collect_images(data: Any, split: str, limit: int, shuffle: bool = False, see
             if n >= limit:
                 break
     if not xs:
-        raise UserError(f"the {split} split of the data has no images; check the --data spec.")
+        raise UserError(f"the {split} split of the data has no images; check the data spec.")
     return torch.cat(xs)[:limit]
 
 
@@ -338,12 +338,12 @@ def _check_precision(profile: Any, precision: str) -> None:
     if precision == "fp16" and runtime != "tensorrt":
         raise UserError(
             f"precision fp16 needs a TensorRT profile, but profile {profile.name!r} runs {runtime}; "
-            "use --precision fp32 or int8 for CPU boards."
+            "use precision fp32 or int8 for CPU boards."
         )
     if precision == "int8" and runtime not in ("onnxruntime", "tensorrt"):
         raise UserError(
             f"precision int8 needs an onnxruntime or TensorRT profile, but profile {profile.name!r} runs "
-            f"{runtime}; use --precision fp32."
+            f"{runtime}; use precision fp32."
         )
 
 
@@ -363,13 +363,13 @@ def _check_data(info: Any, data: Any) -> None:
     if tuple(data.input_shape) != tuple(info.input_shape):
         raise UserError(
             f"the data gives images of shape {list(data.input_shape)} but the model takes "
-            f"{list(info.input_shape)}; pass the --data the model was trained on."
+            f"{list(info.input_shape)}; give the data the model was trained on."
         )
     n_classes = len(data.class_names)
     if n_classes != int(info.num_classes):
         raise UserError(
             f"the data has {n_classes} classes but the model has {info.num_classes} outputs; "
-            "pass the --data the model was trained on."
+            "give the data the model was trained on."
         )
 
 

@@ -39,10 +39,10 @@ except ImportError:  # a torch without the constant: the value of torch 2.x
     MAX_OPSET = 20
 
 
-def check_opset(opset: int) -> int:
-    """UserError unless `opset` is an integer in MIN_OPSET..MAX_OPSET."""
+def check_opset(opset: int, name: str = "opset") -> int:
+    """UserError unless `opset` is an integer in MIN_OPSET..MAX_OPSET (`name`: how the message calls it)."""
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UserError(f"--opset must be >= {MIN_OPSET} and <= {MAX_OPSET} (the range torch.onnx.export "
+        raise UserError(f"{name} must be >= {MIN_OPSET} and <= {MAX_OPSET} (the range torch.onnx.export "
                         f"supports here), got {opset}; leave it out for {MIN_OPSET}.")
     return opset
 
@@ -167,7 +167,7 @@ def verify_onnx(
 ) -> Verification:
     """Compare ONNX Runtime logits with PyTorch logits on `images` (normalised NCHW)."""
     if images.shape[0] == 0:
-        raise UserError("no validation images to verify the ONNX export against; check the --data split.")
+        raise UserError("no validation images to verify the ONNX export against; check the data split.")
     was_training = model.training
     model.eval()
     try:

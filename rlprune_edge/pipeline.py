@@ -185,7 +185,8 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     data_spec = c.data or info_data or "fashion-mnist"
     data = load_data(data_spec, seed=c.seed)
     torch.manual_seed(c.seed)  # a model *name* is built with random init: make it the same on resume
-    dense, info = resolve_model(model_spec, width=c.width, num_classes=data.num_classes, data=data)
+    dense, info = resolve_model(model_spec, width=c.width, num_classes=data.num_classes, data=data,
+                                name=c.name("model"))
     if tuple(info.input_shape) != tuple(data.input_shape):
         raise UserError(f"model {model_spec} takes inputs {tuple(info.input_shape)} but data {data_spec} gives "
                         f"{tuple(data.input_shape)}; use a model trained on this dataset.")
@@ -201,15 +202,15 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
     from rlprune_edge.graph import format_groups_table, prunable_groups
     from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.cache import get_or_fit
+    from rlprune_edge.latency.campaign import low_ms
     from rlprune_edge.latency.registry import get_backend
-    from rlprune_edge.latency.windows import low_ms
     from rlprune_edge.search.plan import PlanSpace, follower_groups
     from rlprune_edge.search.reward import weights_for
     from rlprune_edge.stages import CompressJob, search_distil_report
 
     if c.threads is not None:
         torch.set_num_threads(c.threads)
-    device = resolve_device(c.device)
+    device = resolve_device(c.device, name=c.name("device"))
     profile, data, dense, info, model_spec, data_spec = _load(c)
     torch.manual_seed(c.seed)
     example_inputs = torch.zeros(1, *info.input_shape)
@@ -323,7 +324,7 @@ def _check_reachable(c: CompressConfig, target: Any, goal_ms: float, dense_ms: f
          f"predicted {floor_ms:.3f} ms ({floor_ms / dense_ms:.2f}x) -> {verdict}")
     if floor_ms <= goal_ms:
         return
-    from rlprune_edge.latency.windows import robust_ratios
+    from rlprune_edge.latency.campaign import robust_ratios
 
     (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_artifact, [floor_artifact()])
     tiny_ms = tiny_ratio * window_dense_ms

@@ -71,10 +71,10 @@ def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None
     result = run_search(env, job.dense, job.target, job.weights, dense_fig, config, job.state_dir, resume=a.resume,
                         fingerprint=fingerprint, progress=not a.quiet, log=_say, stop_after=a.stop_after)
     if a.stop_after is not None and not result.reached and len(result.steps) >= a.stop_after:
-        _say(f"stopped after {len(result.steps)} steps as asked; continue with --resume --out {job.args.out}")
+        _say(f"stopped after {len(result.steps)} steps as asked; continue by resuming the run in {job.args.out}")
         return None
     if not result.steps:
-        raise UserError("the search made no step (nothing left to prune); check --profile's channel multiple.")
+        raise UserError("the search made no step (nothing left to prune); check the profile's channel multiple.")
     if not result.reached:
         _say(f"warning: stopped after {len(result.steps)} steps without meeting {job.target.describe()}")
     pareto_x, pareto_y = tensors(job.data.subset("test", a.pareto_test_size, seed=a.seed))
@@ -118,7 +118,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
                              resume=a.resume, fingerprint=fingerprint, progress=not a.quiet, log=_say,
                              stop_after=a.stop_after)
     if result is None:
-        _say(f"stopped after {a.stop_after} rounds as asked; continue with --resume --out {a.out}")
+        _say(f"stopped after {a.stop_after} rounds as asked; continue by resuming the run in {a.out}")
         return None
     if result.reached is False:
         _say(f"warning: the chosen plan still measures over {job.target.describe()} after "
@@ -148,7 +148,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     from rlprune_edge.distill import dist_env
     from rlprune_edge.flops import count_flops, count_params
     from rlprune_edge.latency.artifacts import materialize
-    from rlprune_edge.latency.windows import robust_ratios
+    from rlprune_edge.latency.campaign import robust_ratios
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.report import plot_pareto, write_report
     from rlprune_edge.search.env import accuracy, tensors

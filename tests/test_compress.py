@@ -258,7 +258,7 @@ def test_compress_on_a_torch_cpu_profile_measures_modules_end_to_end(tmp_path, m
 def test_a_floor_no_faster_than_dense_is_refused_with_both_measured_figures(env, monkeypatch, capsys):
     """Launch-bound runtime (eager CUDA at batch 1): exit 2, both figures and what to change, nothing written."""
     tmp, prof = env
-    import rlprune_edge.latency.windows as windows
+    import rlprune_edge.latency.campaign as windows
 
     monkeypatch.setattr(windows, "robust_ratios", lambda backend, profile, dense, paths, **kw: ([0.99], 1.05, [[0.99]]))
     out = tmp / "flat"

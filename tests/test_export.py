@@ -216,7 +216,7 @@ def test_bad_precision_and_data_mismatch(fm, tmp_path):
     wrong = ModelInfo("vgg11", 0.125, 5, (3, 32, 32), info.mean, info.std, [str(i) for i in range(5)])
     with pytest.raises(UserError, match="classes"):
         export_bundle(_OnnxLiar(), wrong, "host-cpu", tmp_path / "b", data=fm)
-    with pytest.raises(UserError, match="--data"):
+    with pytest.raises(UserError, match="data spec"):
         export_bundle(_OnnxLiar(), info, "host-cpu", tmp_path / "c")
     assert list(tmp_path.iterdir()) == []
 

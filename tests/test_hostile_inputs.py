@@ -261,12 +261,12 @@ def test_export_out_below_a_file(tmp_path, tiny_ckpt, capsys, monkeypatch):
     out = blocker / "bundle"
     assert main(["export", str(tiny_ckpt), "--profile", "host-cpu", "--out", str(out)]) == 2
     err = _one_line_error(capsys)
-    assert f"cannot write the bundle --out {out}: {blocker} is a file, not a directory" in err
+    assert f"cannot write the bundle directory {out}: {blocker} is a file, not a directory" in err
     assert blocker.read_text() == "a file, not a directory"
 
 
 @pytest.mark.hostile("export --out in a read-only directory",
-         "exit 2 before loading anything: 'cannot write the bundle --out DIR: Permission denied'")
+         "exit 2 before loading anything: 'cannot write the bundle directory DIR: Permission denied'")
 def test_export_out_in_read_only_dir(tmp_path, tiny_ckpt, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -277,7 +277,7 @@ def test_export_out_in_read_only_dir(tmp_path, tiny_ckpt, capsys):
         out = ro / "bundle"
         assert main(["export", str(tiny_ckpt), "--profile", "host-cpu", "--out", str(out)]) == 2
         err = _one_line_error(capsys)
-        assert f"cannot write the bundle --out {out}" in err and "Permission denied" in err
+        assert f"cannot write the bundle directory {out}" in err and "Permission denied" in err
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
@@ -303,7 +303,7 @@ def test_export_oserror_while_writing(tmp_path, tiny_ckpt, capsys, monkeypatch):
     monkeypatch.setattr("rlprune_edge.export._build", full_disk)
     assert main(["export", str(tiny_ckpt), "--profile", "host-cpu", "--out", str(out), "--data", "x"]) == 2
     err = _one_line_error(capsys)
-    assert f"cannot write the bundle --out {out}: No space left on device" in err and "model.onnx" in err
+    assert f"cannot write the bundle directory {out}: No space left on device" in err and "model.onnx" in err
     assert (out / "model.onnx").read_bytes() == b"previous bundle"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "tiny.pt"]
 
@@ -380,7 +380,7 @@ def test_latency_check_write_failure_at_the_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("rlprune_edge.latency.registry.get_backend", lambda profile: object())
     monkeypatch.setattr("rlprune_edge.latency.cache.get_or_fit", lambda *a, **k: SimpleNamespace(arch_hash="0" * 16))
-    monkeypatch.setattr("rlprune_edge.latency.model.check_model",
+    monkeypatch.setattr("rlprune_edge.latency.campaign.check_model",
                         lambda *a, **k: {"median_abs_rel_error": 0.1, "p90_abs_rel_error": 0.2, "variants": []})
 
     def full_disk(path, *a, **k):

@@ -178,7 +178,7 @@ def test_fit_and_cache_with_real_prune_and_fake_runtime(tmp_path, monkeypatch):
     assert backend.calls == calls and again.to_dict() == lm.to_dict()  # served from the cache
     assert cache.model_path(profile, lm.arch_hash).is_file()
     # the fake runtime's latency is exactly linear in aligned work, so held-out variants match closely
-    from rlprune_edge.latency.model import check_model
+    from rlprune_edge.latency.campaign import check_model
 
     res = check_model(lm, model, x, groups, backend, profile, 2, seed=7, runs=2)
     assert len(res["variants"]) == 2
@@ -239,7 +239,7 @@ class DriftingBackend:
 def test_ratios_over_windows_measures_all_models_together_and_takes_median():
     from types import SimpleNamespace
 
-    from rlprune_edge.latency.windows import ratios_over_windows
+    from rlprune_edge.latency.campaign import ratios_over_windows
 
     truth = {"a.onnx": 0.5, "b.onnx": 0.25}
     backend = DriftingBackend(truth, drift=[1.0, 1.3, 0.95])
@@ -256,7 +256,7 @@ def test_ratios_over_windows_measures_all_models_together_and_takes_median():
 def test_measure_windows_pauses_between_windows_and_keeps_per_window_figures(monkeypatch):
     from types import SimpleNamespace
 
-    import rlprune_edge.latency.windows as lm
+    import rlprune_edge.latency.campaign as lm
 
     slept: list[float] = []
     monkeypatch.setattr(lm.time, "sleep", slept.append)
@@ -270,7 +270,7 @@ def test_measure_windows_pauses_between_windows_and_keeps_per_window_figures(mon
 
 
 def test_slot_times_over_windows_spreads_each_model_over_passes():
-    from rlprune_edge.latency.windows import slot_times_over_windows
+    from rlprune_edge.latency.campaign import slot_times_over_windows
 
     backend = DriftingBackend({"a.onnx": 0.5}, drift=[1.0, 2.0, 1.1])
     times, runtime = slot_times_over_windows(backend, ["dense.onnx", "a.onnx"], [{"conv"}, {"conv"}],

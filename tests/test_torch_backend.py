@@ -19,7 +19,8 @@ from rlprune_edge.latency.artifacts import (
     onnx_node_dims,
     takes_modules,
 )
-from rlprune_edge.latency.model import LatencyModel, check_model, uniform_keep
+from rlprune_edge.latency.campaign import check_model, fit_latency_model
+from rlprune_edge.latency.model import uniform_keep
 from rlprune_edge.latency.registry import get_backend
 from rlprune_edge.latency.torch_backend import _run_times
 from rlprune_edge.models import build_model
@@ -86,7 +87,7 @@ def test_latency_model_fits_and_checks_modules_on_a_torch_profile():
     model = build_model("vgg11", width=0.125).eval()
     x = torch.zeros(1, 3, 32, 32)
     groups = prunable_groups(model, x)
-    lm = LatencyModel.fit(model, x, groups, backend, profile, n_variants=6, runs=12)
+    lm = fit_latency_model(model, x, groups, backend, profile, n_variants=6, runs=12)
     convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert convs <= set(lm.slots) and lm.dense_ms > 0
     # the calibration covers the small end of the search space, not only random keeps in [0.25, 1]

@@ -34,13 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlprune_edge.graph import prunable_groups  # noqa: E402
 from rlprune_edge.latency.artifacts import materialize  # noqa: E402
-from rlprune_edge.latency.model import (  # noqa: E402
-    LatencyModel,
+from rlprune_edge.latency.campaign import (  # noqa: E402
     check_model,
-    error_summary,
+    fit_latency_model,
+    profile_rounds,
+    ratios_over_windows,
 )
+from rlprune_edge.latency.model import LatencyModel, error_summary  # noqa: E402
 from rlprune_edge.latency.registry import get_backend  # noqa: E402
-from rlprune_edge.latency.windows import profile_rounds, ratios_over_windows  # noqa: E402
 from rlprune_edge.models import build_model  # noqa: E402
 from rlprune_edge.profiles import load_profile  # noqa: E402
 
@@ -102,7 +103,7 @@ def main() -> int:
         example = torch.randn(1, *model.input_shape)
         groups = prunable_groups(model, example)
         t0 = time.time()
-        lm = LatencyModel.fit(model, example, groups, backend, profile, n_variants=args.fit_variants, seed=args.seed,
+        lm = fit_latency_model(model, example, groups, backend, profile, n_variants=args.fit_variants, seed=args.seed,
                               pruner=pruner, runs=args.runs or None, progress=lambda s: print(s, file=sys.stderr, flush=True),
                               multiple=args.multiple)
         fit_s = time.time() - t0

@@ -87,8 +87,8 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.flops import count_params
     from rlprune_edge.graph import prunable_groups
+    from rlprune_edge.latency.campaign import robust_ratios
     from rlprune_edge.latency.registry import get_backend
-    from rlprune_edge.latency.windows import robust_ratios
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.pruning import prune
@@ -182,8 +182,8 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
 def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
     """Every final of one (model, target, seed) with the dense model in the same common windows."""
     from rlprune_edge.checkpoint import load_checkpoint
+    from rlprune_edge.latency.campaign import robust_ratios
     from rlprune_edge.latency.registry import get_backend
-    from rlprune_edge.latency.windows import robust_ratios
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
 
@@ -214,7 +214,7 @@ def render(doc: dict) -> str:
              "fine-tune budget (4 KD epochs over the train split). Latency: all finals of a (model, target, seed) "
              f"re-measured with the dense model in {COMMON_SESSIONS} sessions 5 s apart, each of ≥ 5 common interleaved "
              "windows (median over sessions of the median over windows of the per-window ratio of block "
-             "medians, `latency.windows.robust_ratios`); host-cpu (ONNX Runtime, 2 threads) on this 2-core VM.", ""]
+             "medians, `latency.campaign.robust_ratios`); host-cpu (ONNX Runtime, 2 threads) on this 2-core VM.", ""]
     for label, m in doc.get("models", {}).items():
         fl = m.get("floor")
         if not fl:

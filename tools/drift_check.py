@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rlprune_edge.latency.campaign import low_ms, robust_compare  # noqa: E402
 from rlprune_edge.latency.registry import get_backend  # noqa: E402
-from rlprune_edge.latency.windows import low_ms, robust_compare  # noqa: E402
 from rlprune_edge.profiles import load_profile  # noqa: E402
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlprune_edge.fsutil import atomic_write_json  # noqa: E402
+from rlprune_edge.latency.campaign import measure_windows  # noqa: E402
 from rlprune_edge.latency.registry import get_backend  # noqa: E402
-from rlprune_edge.latency.windows import measure_windows  # noqa: E402
 from rlprune_edge.profiles import load_profile  # noqa: E402
 
 

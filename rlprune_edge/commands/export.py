@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be >= {low}, got {value}.")
     if args.test_limit is not None and args.test_limit < 1:
         raise UserError(f"--test-limit must be >= 1, got {args.test_limit}.")
-    check_opset(args.opset)
+    check_opset(args.opset, name="--opset")
     check_out_dir(args.out)  # before the checkpoint, the data and the export: fail in a second, not minutes
     profile = load_profile(args.profile)
     model, info = load_checkpoint(args.checkpoint)

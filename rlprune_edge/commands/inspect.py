@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None and not 1 <= args.num_classes <= MAX_CLASSES:
         raise UserError(f"--num-classes must be an integer in 1..{MAX_CLASSES}, got {args.num_classes}.")
     spec = args.model if args.model is not None else str(ensure_default_model())
-    model, info = resolve_model(spec, width=args.width, num_classes=args.num_classes)
+    model, info = resolve_model(spec, width=args.width, num_classes=args.num_classes, name="--model")
     shape = tuple(info.input_shape)
     try:
         macs = count_flops(model, shape)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from rlprune_edge.checkpoint import check_width, resolve_model
     from rlprune_edge.graph import prunable_groups
     from rlprune_edge.latency.cache import get_or_fit, model_path
-    from rlprune_edge.latency.model import check_model
+    from rlprune_edge.latency.campaign import check_model
     from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.profiles import load_profile
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     out = _check_json_out(Path(args.json_out))
     profile = load_profile(args.profile)
     backend = get_backend(profile)
-    model, info = resolve_model(args.model, width=args.width)
+    model, info = resolve_model(args.model, width=args.width, name="--model")
     model.eval()
     shape = tuple(profile.input.shape) or tuple(info.input_shape)
     example = torch.randn(1, *shape)

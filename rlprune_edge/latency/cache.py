@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rlprune_edge.latency.campaign import fit_latency_model
 from rlprune_edge.latency.model import DEFAULT_FIT_VARIANTS, LatencyModel, architecture_hash
 from rlprune_edge.paths import cache_root
 from rlprune_edge.profiles import Profile
@@ -56,6 +57,6 @@ def get_or_fit(model: Any, example_inputs: Any, groups: Sequence[Any], backend: 
         cached = load_cached(profile, arch)
         if cached is not None:
             return cached
-    lm = LatencyModel.fit(model, example_inputs, groups, backend, profile, n_variants=n_variants, seed=seed, **fit_kwargs)
+    lm = fit_latency_model(model, example_inputs, groups, backend, profile, n_variants=n_variants, seed=seed, **fit_kwargs)
     save_cached(lm, profile)
     return lm

@@ -26,8 +26,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,7 @@ import numpy as np
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
-from rlprune_edge.latency.artifacts import materialize, node_dims
-from rlprune_edge.latency.slots import WEIGHTED, DimMap, Slot, fit_dim_map, fit_slots, slot_feature
-from rlprune_edge.latency.windows import profile_rounds, ratios_over_windows, slot_times_over_windows
+from rlprune_edge.latency.slots import DimMap, Slot, fit_dim_map, fit_slots, slot_feature
 
 MIN_FIXED_FRACTION = -2.0  # end-to-end ratio = u + (1 - u) * kernel ratio; slope 1 - u at most 3
 MIN_PREDICTED_RATIO = 0.02  # a prediction never falls below 2% of the dense latency
@@ -250,75 +247,6 @@ class LatencyModel:
                                     "keeps": [{g: int(v) for g, v in kp.items()} for kp in keeps]}
         return self.fixed_fraction
 
-    @classmethod
-    def fit(cls, model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
-            n_variants: int = DEFAULT_FIT_VARIANTS, seed: int = 0, *, pruner: Callable[..., Any] | None = None,
-            runs: int | None = None, progress: Callable[[str], None] | None = None,
-            multiple: int | None = None, low_variants: bool = True) -> LatencyModel:
-        """Measure the dense model and `n_variants` random pruned variants on `backend`; fit the slots.
-
-        Variants keep multiples of `multiple` channels (default: the profile's channel multiple,
-        which is what the search produces); 1 fits unaligned counts.
-        """
-        if pruner is None:
-            from rlprune_edge.pruning import prune as pruner
-        prunable = [g for g in groups if getattr(g, "prunable", True)]
-        if not prunable:
-            raise UserError("the model has no prunable channel groups, so there is no latency model to fit.")
-        channels = {g.name: int(g.channels) for g in prunable}
-        shape = tuple(example_inputs.shape[1:])
-        arch = architecture_hash(model, shape)
-        rng = np.random.default_rng(seed)
-        runs = runs or max(30, int(profile.measure.runs))
-        warmup = min(profile.measure.warmup, 20)
-        rounds = profile_rounds(profile)
-        with tempfile.TemporaryDirectory(prefix="rlprune-latfit-") as tmp:
-            batch = int(profile.input.batch)
-            dense_path = materialize(backend, model, Path(tmp) / "dense.onnx", shape, batch)
-            mult = profile_multiple(profile) if multiple is None else max(1, int(multiple))
-            keeps: list[dict[str, int]] = [{}, staircase_keep(prunable)]
-            # With aligned counts (mult > 1) narrow groups take few values and could share one keep
-            # sequence; the unaligned staircase then only identifies the channel maps and is not
-            # timed (an unaligned layer runs a different kernel path: the model covers aligned counts).
-            n_random = n_variants if mult > 1 else n_variants - 1
-            # Two of them are uniform plans near the bottom of what the search builds (every group at
-            # LOW_FRACTIONS of its width): random keeps in [0.25, 1] average ~0.6 of each group, and
-            # a calibration fitted only there extrapolated badly to small plans (cuda-torch, H100:
-            # floor predicted 0.86x, measured 0.61x).
-            lows = [uniform_keep(prunable, f, mult) for f in LOW_FRACTIONS] if low_variants and n_random > 4 else []
-            keeps += lows + [random_keep(prunable, rng, multiple=mult) for _ in range(n_random - len(lows))]
-            paths: list[Path] = []
-            dims_list = []
-            for i, keep in enumerate(keeps):
-                if progress:
-                    progress(f"latency model: exporting variant {i}/{len(keeps) - 1}")
-                if i == 0:
-                    path = dense_path
-                else:
-                    pruned = pruner(model, example_inputs, keep, importance="l1")
-                    path = materialize(backend, pruned, Path(tmp) / f"v{i}.onnx", shape, batch)
-                paths.append(path)
-                dims_list.append(node_dims(path, shape, batch))
-            timed = [i for i in range(len(keeps)) if not (i == 1 and mult > 1)]
-            if progress:
-                progress(f"latency model: per-layer profiles of {len(timed)} models in {rounds} pass(es)")
-            times, prof_runtime = slot_times_over_windows(
-                backend, [paths[i] for i in timed],
-                [{n for n, d in dims_list[i].items() if d["op"] in WEIGHTED} for i in timed],
-                runs=runs, warmup=warmup, rounds=rounds)
-            if progress:
-                progress(f"latency model: end-to-end ratios of {len(timed) - 1} variants in {rounds} window(s)")
-            variant_ratios, dense_ref, by_round = ratios_over_windows(
-                backend, profile, dense_path, [paths[i] for i in timed[1:]], runs=runs, warmup=warmup, rounds=rounds)
-        time_of = dict(zip(timed, times, strict=True))
-        samples = [({g: keep.get(g, c) for g, c in channels.items()}, dims_list[i], time_of.get(i))
-                   for i, keep in enumerate(keeps)]
-        ratios = [1.0, *variant_ratios]
-        meta = {"n_variants": n_variants, "seed": seed, "runs": runs, "rounds": rounds, "runtime": prof_runtime,
-                "channel_multiple": mult, "ratios_by_window": by_round}
-        return cls.fit_from_profiles(getattr(profile, "name", str(profile)), arch, channels, samples, dense_ref, meta,
-                                     ratios=ratios)
-
 
 def error_summary(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
     """Median, p90 and max of |predicted / measured - 1|."""
@@ -337,58 +265,3 @@ def _dw(node: dict[str, Any], dims: dict[str, Any]) -> dict[str, Any]:
     if node.get("groups") == -1 or (dims.get("groups", 1) > 1 and dims.get("groups") == dims.get("cin")):
         out["groups"] = -1
     return out
-
-
-def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
-                n_variants: int, seed: int = 1, *, pruner: Callable[..., Any] | None = None, runs: int | None = None,
-                progress: Callable[[str], None] | None = None, multiple: int | None = None) -> dict[str, Any]:
-    """Measure `n_variants` random pruned variants for real and compare with the prediction.
-
-    Keep counts are multiples of `multiple` (default: the profile's channel multiple, as the
-    search produces them; 1 checks unaligned counts).
-
-    All variants are measured together with the dense model in interleaved blocks, in the
-    profile's `rounds` windows (median over windows; see `ratios_over_windows`); a variant's
-    measured latency is ``ratio x the dense latency the model was fitted with``, so the error is
-    the error in the predicted speed-up, which is what the reward uses, free of slow drift.
-    """
-    if pruner is None:
-        from rlprune_edge.pruning import prune as pruner
-    prunable = [g for g in groups if getattr(g, "prunable", True)]
-    shape = tuple(example_inputs.shape[1:])
-    rng = np.random.default_rng(seed)
-    runs = runs or max(30, int(profile.measure.runs))
-    warmup = min(profile.measure.warmup, 20)
-    rounds = profile_rounds(profile)
-    mult = profile_multiple(profile) if multiple is None else max(1, int(multiple))
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="rlprune-latcheck-") as tmp:
-        batch = int(profile.input.batch)
-        dense_path = materialize(backend, model, Path(tmp) / "dense.onnx", shape, batch)
-        keeps, paths = [], []
-        for i in range(n_variants):
-            if progress:
-                progress(f"latency check: exporting variant {i + 1}/{n_variants}")
-            keep = random_keep(prunable, rng, multiple=mult)
-            pruned = pruner(model, example_inputs, keep, importance="l1")
-            keeps.append(keep)
-            paths.append(materialize(backend, pruned, Path(tmp) / f"c{i}.onnx", shape, batch))
-        if progress:
-            progress(f"latency check: {n_variants} variants with the dense model in {rounds} window(s)")
-        ratios, dense_window_ms, by_round = ratios_over_windows(backend, profile, dense_path, paths, runs=runs,
-                                                                warmup=warmup, rounds=rounds)
-        for i, keep in enumerate(keeps):
-            measured = ratios[i] * lm.dense_ms
-            predicted = lm.predict(keep)
-            rows.append({"predicted_ms": predicted, "measured_ms": measured, "rel_error": predicted / measured - 1.0,
-                         "measured_ratio": ratios[i], "predicted_ratio": lm.predict_ratio(keep),
-                         "measured_ratio_by_window": [rr[i] for rr in by_round], "keep": keep})
-    return {
-        "profile": getattr(profile, "name", str(profile)),
-        "channel_multiple": mult,
-        "dense_ms": lm.dense_ms,
-        "dense_ms_check_windows": dense_window_ms,
-        "rounds": rounds,
-        "variants": rows,
-        **error_summary([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
-    }

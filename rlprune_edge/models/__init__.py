@@ -60,7 +60,7 @@ def is_model_name(name: str) -> bool:
 def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Module:
     """Build a randomly initialised model; raises UserError for an unknown name or bad width/classes."""
     if not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
-        raise UserError(f"width must be a positive number, got {width!r}; use e.g. --width 0.25 or --width 1.0.")
+        raise UserError(f"width must be a positive number, got {width!r}; use e.g. width 0.25 or 1.0.")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}.")
     if name in _BUILDERS:
@@ -83,7 +83,7 @@ def _build_torchvision(tv_name: str, width: float, num_classes: int) -> nn.Modul
             f"(all {len(names)}: torchvision.models.list_models(module=torchvision.models))."
         )
     if width != 1.0:
-        raise UserError(f"--width applies only to the built-in zoo ({', '.join(ZOO_NAMES)}), not to torchvision:{tv_name}.")
+        raise UserError(f"a width multiplier applies only to the built-in zoo ({', '.join(ZOO_NAMES)}), not to torchvision:{tv_name}.")
     kwargs: dict = {"weights": None, "num_classes": num_classes}
     if tv_name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
-from rlprune_edge.latency.windows import low_ms, robust_compare
+from rlprune_edge.latency.campaign import low_ms, robust_compare
 
 
 @dataclass(frozen=True)

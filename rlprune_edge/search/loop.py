@@ -275,12 +275,12 @@ def run_search(
     ref_acc = float(dense_figures["val_acc"])
     if resume:
         if not state_path.exists():
-            raise UserError(f"--resume: no search state in {state_dir}; run without --resume to start.")
+            raise UserError(f"resume: no search state in {state_dir}; start the run without resuming.")
         state = json.loads(state_path.read_text())
         if state.get("version") != STATE_VERSION or state.get("fingerprint") != json.loads(json.dumps(fp)):
             raise UserError(
-                f"--resume: the run in {state_dir} was started with different settings (model, data, "
-                "profile, target, reward or seed); rerun with the same settings or without --resume."
+                f"resume: the run in {state_dir} was started with different settings (model, data, "
+                "profile, target, reward or seed); rerun with the same settings or start without resuming."
             )
         policy.load_state_dict(state["policy"])
         steps = state["steps"]

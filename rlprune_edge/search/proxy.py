@@ -165,7 +165,7 @@ class PlanProxy:
         statistic for every model).
         """
         from rlprune_edge.latency.artifacts import materialize
-        from rlprune_edge.latency.windows import robust_ratios
+        from rlprune_edge.latency.campaign import robust_ratios
 
         paths, artifacts = [], []
         try:

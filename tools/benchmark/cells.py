@@ -345,8 +345,8 @@ def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
     (redone only when the group's members change)."""
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.latency.artifacts import materialize, takes_modules
+    from rlprune_edge.latency.campaign import measure_windows
     from rlprune_edge.latency.registry import get_backend
-    from rlprune_edge.latency.windows import measure_windows
     from rlprune_edge.profiles import load_profile
 
     common = ctx.results.doc.setdefault("common", {})
