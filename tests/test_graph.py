@@ -15,14 +15,7 @@ from rlprune_edge.graph import DEPTHWISE, IN, OUT, format_groups_table, prunable
 from rlprune_edge.models import ZOO_NAMES, build_model
 from rlprune_edge.pruning import prune
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: torch's default 2 threads spin against each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @cache

@@ -14,13 +14,7 @@ from rlprune_edge.errors import UserError
 from rlprune_edge.graph import prunable_groups
 from rlprune_edge.importance import channel_scores
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Tiny(nn.Module):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import sys
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,27 +25,10 @@ TORCHVISION = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: torch's default 2 threads spin against each other (80x slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import randomize_bn  # noqa: E402
 
-
-def _randomize_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BatchNorm statistics/affine so that a wrongly sliced BN shows in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-    return model
+pytestmark = pytest.mark.usefixtures("single_thread")  # 2 shared cores: 2 torch threads ran 80x slower here
 
 
 @cache
@@ -51,7 +36,7 @@ def _dense(name: str) -> tuple[nn.Module, list]:
     """Built once per session (torchvision models take seconds to initialise): model and its groups."""
     torch.manual_seed(0)
     model = build_model(name, width=0.25) if name in ZOO_NAMES else build_model(name, num_classes=10)
-    model = _randomize_bn(model, 0).eval()
+    model = randomize_bn(model, 0).eval()
     groups = prunable_groups(model, torch.zeros(1, *model.input_shape))
     return model, groups
 
@@ -268,7 +253,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     for name in ("resnet20", "mobilenetv3_small", "densenet121"):
         torch.manual_seed(0)
         model, info = resolve_model(name, width=0.25)
-        model = _randomize_bn(model, 3).eval()
+        model = randomize_bn(model, 3).eval()
         x = torch.randn(2, 3, 32, 32)
         groups = prunable_groups(model, x[:1])
         gen = torch.Generator().manual_seed(4)

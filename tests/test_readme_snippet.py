@@ -15,13 +15,7 @@ import torch
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: torch's default 2 threads spin against each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _python_blocks() -> list[str]:

@@ -8,7 +8,9 @@ and the pruned model computes what the dense model computes with the removed cha
 from __future__ import annotations
 
 import copy
+import sys
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,13 +35,10 @@ ARCHS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: torch's default 2 threads spin against each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import randomize_bn  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @cache
@@ -48,16 +47,7 @@ def _dense(name: str) -> tuple[nn.Module, list, torch.Tensor]:
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    model = randomize_bn(getattr(torchvision.models, name)(weights=None, num_classes=10).eval(), 1)
     size = ARCHS[name]
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
     return model, rpe.prunable_groups(model, x), x
