@@ -113,10 +113,7 @@ def versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
     }
-    try:
-        import onnxslim
+    import onnxslim  # a pinned dependency (ONNX simplification before export)
 
-        out["onnxslim"] = onnxslim.__version__
-    except ImportError:
-        pass
+    out["onnxslim"] = onnxslim.__version__
     return out

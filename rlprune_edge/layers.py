@@ -15,6 +15,8 @@ change a GroupNorm/LayerNorm's statistics, and transposed convs are not implemen
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
@@ -33,7 +35,7 @@ def select(p: torch.Tensor, dim: int, keep: torch.Tensor) -> torch.Tensor:
     return data
 
 
-class Handler:
+class Handler(ABC):
     """How one layer type takes part in channel pruning and in checkpoint shape records.
 
     ``types``: the module classes it handles (subclasses included). ``root``: a filter bank
@@ -45,9 +47,9 @@ class Handler:
     root = False
     prunable = True
 
+    @abstractmethod
     def out_channels(self, m: nn.Module) -> int | None:
         """Number of output channels, or None when the module has no per-channel output side."""
-        raise NotImplementedError
 
     def in_channels(self, m: nn.Module) -> int | None:
         """Number of input channels, or None when the module has no per-channel input side."""
@@ -61,13 +63,13 @@ class Handler:
         """Keep only channels `keep` (sorted indices in the module's own coordinates) on side `kind`, in place."""
         raise UserError(f"cannot shrink module of type {type(m).__name__}; mark its group unprunable.")
 
+    @abstractmethod
     def shape_args(self, m: nn.Module) -> dict[str, int]:
         """Constructor shape arguments recorded in checkpoints (keys are part of the checkpoint format)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rebuild(self, m: nn.Module, args: dict[str, int]) -> nn.Module:
         """A fresh module like `m` (same non-shape settings) with shape arguments `args`."""
-        raise NotImplementedError
 
     def problem(self, name: str, m: nn.Module) -> str | None:
         """Why the pruner refuses module `name`, or None."""

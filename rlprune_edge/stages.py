@@ -147,7 +147,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     from rlprune_edge.checkpoint import save_checkpoint
     from rlprune_edge.distill import dist_env
     from rlprune_edge.flops import count_flops, count_params
-    from rlprune_edge.latency.artifacts import materialize
+    from rlprune_edge.latency.artifacts import materialize, takes_modules
     from rlprune_edge.latency.campaign import robust_ratios
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.report import plot_pareto, write_report
@@ -170,7 +170,9 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
                                      "target": job.target.describe(), "test_acc": final_acc, "data": job.data_spec})
     save_checkpoint(out / "model.pt", student, final_info)
     export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
-    final_art = materialize(job.backend, student, out / "model.onnx", tuple(info.input_shape), int(profile.input.batch))
+    # what the backend measures: the ONNX file just written, or (torch profiles) the module itself
+    final_art = (materialize(job.backend, student, out / "model.onnx", tuple(info.input_shape), int(profile.input.batch))
+                 if takes_modules(job.backend) else out / "model.onnx")
     ratios, base_ms, sessions = robust_ratios(job.backend, profile, job.dense_artifact, [final_art])
     speed_ratio = ratios[0]
     final_ms = speed_ratio * base_ms

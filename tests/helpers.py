@@ -19,3 +19,10 @@ def randomize_bn(model, seed: int):
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
     return model
+
+
+def tiny_profile(name: str, runtime: str = 'name = "onnxruntime"\nprovider = "CPUExecutionProvider"') -> str:
+    """A test profile's TOML: `runtime` lines, one thread, channel multiple 2, a few short runs."""
+    return (f'name = "{name}"\ndescription = "test profile: few runs"\n[runtime]\n{runtime}\nthreads = 1\n'
+            "[pruning]\nchannel_multiple = 2\n[measure]\nwarmup = 2\nruns = 8\nblocks = 2\n")
+

@@ -13,28 +13,13 @@ import torch
 
 from rlprune_edge.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import tiny_profile  # noqa: E402
+
 pytest.importorskip("rlprune_edge.pruning")
 pytest.importorskip("rlprune_edge.importance")
 
-PROFILE = """name = "tiny-cpu"
-description = "test profile: ORT CPU, few runs"
-[runtime]
-name = "onnxruntime"
-provider = "CPUExecutionProvider"
-threads = 1
-[input]
-batch = 1
-[pruning]
-channel_multiple = 2
-[measure]
-warmup = 2
-runs = 8
-blocks = 2
-[connection]
-kind = "local"
-[reward]
-latency = 1.0
-"""
+PROFILE = tiny_profile("tiny-cpu")
 
 TINY = ["--model", "vgg11", "--width", "0.0625", "--latency-variants", "2", "--val-size", "64",
         "--candidates", "2", "--rounds", "1", "--kd-images", "128", "--step-kd-batches", "1", "--pareto-test-size", "64", "--test-images", "200",
@@ -224,19 +209,7 @@ def test_compress_under_torchrun_bad_input_ends_without_hanging(env):
     assert not (out / "report.json").exists()
 
 
-TORCH_PROFILE = """name = "tiny-torch"
-description = "test profile: torch eager on the CPU, few runs"
-[runtime]
-name = "torch"
-device = "cpu"
-threads = 1
-[pruning]
-channel_multiple = 2
-[measure]
-warmup = 2
-runs = 8
-blocks = 2
-"""
+TORCH_PROFILE = tiny_profile("tiny-torch", 'name = "torch"\ndevice = "cpu"')
 
 
 def test_compress_on_a_torch_cpu_profile_measures_modules_end_to_end(tmp_path, monkeypatch):

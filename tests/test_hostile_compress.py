@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,17 +13,10 @@ from rlprune_edge.cli import main
 from rlprune_edge.report import finite_json
 from rlprune_edge.rundir import MARKER, RunDir
 
-PROFILE = """name = "tiny-cpu"
-[runtime]
-name = "onnxruntime"
-threads = 1
-[pruning]
-channel_multiple = 2
-[measure]
-warmup = 2
-runs = 8
-blocks = 2
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import tiny_profile  # noqa: E402
+
+PROFILE = tiny_profile("tiny-cpu")
 TINY = ["--model", "vgg11", "--width", "0.0625", "--latency-variants", "2", "--kd-images", "128",
         "--pareto-test-size", "64", "--test-images", "200", "--no-bundle", "--quiet", "--probe-batches", "2",
         "--screen-batches", "1", "--select-size", "64", "--confirm-size", "64", "--per-round", "2",
