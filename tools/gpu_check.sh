@@ -14,6 +14,8 @@ cuda-torch-b64:
   4. rlprune-edge compress --profile cuda-torch on the embedded default (reaches 0.5x, or refuses
      it with the measured floor)
   5. the test suite (pytest, in parallel when pytest-xdist is installed)
+  6. (step "target", not in the default list) compress --profile cuda-torch at $GPU_CHECK_TARGET
+     (default 0.7x) with 2 KD epochs: does the latency model size a reachable target right?
 and writes every figure to OUT_JSON (default ./gpu_check.json), each step's log beside it in
 OUT_JSON's directory as gpu_check_logs.tar.gz.
 
@@ -27,7 +29,8 @@ $WHEELS (default: .whl/ in the project root):
 Fetch them on a machine with PyPI access, e.g.
   python3 -m pip download --no-deps -d .whl torch-pruning==1.6.1 onnxslim==0.1.98
 Environment: PYTHON (default python3), WHEELS, GPU_CHECK_STEPS (default "bench perlayer latency
-compress tests": any subset, in that order).
+compress tests", any subset of those and "target", run in that order), GPU_CHECK_TESTS_LIMIT
+(seconds for the test step, default 240), GPU_CHECK_TARGET (default 0.7x).
 EOF
 }
 
@@ -115,11 +118,12 @@ if lc:
                                                    "dense_ms", "rounds", "channel_multiple")}
     doc["latency_check"]["variants"] = [{k: v.get(k) for k in ("predicted_ratio", "measured_ratio", "rel_error")}
                                         for v in lc.get("variants", [])]
-rep = load("compress/report.json")
-log = (work / "compress.log").read_text() if (work / "compress.log").exists() else ""
-doc["compress"] = {"report": {k: rep.get(k) for k in ("target", "measured_ratio", "reached", "base", "final", "wall_s",
-                                                       "latency_statistic")} if rep else None,
-                   "log_tail": log.splitlines()[-12:]}
+for key in ("compress", "compress_target"):
+    rep = load(f"{key}/report.json")
+    log = (work / f"{key}.log").read_text() if (work / f"{key}.log").exists() else ""
+    doc[key] = {"report": {k: rep.get(k) for k in ("target", "measured_ratio", "reached", "base", "final", "wall_s",
+                                                    "latency_statistic", "search")} if rep else None,
+                "log_tail": log.splitlines()[-16:]}
 tests = (work / "tests.log").read_text() if (work / "tests.log").exists() else ""
 m = re.findall(r"^(?:=+ )?(.*(?:passed|failed|error).*?)(?: in [0-9.]+s.*)?$", tests, re.M)
 doc["tests"] = {"summary": m[-1] if m else None, "failures": re.findall(r"^FAILED (.*)$", tests, re.M)}
@@ -160,8 +164,12 @@ fi
 if want tests; then
   # one or two threads per worker: 8+ workers with torch's default thread count oversubscribe the cores
   xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$(( $(nproc) > 4 ? $(nproc) - 2 : 1 ))")
-  step tests 140 env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" -m pytest -v --tb=short -p no:cacheprovider \
+  step tests "${GPU_CHECK_TESTS_LIMIT:-240}" env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" -m pytest -v --tb=short -p no:cacheprovider \
     -p no:benchmark "${xdist[@]}" tests
+fi
+if want target; then
+  step compress_target 180 "${CLI[@]}" compress --profile "$PROFILE" --target-latency "${GPU_CHECK_TARGET:-0.7x}" \
+    --kd-epochs 2 --no-bundle --quiet --out "$WORK/compress_target"
 fi
 
 summarize
