@@ -66,7 +66,11 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
     _run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheels[0])], cwd=root, env=env)
     work = root / "work"
     work.mkdir()
-    env.update(PYTHONPATH=str(target), RLPRUNE_EDGE_CACHE=str(root / "cache"))
+    # Other PYTHONPATH entries stay (a GPU machine puts torch-pruning and onnxslim there); the
+    # checkout itself must not be importable.
+    others = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if e and Path(e).resolve() != REPO.resolve()]
+    env.update(PYTHONPATH=os.pathsep.join([str(target), *others]), RLPRUNE_EDGE_CACHE=str(root / "cache"))
     return target, env, work
 
 

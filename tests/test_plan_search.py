@@ -235,6 +235,39 @@ def test_a_plan_well_under_the_target_is_grown_but_never_past_it(tmp_path):
     assert sum(res.keep.values()) == max(sum(m["keep"][:5]) for m in within)  # the largest plan that fitted
 
 
+def test_a_floor_far_under_the_target_is_grown_toward_it_between_measured_plans(tmp_path):
+    # cuda-torch on an H200: the latency model put the floor at 0.81x (measured 0.61x), so every plan
+    # was the floor; corrected by that one measurement it then sized a plan at 0.79x (a miss). The
+    # geometric midpoint of the two scales was the floor again, and the run kept the floor (-5 points).
+    env = StubEnv(lambda keep: 0.9)
+    real = true_ms
+
+    def raw(keep):  # pessimistic at the small end: the floor is predicted over the target
+        return real(keep) + 0.3 * (real({}) - real(keep))
+
+    env.predict_ms = lambda keep: env.correction * raw(keep)
+    env.correct = env.anchor = lambda keep, ms: setattr(env, "correction", ms / raw(keep))
+    sp = space()
+    floor = sp.as_dict(sp.floor_keep())
+    assert raw(floor) / raw({}) > 0.4 > real(floor) / real({})  # unreachable by prediction, reachable for real
+    res = run(env, tmp_path, target=Target("ratio", 0.4),
+              config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, screen_batches=0))
+    firsts = [m for m in res.measurements if not m["repeat"]]
+    assert firsts[0]["keep"] == sp.floor_keep() and firsts[1]["ratio"] > 0.4  # the floor, then a miss
+    assert res.reached is True and res.chosen["measured_ratio"] <= 0.4
+    assert res.chosen["measured_ratio"] >= 0.35  # grown close to the target, not left at the floor (0.23)
+
+
+def test_between_finds_a_plan_strictly_inside_or_none():
+    sp = space()
+    prefs = sp.uniform_prefs()
+    lo, hi = sp._scale_range(prefs)
+    k, s = sp.between(prefs, lo, 1.0)
+    assert k not in (sp.keep_at(prefs, lo), sp.keep_at(prefs, 1.0)) and lo < s < 1.0
+    _, s2 = sp.grow(prefs, lo)
+    assert sp.between(prefs, lo, s2) is None  # adjacent plans: nothing between
+
+
 def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     sens = {"a": 1.0, "b": 0.5, "c": 0.1, "d": 0.2, "se": 0.0}
 

@@ -131,6 +131,7 @@ out.parent.mkdir(parents=True, exist_ok=True)
 out.write_text(json.dumps(doc, indent=1))
 
 EOF
+mkdir -p "$WORK/latency_models" && cp "$WORK"/cache/latency-models/*.json "$WORK/latency_models/" 2>/dev/null
 tar -czf "$(dirname "$OUT_JSON")/gpu_check_logs.tar.gz" -C "$WORK" --exclude=cache --exclude=site --exclude='*.pt' \
   --exclude='*.onnx' . 2>/dev/null
 }

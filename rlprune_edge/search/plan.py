@@ -170,6 +170,27 @@ class PlanSpace:
                 return k, s
         return now, scale
 
+    def between(self, prefs: np.ndarray, low_scale: float, high_scale: float,
+                iterations: int = 60) -> tuple[list[int], float] | None:
+        """A plan along `prefs` strictly between the plans at `low_scale` and `high_scale`, or None.
+
+        Bisects the scale arithmetically (kept channels, and so latency, grow about linearly with
+        it; the floor's scale is tiny, so a geometric midpoint from it is usually still the floor)
+        and, when the midpoint's plan is one end's, keeps the half that holds the other end.
+        """
+        a, b = float(low_scale), float(high_scale)
+        lo_keep, hi_keep = self.keep_at(prefs, low_scale), self.keep_at(prefs, high_scale)
+        for _ in range(iterations):
+            mid = 0.5 * (a + b)
+            k = self.keep_at(prefs, mid)
+            if k == lo_keep:
+                a = mid
+            elif k == hi_keep:
+                b = mid
+            else:
+                return k, mid
+        return None
+
     def grow(self, prefs: np.ndarray, scale: float) -> tuple[list[int], float]:
         """The next larger plan along `prefs` (at least one group one multiple wider), or the same when whole."""
         return self._step(prefs, scale, 1.01)

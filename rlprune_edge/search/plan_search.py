@@ -313,8 +313,9 @@ class _Search:
             return keep, None
         ukeep = self.records[0]["keep"]
         idx = 0
-        fits: tuple[float, list[int]] | None = None  # (scale, keep) of the largest plan measured within the target
-        misses: tuple[float, list[int]] | None = None  # (scale, keep) of the smallest plan measured over it
+        # (scale, keep, measured) of the largest plan measured within the target and the smallest over it
+        fits: tuple[float, list[int], float] | None = None
+        misses: tuple[float, list[int], float] | None = None
         for t in range(self.config.shrink_tries + 1):
             m = self._measurement(idx, keep, ukeep, t, repeat=False)
             idx += 1
@@ -322,21 +323,21 @@ class _Search:
                 m = self._measurement(idx, keep, ukeep, t, repeat=True)
                 idx += 1
             met = _met(self.target, m["ms"], m["ratio"])
+            value = float(m["ratio"] if self.target.kind == "ratio" else m["ms"])
             if met:
                 if fits is None or sum(keep) > sum(fits[1]):
-                    fits = (scale, list(keep))
-                slack = 1.0 - (m["ratio"] if self.target.kind == "ratio" else m["ms"]) / self.target.value
-                if slack <= self.config.grow_slack:
+                    fits = (scale, list(keep), value)
+                if 1.0 - value / self.target.value <= self.config.grow_slack:
                     break
             elif misses is None or sum(keep) < sum(misses[1]):
-                misses = (scale, list(keep))
+                misses = (scale, list(keep), value)
             if t == self.config.shrink_tries:
                 break
-            if fits is not None and misses is not None:  # bracketed: bisect the scale between them
-                new_scale = math.sqrt(fits[0] * misses[0])
-                new = self.space.keep_at(prefs, new_scale)
-                if new in (fits[1], misses[1]):
+            if fits is not None and misses is not None:  # bracketed: a plan strictly between them
+                found = self._between(prefs, fits, misses)
+                if found is None:
                     break
+                new, new_scale = found
             else:  # one-sided: the latency model learns from the measurement, the goal moves to this window
                 self.env.correct(self.space.as_dict(keep), float(m["ms"]))
                 goal = self.target.value * float(m["dense_ms"]) if self.target.kind == "ratio" else float(self.goal_ms)
@@ -351,6 +352,21 @@ class _Search:
         if fits is not None:
             return fits[1], True
         return keep, False
+
+    def _between(self, prefs: np.ndarray, fits: tuple[float, list[int], float],
+                 misses: tuple[float, list[int], float]) -> tuple[list[int], float] | None:
+        """The next plan to measure between a fitting and a missing one: the scale interpolated
+        linearly to just under the target from the two measurements (latency is close to linear in
+        the scale between neighbours), else any plan strictly between; None when they are adjacent."""
+        goal = 0.99 * self.target.value
+        (s_f, k_f, v_f), (s_m, k_m, v_m) = fits, misses
+        if v_m > v_f:
+            s = s_f + (goal - v_f) / (v_m - v_f) * (s_m - s_f)
+            if s_f < s < s_m:
+                k = self.space.keep_at(prefs, s)
+                if k not in (k_f, k_m):
+                    return k, s
+        return self.space.between(prefs, s_f, s_m)
 
 
 def run_plan_search(
