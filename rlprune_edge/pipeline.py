@@ -58,8 +58,9 @@ class CompressConfig:
     screen_batches: int = 20
     probe_top: int = 3
     probe_batches: int = 100
+    final_batches: int = 100
     select_size: int = 2000
-    confirm_size: int = 2000
+    confirm_size: int = 4000
     steps: int = 60
     step_ratio: float = 0.05
     candidates: int | None = None
@@ -108,7 +109,7 @@ class CompressConfig:
         if self.reward not in REWARDS:
             raise UserError(f"{n('reward')} {self.reward!r} is not one of {', '.join(REWARDS)}.")
         for opt, lo in (("steps", 1), ("candidates", 1), ("rounds", 1), ("val_size", 10), ("kd_epochs", 0),
-                        ("kd_images", 0), ("per_round", 1), ("probe_top", 0), ("probe_batches", 0),
+                        ("kd_images", 0), ("per_round", 1), ("probe_top", 0), ("probe_batches", 0), ("final_batches", 0),
                         ("screen_batches", 0), ("select_size", 10), ("confirm_size", 10), ("latency_variants", 2),
                         ("pareto_test_size", 0), ("test_images", 0), ("stop_after", 1), ("threads", 1)):
             value = getattr(self, opt)

@@ -70,9 +70,9 @@ class StubEnv:
     def confirm(self, model):
         return self._correct(model)
 
-    def probe(self, model, batches):
+    def probe(self, model, batches, stage=0):
         self.probed += 1
-        model["bonus"] = 0.01 * batches / 100
+        model["bonus"] += 0.01 * batches / 100
 
     def flops(self, model):
         return sum(model["keep"].values())
@@ -193,7 +193,11 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     f = fractions(res.keep)
     assert f["a"] > f["c"]
     distinct = sum(1 for r in res.records if "duplicate_of" not in r)
-    assert env.probed == distinct + 3  # a screen for each distinct plan, then uniform + the top 2
+    # a screen for each distinct plan, a probe of uniform + the top 2, then more batches for the two finalists
+    assert env.probed == distinct + 3 + 2
+    finals = [p for p in res.probes if "final_acc" in p]
+    assert len(finals) == 2 and finals[0]["record"] == 0  # uniform and the re-ranked best, confirmed after them
+    assert all(("confirm_acc" in p) == ("final_acc" in p) for p in res.probes)
     assert env.measured[0][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
     assert res.uniform["measured_ratio"] is not None
 

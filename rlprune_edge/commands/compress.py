@@ -52,10 +52,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="plan search: best plans that get a longer KD probe beside the uniform plan (default 3)")
     p.add_argument("--probe-batches", type=int, default=100,
                    help="plan search: KD batches (of 64 images) of that longer probe (0 = no probes); default 100")
+    p.add_argument("--final-batches", type=int, default=100,
+                   help="plan search: more KD batches (other ones) for the re-ranked best plan and the uniform plan "
+                        "before they are compared on the confirmation split (0 = none); default 100")
     p.add_argument("--select-size", type=int, default=2000,
                    help="plan search: validation images that rank plans (default 2000)")
-    p.add_argument("--confirm-size", type=int, default=2000,
-                   help="plan search: other validation images on which the winner must beat uniform (default 2000)")
+    p.add_argument("--confirm-size", type=int, default=4000,
+                   help="plan search: other validation images on which the winner must beat uniform (default 4000, "
+                        "at most what the selection split leaves of the validation split)")
     p.add_argument("--steps", type=int, default=60, help="paper search: maximum search steps")
     p.add_argument("--step-ratio", type=float, default=0.05,
                    help="paper search: fraction of the dense model's prunable channels removed per step (paper: 0.01)")

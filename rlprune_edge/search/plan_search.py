@@ -12,7 +12,8 @@ best, Taylor pruning, KD) with candidates made and judged so that the result can
    re-ranked. (Measured on the shipped VGG-19 at 0.5×: after BN recalibration alone every plan
    scores 13–22%, near chance, and neither accuracy nor KL predicts the accuracy after a 50-batch
    KD probe, which spreads the same plans over 34–75%; docs/compress.md.)
-3. **Guarantee**: the re-ranked winner is compared with the uniform plan on a held-out confirmation
+3. **Guarantee**: the re-ranked winner and the uniform plan get ``final_batches`` more KD batches
+   (other ones), then the winner is compared with the uniform plan on a held-out confirmation
    split; unless it beats uniform by more than one paired standard error, the uniform plan is
    returned (and the report says so).
 4. **Measurement**: the chosen and the uniform plan are measured in the same interleaved windows;
@@ -57,6 +58,7 @@ class PlanSearchConfig:
     screen_batches: int = 20  # KD batches every plan gets before it is scored (0 = BN recalibration only)
     probe_batches: int = 100  # KD batches of the longer probe of the best plans and the uniform one
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
+    final_batches: int = 100  # more KD batches (other ones) for the re-ranked best and uniform before confirming
     shrink_tries: int = 4  # re-sizings of the chosen plan after measuring it (shrink or grow)
     grow_slack: float = 0.05  # a plan measured this far (relative) under the target is grown
     uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
@@ -84,7 +86,7 @@ class PlanEnv(Protocol):
     def build(self, keep: dict[str, int]) -> Any: ...
     def evaluate(self, model: Any) -> Evaluation: ...
     def confirm(self, model: Any) -> np.ndarray: ...
-    def probe(self, model: Any, batches: int) -> None: ...
+    def probe(self, model: Any, batches: int, stage: int = 0) -> None: ...
     def flops(self, model: Any) -> int: ...
     def params(self, model: Any) -> int: ...
     def measure(self, models: list[Any]) -> tuple[float, list[tuple[float, float]]]: ...
@@ -243,27 +245,35 @@ class _Search:
         distinct = sorted((i for i, r in enumerate(self.records) if i and not r.get("duplicate_of")
                            and r["keep"] != uniform["keep"]), key=lambda i: self.key(self.records[i]), reverse=True)
         picks = [0] + distinct[: max(1, self.config.probe_top)]  # without probes: the screen's best vs uniform
-        probes = []
+        probes, models = [], {}
+        probing = self.config.probe_top > 0 and self.config.probe_batches > 0
         for i in picks:
             rec = self.records[i]
-            model = self.env.build(self.space.as_dict(rec["keep"]))
-            if self.config.probe_top > 0 and self.config.probe_batches > 0:
+            model = models[i] = self.env.build(self.space.as_dict(rec["keep"]))
+            if probing:
                 self.env.probe(model, self.config.probe_batches)
             elif self.config.screen_batches > 0:  # no longer probe: compare as they were scored
                 self.env.probe(model, self.config.screen_batches)
             ev = self.env.evaluate(model)
-            conf = self.env.confirm(model)
             probes.append({"record": i, "acc": ev.acc, "kl": ev.kl, "q": self.score(ev.acc, rec["pred_ms"], rec["flops"],
-                                                                                     rec["params"]),
-                           "confirm_acc": float(np.mean(conf)) if len(conf) else 0.0,
-                           "confirm": np.asarray(conf, dtype=np.uint8).tolist()})
+                                                                                     rec["params"])})
         self.probes = probes
         u = probes[0]
         challengers = probes[1:]
+        best = max(challengers, key=lambda p: (p["q"], -p["kl"])) if challengers else None
+        for p in (u, best):  # the two finalists: trained on (other) batches a while longer, then confirmed
+            if p is None:
+                continue
+            model = models[p["record"]]
+            if probing and self.config.final_batches > 0:
+                self.env.probe(model, self.config.final_batches, stage=1)
+                p["final_acc"] = self.env.evaluate(model).acc
+            conf = self.env.confirm(model)
+            p.update(confirm_acc=float(np.mean(conf)) if len(conf) else 0.0,
+                     confirm=np.asarray(conf, dtype=np.uint8).tolist())
         decision: dict[str, Any] = {"chosen_record": 0, "fallback_to_uniform": True, "gain": 0.0, "se": 0.0,
                                     "why": "no other plan was distinct from uniform"}
-        if challengers:
-            best = max(challengers, key=lambda p: (p["q"], -p["kl"]))
+        if best is not None:
             br, ur = self.records[best["record"]], self.records[0]
             extra = (self.score(0.0, br["pred_ms"], br["flops"], br["params"])
                      - self.score(0.0, ur["pred_ms"], ur["flops"], ur["params"]))  # non-accuracy reward terms
@@ -427,7 +437,8 @@ def run_plan_search(
     def summary(rec: dict[str, Any], idx: int, ms: float | None, ratio: float | None) -> dict[str, Any]:
         p = {} if rec.get("shrunk") else probe_of.get(idx, {})  # probes were of the plan before shrinking
         return {"keep": space.as_dict(rec["keep"]), "shrunk_after_measuring": bool(rec.get("shrunk")), "proxy_acc": rec["acc"], "proxy_kl": rec["kl"],
-                "predicted_ms": rec["pred_ms"], "probe_acc": p.get("acc"), "confirm_acc": p.get("confirm_acc"),
+                "predicted_ms": rec["pred_ms"], "probe_acc": p.get("acc"), "final_acc": p.get("final_acc"),
+                "confirm_acc": p.get("confirm_acc"),
                 "measured_ms": ms, "measured_ratio": ratio, "flops": rec["flops"], "params": rec["params"]}
 
     idx = int(s.decision["chosen_record"])  # type: ignore[index]

@@ -34,7 +34,7 @@ class ProxyConfig:
     """Sizes of the fixed subsets and the KD probe (defaults: issue 15's bars)."""
 
     select_size: int = 2000
-    confirm_size: int = 2000
+    confirm_size: int = 4000
     calib_images: int = 1024
     calib_batch: int = 32
     bn_images: int = 1024
@@ -119,18 +119,20 @@ class PlanProxy:
         logits = logits_of(model, self.conf_x, self.config.eval_batch)
         return (logits.argmax(1) == self.conf_y).numpy()
 
-    def probe(self, model: nn.Module, batches: int) -> None:
-        """A short KD fine-tune of `model` in place: `batches` batches, the same ones for every plan."""
+    def probe(self, model: nn.Module, batches: int, stage: int = 0) -> None:
+        """A short KD fine-tune of `model` in place: `batches` batches, the same ones for every plan
+        at the same `stage` (a later stage draws other batches)."""
         from rlprune_edge.distill import DistillConfig, distill
 
         c = self.config
         if batches <= 0:
             return
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.seed + 500)
+            seed = c.seed + 500 + 7919 * int(stage)
+            torch.manual_seed(seed)
             distill(model, self.teacher, self.data,
                     DistillConfig(epochs=1, lr=c.probe_lr, batch_size=c.probe_batch_size,
-                                  limit=c.probe_batch_size * batches, seed=c.seed + 500),
+                                  limit=c.probe_batch_size * batches, seed=seed),
                     progress=False, distributed=False, device=self.device)
         model.eval()
 
