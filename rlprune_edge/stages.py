@@ -133,7 +133,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
             "channel_multiple": job.space.multiple, "search_s": result.wall_s,
             "dense_val_acc": dense_eval.acc, "distinct_plans": sum(1 for r in result.records if "duplicate_of" not in r),
             "chosen": result.chosen, "uniform": result.uniform, "fallback_to_uniform": result.fallback_to_uniform,
-            "probes": result.probes, "measurements": result.measurements,
+            "probes": result.probes, "measurements": result.measurements, "calibration": result.calibration,
             "followers": {job.space.names[f]: job.space.names[p] for f, p in job.space.followers.items()},
             "plans": result.records}
     return result.model, steps, info, result.reached

@@ -53,6 +53,9 @@ class StubEnv:
     def anchor(self, keep, measured_ms):
         self.correction = measured_ms / true_ms(keep)
 
+    def rescale(self, keep, measured_ratio):  # the stub's predictor is exact up to `correction`
+        pass
+
     def build(self, keep):
         self.builds += 1
         return {"keep": dict(keep), "bonus": 0.0}
@@ -198,7 +201,8 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     finals = [p for p in res.probes if "final_acc" in p]
     assert len(finals) == 2 and finals[0]["record"] == 0  # uniform and the re-ranked best, confirmed after them
     assert all(("confirm_acc" in p) == ("final_acc" in p) for p in res.probes)
-    assert env.measured[0][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
+    assert [len(m) for m in env.measured[: len(res.calibration)]] == [1] * len(res.calibration)  # uniform alone
+    assert env.measured[len(res.calibration)][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
     assert res.uniform["measured_ratio"] is not None
 
 
@@ -255,11 +259,59 @@ def test_a_floor_far_under_the_target_is_grown_toward_it_between_measured_plans(
     floor = sp.as_dict(sp.floor_keep())
     assert raw(floor) / raw({}) > 0.4 > real(floor) / real({})  # unreachable by prediction, reachable for real
     res = run(env, tmp_path, target=Target("ratio", 0.4),
-              config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, screen_batches=0))
+              config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, screen_batches=0, calibration_tries=0))
     firsts = [m for m in res.measurements if not m["repeat"]]
     assert firsts[0]["keep"] == sp.floor_keep() and firsts[1]["ratio"] > 0.4  # the floor, then a miss
     assert res.reached is True and res.chosen["measured_ratio"] <= 0.4
     assert res.chosen["measured_ratio"] >= 0.35  # grown close to the target, not left at the floor (0.23)
+
+
+def test_calibration_at_the_goal_sizes_every_candidate_with_the_measured_savings(tmp_path):
+    # The same pessimistic predictor, now with the latency model's savings scale fitted to the
+    # uniform plan measured before the search: the candidates are sized near the goal from the start.
+    env = StubEnv(lambda keep: 0.9)
+    real = true_ms
+    env.scale = 1.0
+
+    def raw(keep):
+        return real(keep) + 0.3 * (real({}) - real(keep))
+
+    def scaled(keep):
+        return real({}) * (1.0 - env.scale * (1.0 - raw(keep) / raw({})))
+
+    def rescale(keep, ratio):  # what LatencyModel.rescale does
+        env.scale = (1.0 - ratio) / (1.0 - raw(keep) / raw({}))
+
+    env.predict_ms = lambda keep: env.correction * scaled(keep)
+    env.correct = env.anchor = lambda keep, ms: setattr(env, "correction", ms / scaled(keep))
+    env.rescale = rescale
+    sp = space()
+    res = run(env, tmp_path, target=Target("ratio", 0.4),
+              config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, screen_batches=0))
+    assert 1 <= len(res.calibration) <= 3
+    assert res.calibration[0]["keep"] == sp.floor_keep()  # sized by the pessimistic model: the floor
+    after = sum(res.records[0]["keep"])  # the uniform candidate, sized after the calibration
+    assert after > sum(sp.floor_keep())
+    assert true_ms(sp.as_dict(res.records[0]["keep"])) / true_ms({}) <= 0.4 * 1.001  # within the goal for real
+    assert res.reached is True and res.chosen["measured_ratio"] >= 0.35
+
+
+def test_latency_model_rescale_moves_small_plans_and_keeps_dense():
+    from rlprune_edge.latency.model import LatencyModel
+    from rlprune_edge.latency.slots import DimMap, Slot
+
+    slot = Slot(node={"op": "Conv", "k": 9, "hw_out": 64, "groups": 1}, cin=DimMap(3.0, {}), cout=DimMap(0.0, {"g": 1.0}), a=0.01, b=0.001)
+    lm = LatencyModel(profile="p", arch_hash="h", channels={"g": 64}, slots={"conv": slot}, dense_ms=1.0)
+    lm.kernel_dense_ms = lm.kernel_ms({})
+    lm.correction = 2.0
+    dense, small = lm.predict({}), lm.predict({"g": 8})
+    measured = 0.5 * lm.predict_ratio({"g": 8})  # the device saves more than predicted
+    lm.rescale({"g": 8}, measured)
+    assert lm.predict({}) == pytest.approx(dense)
+    assert lm.predict_ratio({"g": 8}) == pytest.approx(measured) and lm.predict({"g": 8}) < small
+    assert LatencyModel.from_dict(lm.to_dict()).predict({"g": 8}) == pytest.approx(lm.predict({"g": 8}))
+    lm.rescale({"g": 8}, float("nan"))  # not a number: left as it was
+    assert lm.predict_ratio({"g": 8}) == pytest.approx(measured)
 
 
 def test_between_finds_a_plan_strictly_inside_or_none():

@@ -153,6 +153,10 @@ class PlanProxy:
     def correct(self, keep: dict[str, int], measured_ms: float) -> None:
         self.latency_model.correct(self._lm_keep(keep), measured_ms)
 
+    def rescale(self, keep: dict[str, int], measured_ratio: float) -> None:
+        """Fit the latency model's savings scale to one measured plan (ratio to dense, same windows)."""
+        self.latency_model.rescale(self._lm_keep(keep), measured_ratio)
+
     def anchor(self, keep: dict[str, int], measured_ms: float) -> None:
         """Replace any earlier correction with one that makes `keep` predict `measured_ms` exactly."""
         self.latency_model.n_corrections = 0
