@@ -314,6 +314,27 @@ def test_latency_model_rescale_moves_small_plans_and_keeps_dense():
     assert lm.predict_ratio({"g": 8}) == pytest.approx(measured)
 
 
+def test_a_miss_measured_again_is_judged_on_both_readings(tmp_path):
+    env = StubEnv(lambda keep: 0.9)
+    noise = iter([1.08, 0.99] + [1.0] * 40)  # the first reading is high
+    measure = env.measure
+
+    def noisy(models):
+        dense, res = measure(models)
+        f = next(noise)
+        return dense, [(ms * f, r * f) for ms, r in res]
+
+    env.measure = noisy
+    res = run(env, tmp_path, config=PlanSearchConfig(candidates=6, per_round=6, probe_top=0, screen_batches=0,
+                                                     calibration_tries=0))
+    first, again = res.measurements[0], res.measurements[1]
+    assert not first["repeat"] and again["repeat"] and again["keep"] == first["keep"]
+    assert again["single"]["ratio"] <= 0.5  # the second reading alone would have passed...
+    assert again["ratio"] == pytest.approx(math.sqrt(first["ratio"] * again["single"]["ratio"]))
+    assert again["ratio"] > 0.5  # ...but both together did not: the plan was not kept as it was
+    assert sum(res.keep.values()) < sum(first["keep"][:5]) and res.reached is True
+
+
 def test_between_finds_a_plan_strictly_inside_or_none():
     sp = space()
     prefs = sp.uniform_prefs()
