@@ -241,12 +241,18 @@ def render(doc: dict) -> str:
             for seed_key, c in sorted(groups.items()):
                 if all(k in c and "common_ratio" in c[k] for k in METHODS):
                     better = max(c["uniform"]["test_acc"], c["tp-uniform"]["test_acc"])
+                    notes = ["uniform kept"] if c["plan"].get("fallback_to_uniform") else []
+                    over = [LABELS[k].split(" (")[0] + f" {c[k]['common_ratio']:.3f}×" for k in METHODS
+                            if c[k]["common_ratio"] > tgt]
+                    if over:
+                        notes.append("over the target in the common windows: " + ", ".join(over))
+                    note = f" ({'; '.join(notes)})" if notes else ""
                     gains.append((seed_key.split("/")[-1], 100 * (c["plan"]["test_acc"] - better),
-                                  c["plan"]["params"] / fl["floor_params"], c["plan"].get("fallback_to_uniform")))
+                                  c["plan"]["params"] / fl["floor_params"], note))
             if gains:
                 mean_gain = statistics.mean(g for _, g, _, _ in gains)
                 lines += ["", "Paired, plan search minus the better uniform baseline: " + ", ".join(
-                    f"{s} {g:+.2f}{' (uniform kept)' if fb else ''}" for s, g, _, fb in gains)
+                    f"{s} {g:+.2f}{note}" for s, g, _, note in gains)
                     + f"; mean {mean_gain:+.2f} points; plan params / floor params "
                     + ", ".join(f"{r:.1f}×" for _, _, r, _ in gains) + "."]
             lines.append("")
