@@ -93,11 +93,11 @@ def fractions(keep: dict[str, int]) -> dict[str, float]:
     return {n: keep.get(n, c) / c for n, c in zip(NAMES, CHANNELS, strict=True)}
 
 
-def run(env, tmp_path, target=Target("ratio", 0.5), config=None, **kw):
+def run(env, tmp_path, target=Target("ratio", 0.5), config=None, weights=RewardWeights(latency=1.0), **kw):
     sp = space()
     cfg = config or PlanSearchConfig(candidates=24, per_round=6, probe_top=2, seed=kw.pop("seed", 0))
     base = Baseline(true_ms({}), 1000.0, 1000.0)
-    return run_plan_search(env, sp, target, RewardWeights(latency=1.0), base, sp.as_dict(sp.full_keep()), cfg,
+    return run_plan_search(env, sp, target, weights, base, sp.as_dict(sp.full_keep()), cfg,
                            tmp_path / "state", progress=False, log=lambda s: None, **kw)
 
 
@@ -204,6 +204,21 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     assert [len(m) for m in env.measured[: len(res.calibration)]] == [1] * len(res.calibration)  # uniform alone
     assert env.measured[len(res.calibration)][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
     assert res.uniform["measured_ratio"] is not None
+
+
+def test_with_a_latency_target_plans_are_ranked_on_accuracy_alone(tmp_path):
+    # A heavy latency coefficient must not pay a plan for latency budget it leaves unused: every plan
+    # is sized to the same predicted goal, so the ranking and the confirmation are on accuracy.
+    sens = {"a": 0.4, "b": 0.2, "c": 0.02, "d": 0.02, "se": 0.0}
+
+    def acc(keep):
+        f = fractions(keep)
+        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+
+    res = run(StubEnv(acc), tmp_path, weights=RewardWeights(latency=50.0, flops=1.0))
+    assert all(r["q"] == r["acc"] for r in res.records)
+    assert all(p["q"] == p["acc"] for p in res.probes)
+    assert not res.fallback_to_uniform and res.chosen["confirm_acc"] > res.uniform["confirm_acc"]
 
 
 def test_a_plan_over_the_target_is_shrunk_and_measured_again(tmp_path):
