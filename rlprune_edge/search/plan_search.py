@@ -9,9 +9,7 @@ best, Taylor pruning, KD) with candidates made and judged so that the result can
 2. **Proxy**: BatchNorm recalibration (EagleEye), then a short KD screen (``screen_batches``, the
    same batches for every plan), accuracy on a selection split of the validation data, KL to the
    dense model as tie-break. The best few and the uniform plan get a longer KD probe and are
-   re-ranked. (Measured on the shipped VGG-19 at 0.5×: after BN recalibration alone every plan
-   scores 13–22%, near chance, and neither accuracy nor KL predicts the accuracy after a 50-batch
-   KD probe, which spreads the same plans over 34–75%; docs/compress.md.)
+   re-ranked (why a KD screen and not BN recalibration alone: docs/compress.md).
 3. **Guarantee**: the re-ranked winner and the uniform plan get ``final_batches`` more KD batches
    (other ones), then the winner is compared with the uniform plan on a held-out confirmation
    split; unless it beats uniform by more than one paired standard error, the uniform plan is
@@ -359,14 +357,12 @@ class _Search:
         """Measure chosen + uniform together; fit the chosen plan to the target from both sides.
 
         A plan over the target is shrunk (latency model corrected by the measurement, re-sized along
-        the same preferences, at least one channel-multiple step smaller); a plan more than
-        ``grow_slack`` under it is grown the same way and kept only if the bigger plan measures
-        within the target. A plan measured over the target is measured once more before it is
-        changed: here the first measurement after the KD probes read 0.49–0.52× for a plan that
-        read 0.34–0.43× a minute later (twice, on the shipped VGG-19).
+        the same preferences, at least one step smaller); one more than ``grow_slack`` under it is
+        grown the same way and kept only if it measures within the target; between a fit and a miss
+        the next plan is interpolated. A miss is measured again and judged on both readings (one
+        read 0.49–0.52× for a plan that read 0.34–0.43× a minute later, on the shipped VGG-19).
         """
-        i = int(self.decision["chosen_record"])  # type: ignore[index]
-        rec = self.records[i]
+        rec = self.records[int(self.decision["chosen_record"])]  # type: ignore[index]
         keep, prefs, scale = list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"])
         if self.target.kind == "sparsity":
             return keep, None
