@@ -43,6 +43,7 @@ class StubEnv:
         self.builds = 0
         self.measured: list[list[dict[str, int]]] = []
         self.probed = 0
+        self.rescaled: list[tuple[dict[str, int], float]] = []
 
     def predict_ms(self, keep):
         return true_ms(keep) * self.correction
@@ -53,8 +54,8 @@ class StubEnv:
     def anchor(self, keep, measured_ms):
         self.correction = measured_ms / true_ms(keep)
 
-    def rescale(self, keep, measured_ratio):  # the stub's predictor is exact up to `correction`
-        pass
+    def rescale(self, keep, measured_ratio):  # the stub's predictor is exact up to `correction`: record only
+        self.rescaled.append((dict(keep), measured_ratio))
 
     def build(self, keep):
         self.builds += 1
@@ -202,6 +203,7 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     assert len(finals) == 2 and finals[0]["record"] == 0  # uniform and the re-ranked best, confirmed after them
     assert all(("confirm_acc" in p) == ("final_acc" in p) for p in res.probes)
     assert [len(m) for m in env.measured[: len(res.calibration)]] == [1] * len(res.calibration)  # uniform alone
+    assert [r for _, r in env.rescaled] == [c["ratio"] for c in res.calibration]  # each one fitted the model
     assert env.measured[len(res.calibration)][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
     assert res.uniform["measured_ratio"] is not None
 

@@ -345,7 +345,7 @@ class _Search:
             # target is over it, not within it because its second reading was lucky)
             m["single"] = {k: m[k] for k in ("ms", "ratio", "uniform_ms", "uniform_ratio")}
             for k in m["single"]:
-                m[k] = math.sqrt(float(first.get("single", first)[k]) * m["single"][k])
+                m[k] = math.sqrt(float(first[k]) * m["single"][k])
         self.measurements.append(m)
         self.save()
         again = f" again: {m['single']['ratio']:.3f}x; both readings" if "single" in m else ""
