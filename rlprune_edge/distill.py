@@ -18,7 +18,7 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,17 +107,22 @@ def _place(student: nn.Module, teacher: nn.Module, device: torch.device, world: 
 def _kd_epoch(module: nn.Module, teacher: nn.Module, batches: Iterable, opt: Any, sched: Any, config: DistillConfig,
               device: torch.device, rank_world: tuple[int, int], bar: Any) -> tuple[float, int]:
     """One pass of KD over `batches` (under DDP each rank takes its slice of the global batch);
-    returns (summed loss, samples)."""
+    returns (summed loss, samples). A batch may carry the teacher's logits as a third element (then
+    the teacher is not run on it)."""
     rank, world = rank_world
     total, n = 0.0, 0
-    for x, y in batches:
+    for batch in batches:
+        x, y = batch[0], batch[1]
         if world > 1:  # this rank's slice of the shared global batch
             x, y = x[rank::world], y[rank::world]
             if len(x) == 0:
                 continue
         x, y = x.to(device), y.to(device)
-        with torch.no_grad():
-            t_logits = teacher(x)
+        if len(batch) > 2:
+            t_logits = batch[2].to(device)
+        else:
+            with torch.no_grad():
+                t_logits = teacher(x)
         loss = kd_loss(module(x), t_logits, y, config.temperature, config.alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,6 +144,7 @@ def distill(
     split: str = "train",
     distributed: bool = True,
     device: str | torch.device | None = None,
+    teacher_logits: Sequence[torch.Tensor] | None = None,
 ) -> nn.Module:
     """Fine-tune `student` in place from `teacher` on `data.loader(split, ...)`; returns `student`.
 
@@ -152,6 +158,10 @@ def distill(
     :mod:`rlprune_edge.compute`. The teacher is copied to that device if it lives elsewhere (the
     caller's teacher is never moved); the student is trained there and returned on the device it
     came from.
+
+    `teacher_logits` (one epoch, one process): the teacher's logits of each batch the loader yields,
+    computed once by :func:`teacher_logits_of` and reused when many students learn from the same
+    batches (the plan search's screens and probes: half the cost of a KD step is the teacher's pass).
     """
     import torch.distributed as dist
 
@@ -161,6 +171,8 @@ def distill(
     if config.epochs <= 0:
         return student
     rank, world = dist_env() if distributed else (0, 1)
+    if teacher_logits is not None and (world > 1 or config.epochs != 1):
+        raise ValueError("cached teacher logits are for one epoch in one process")
     home = module_device(student)
     device = rank_device(device) if world > 1 else (torch.device(device) if device is not None else home)
     created = ensure_process_group(device) if world > 1 else False
@@ -188,6 +200,8 @@ def distill(
                 bar = tqdm(loader, total=_num_batches(loader), desc=f"distill {epoch + 1}/{config.epochs}",
                            unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
                 batches = bar
+            if teacher_logits is not None:
+                batches = _with_logits(batches, teacher_logits)
             total, n = _kd_epoch(module, teacher, batches, opt, sched, config, device, (rank, world), bar)
             if bar is not None:
                 bar.close()
@@ -209,6 +223,35 @@ def distill(
     student.to(home)
     student.eval()
     return student
+
+
+def _with_logits(batches: Iterable, logits: Sequence[torch.Tensor]) -> Iterable:
+    """(x, y, teacher logits) for each (x, y) of `batches`; the counts and batch sizes must match."""
+    i = -1
+    for i, (x, y) in enumerate(batches):
+        if i >= len(logits) or len(logits[i]) != len(x):
+            raise ValueError(f"cached teacher logits do not match batch {i} of the loader")
+        yield x, y, logits[i]
+    if i + 1 != len(logits):
+        raise ValueError(f"cached teacher logits for {len(logits)} batches, the loader gave {i + 1}")
+
+
+@torch.no_grad()
+def teacher_logits_of(teacher: nn.Module, data: Any, config: DistillConfig, split: str = "train",
+                      device: str | torch.device | None = None) -> list[torch.Tensor]:
+    """The teacher's eval-mode logits (CPU) of every batch that `distill` with `config` draws in its
+    first epoch (same loader, same seed), for `distill(..., teacher_logits=...)`."""
+    from rlprune_edge.compute import module_device
+
+    dev = torch.device(device) if device is not None else module_device(teacher)
+    was = teacher.training
+    teacher.eval()
+    try:
+        loader = data.loader(split, batch_size=config.batch_size, shuffle=True, augment=config.augment,
+                             limit=config.limit, seed=config.seed)
+        return [teacher(x.to(dev)).float().cpu() for x, _ in loader]
+    finally:
+        teacher.train(was)
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlprune_edge.distill import DistillConfig, distill, kd_loss
+from rlprune_edge.distill import DistillConfig, distill, kd_loss, teacher_logits_of
 
 
 class FakeData:
@@ -71,6 +71,26 @@ def _distill_moves_student_toward_teacher():
         after = float(kd_loss(student(x), teacher(x), y))
     assert after < before
     assert not student.training
+
+
+def test_cached_teacher_logits_train_exactly_like_the_teacher():
+    """The plan search's screens reuse the teacher's logits of the shared batches: the student ends
+    with the same weights as with the teacher run on every batch; logits of another loader are refused."""
+    data, teacher = FakeData(96), tiny(0).eval()
+    cfg = DistillConfig(epochs=1, lr=0.05, batch_size=32, limit=64, seed=3)
+    plain, cached = tiny(1), tiny(1)
+    distill(plain, teacher, data, cfg, progress=False, distributed=False)
+    logits = teacher_logits_of(teacher, data, cfg)
+    assert [t.shape for t in logits] == [(32, 2), (32, 2)]
+    distill(cached, teacher, data, cfg, progress=False, distributed=False, teacher_logits=logits)
+    for a, b in zip(plain.state_dict().values(), cached.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="do not match batch 2"):
+        distill(tiny(1), teacher, data, DistillConfig(epochs=1, batch_size=32, limit=96, seed=3), progress=False,
+                distributed=False, teacher_logits=logits)
+    with pytest.raises(ValueError, match="one epoch"):
+        distill(tiny(1), teacher, data, DistillConfig(epochs=2, batch_size=32, limit=64, seed=3), progress=False,
+                distributed=False, teacher_logits=logits)
 
 
 def _free_port() -> int:

@@ -99,6 +99,7 @@ class PlanProxy:
         bn_x = tx[n_cal:] if len(tx) > n_cal else tx
         self.bn_batches = [bn_x[i : i + c.bn_batch] for i in range(0, min(len(bn_x), c.bn_images), c.bn_batch)]
         self.scores = channel_scores(self.teacher, self.example_inputs, groups, method="taylor", calib=self.calib)
+        self._teacher_logits: dict[tuple[int, int], list[torch.Tensor]] = {}  # (stage, batches) -> per batch
 
     # --- models --------------------------------------------------------------------------------------
     def build(self, keep: dict[str, int]) -> nn.Module:
@@ -122,18 +123,21 @@ class PlanProxy:
     def probe(self, model: nn.Module, batches: int, stage: int = 0) -> None:
         """A short KD fine-tune of `model` in place: `batches` batches, the same ones for every plan
         at the same `stage` (a later stage draws other batches)."""
-        from rlprune_edge.distill import DistillConfig, distill
+        from rlprune_edge.distill import DistillConfig, distill, teacher_logits_of
 
         c = self.config
         if batches <= 0:
             return
+        seed = c.seed + 500 + 7919 * int(stage)
+        kd = DistillConfig(epochs=1, lr=c.probe_lr, batch_size=c.probe_batch_size, limit=c.probe_batch_size * batches,
+                           seed=seed)
+        key = (int(stage), int(batches))
+        if key not in self._teacher_logits:  # every plan learns from the same batches: the teacher's pass once
+            self._teacher_logits[key] = teacher_logits_of(self.teacher, self.data, kd, device=self.device)
         with torch.random.fork_rng(devices=[]):
-            seed = c.seed + 500 + 7919 * int(stage)
             torch.manual_seed(seed)
-            distill(model, self.teacher, self.data,
-                    DistillConfig(epochs=1, lr=c.probe_lr, batch_size=c.probe_batch_size,
-                                  limit=c.probe_batch_size * batches, seed=seed),
-                    progress=False, distributed=False, device=self.device)
+            distill(model, self.teacher, self.data, kd, progress=False, distributed=False, device=self.device,
+                    teacher_logits=self._teacher_logits[key])
         model.eval()
 
     def flops(self, model: nn.Module) -> int:
