@@ -146,23 +146,15 @@ def distill(
     device: str | torch.device | None = None,
     teacher_logits: Sequence[torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Fine-tune `student` in place from `teacher` on `data.loader(split, ...)`; returns `student`.
+    """Fine-tune `student` in place from `teacher` on `data.loader(split, batch_size, shuffle=...,
+    augment=..., limit=..., seed=...)` batches of (x, y); returns `student`.
 
-    `data` needs ``loader(split, batch_size, shuffle=..., augment=..., limit=..., seed=...)`` yielding
-    (x, y) batches. Under torchrun the process group is created if missing (and destroyed again);
-    ``distributed=False`` trains in this process alone (e.g. the search's per-step fine-tune, which
-    only rank 0 runs).
-
-    `device` is where this process computes (default: where `student` is). Under torchrun a rank takes
-    its own GPU only when every local rank has one (NCCL), else the CPU (gloo); see
-    :mod:`rlprune_edge.compute`. The teacher is copied to that device if it lives elsewhere (the
-    caller's teacher is never moved); the student is trained there and returned on the device it
-    came from.
-
-    `teacher_logits` (one epoch, one process): the teacher's logits of each batch the loader yields,
-    computed once by :func:`teacher_logits_of` and reused when many students learn from the same
-    batches (the plan search's screens and probes: half the cost of a KD step is the teacher's pass).
-    """
+    Under torchrun the process group is created if missing (and destroyed again); ``distributed=False``
+    trains in this process alone. `device` is where this process computes (default: where `student`
+    is); under torchrun a rank takes its own GPU only when every local rank has one (NCCL), else the
+    CPU (gloo), see :mod:`rlprune_edge.compute`. The teacher is copied there if it lives elsewhere;
+    the student is trained there and returned on the device it came from. `teacher_logits` (one
+    epoch, one process): the teacher's logits of each batch (:func:`teacher_logits_of`), reused."""
     import torch.distributed as dist
 
     from rlprune_edge.compute import module_device, rank_device

@@ -257,3 +257,22 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         search(tmp_path, Target.sparsity(0.6), resume=True)
     with pytest.raises(UserError, match="no search state"):
         search(tmp_path / "empty", Target.sparsity(0.6), resume=True)
+
+
+def test_bn_recalibration_is_the_exact_average_over_the_batches():
+    """EagleEye's adaptive BN, run channels-last for speed: running statistics are the plain average of
+    the per-batch statistics (cumulative momentum), the model comes back in eval mode and contiguous."""
+    from rlprune_edge.search.env import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    batches = [torch.randn(8, 3, 6, 6) * (i + 1) for i in range(3)]
+    recalibrate_bn(model, batches)
+    with torch.no_grad():
+        acts = [model[0](x) for x in batches]
+    mean = torch.stack([a.mean((0, 2, 3)) for a in acts]).mean(0)
+    var = torch.stack([a.var((0, 2, 3), unbiased=True) for a in acts]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model[1].running_var, var, rtol=1e-4, atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+    assert model[0].weight.is_contiguous()
