@@ -10,6 +10,8 @@ run on the CPU with gloo.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -61,3 +63,17 @@ def module_device(model: torch.nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+@contextmanager
+def channels_last(model: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
+    """`model` in the channels-last memory format for the block (convolutions on the CPU run 1.7-3x
+    faster with channels-last inputs), back to the contiguous format afterwards."""
+    if not enabled:
+        yield model
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)

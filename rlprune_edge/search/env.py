@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from rlprune_edge.compute import channels_last
 from rlprune_edge.latency.campaign import low_ms, robust_compare
 
 
@@ -46,14 +47,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 50
     dev = next((t.device for t in model.parameters()), torch.device("cpu"))
     was = model.training
     model.eval()
-    model.to(memory_format=torch.channels_last)
     correct = 0
     try:
-        for i in range(0, len(x), batch):
-            xb = x[i : i + batch].to(dev).contiguous(memory_format=torch.channels_last)
-            correct += int((model(xb).argmax(1).cpu() == y[i : i + batch]).sum())
+        with channels_last(model):
+            for i in range(0, len(x), batch):
+                xb = x[i : i + batch].to(dev).contiguous(memory_format=torch.channels_last)
+                correct += int((model(xb).argmax(1).cpu() == y[i : i + batch]).sum())
     finally:
-        model.to(memory_format=torch.contiguous_format)
         model.train(was)
     return correct / max(1, len(x))
 
@@ -76,15 +76,12 @@ def recalibrate_bn(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
         bn.train()
     dev = next((t.device for t in model.parameters()), torch.device("cpu"))
     images = all(x.dim() == 4 for x in batches)
-    if images:
-        model.to(memory_format=torch.channels_last)
     try:
-        for x in batches:
-            x = x.to(dev)
-            model(x.contiguous(memory_format=torch.channels_last) if images else x)
+        with channels_last(model, enabled=images):
+            for x in batches:
+                x = x.to(dev)
+                model(x.contiguous(memory_format=torch.channels_last) if images else x)
     finally:
-        if images:
-            model.to(memory_format=torch.contiguous_format)
         for bn, mom in zip(bns, saved, strict=True):
             bn.momentum = mom
         model.eval()
