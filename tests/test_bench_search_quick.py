@@ -1,5 +1,5 @@
 """tools/bench_search.py --quick end to end in a temp dir: every method runs, finals are re-measured
-together, the generated section has a row per method. Asserts that figures exist, never their values."""
+together, --redo re-runs one method and re-measures all, the generated section has a row per method. Asserts that figures exist, never their values."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ def test_quick_run_fills_every_method_and_the_section(tmp_path, monkeypatch):
     try:
         spec.loader.exec_module(mod)
         (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n\nolder text\n")
-        assert mod.main(["--quick", "--models", "vgg11:0.125", "--seeds", "0", "--levels", "moderate",
-                         "--work", str(tmp_path)]) == 0
+        args = ["--quick", "--models", "vgg11:0.125", "--seeds", "0", "--levels", "moderate", "--work", str(tmp_path)]
+        assert mod.main(args) == 0
+        first = json.loads((tmp_path / "benchmarks" / "search_results.json").read_text())
+        assert mod.main([*args, "--redo", "/plan$"]) == 0  # the plan search alone again
     finally:
         sys.modules.pop(spec.name, None)
     doc = json.loads((tmp_path / "benchmarks" / "search_results.json").read_text())
@@ -32,6 +34,14 @@ def test_quick_run_fills_every_method_and_the_section(tmp_path, monkeypatch):
     cell = m["cells"]["moderate/seed0"]
     assert set(cell) == set(mod.METHODS) and all("common_ratio" in cell[k] and 0 <= cell[k]["test_acc"] <= 1
                                                  for k in mod.METHODS)
+    kept = first["models"]["vgg11-w0.125"]["cells"]["moderate/seed0"]
+    assert [list(o["results"]) for o in m["superseded"]] == [["plan"]]
+    assert m["superseded"][0]["results"]["plan"] == kept["plan"]
+    for k in mod.METHODS:  # the others kept their results, all re-measured together again
+        if k != "plan":
+            assert {a: b for a, b in cell[k].items() if a != "common_ratio"} == \
+                   {a: b for a, b in kept[k].items() if a != "common_ratio"}
+    assert cell["plan"]["finished"] >= kept["plan"]["finished"]
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert md.count(mod.START) == 1 and "older text" in md
     for meth in mod.METHODS:

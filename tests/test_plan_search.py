@@ -12,7 +12,8 @@ import torch
 
 from rlprune_edge.search.loop import Target
 from rlprune_edge.search.plan import PlanSpace, follower_groups
-from rlprune_edge.search.plan_search import Evaluation, PlanSearchConfig, paired_gain, run_plan_search
+from rlprune_edge.search.plan_env import Evaluation, paired_gain
+from rlprune_edge.search.plan_search import PlanSearchConfig, run_plan_search
 from rlprune_edge.search.policy import PlanDistribution
 from rlprune_edge.search.reward import Baseline, RewardWeights
 
@@ -184,9 +185,9 @@ def test_when_every_perturbation_scores_worse_the_uniform_plan_is_returned_exact
 
 
 def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_path):
-    sens = {"a": 0.4, "b": 0.2, "c": 0.02, "d": 0.02, "se": 0.0}
+    sens = {"a": 0.02, "b": 0.02, "c": 0.4, "d": 0.2, "se": 0.0}
 
-    def acc(keep):  # early layers matter: a plan that keeps them beats uniform
+    def acc(keep):  # the cheap late layers matter: a plan that keeps them beats uniform
         f = fractions(keep)
         return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
 
@@ -195,7 +196,7 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     assert not res.fallback_to_uniform
     assert res.chosen["probe_acc"] > res.uniform["probe_acc"] and res.chosen["confirm_acc"] > res.uniform["confirm_acc"]
     f = fractions(res.keep)
-    assert f["a"] > f["c"]
+    assert f["c"] > f["a"]
     distinct = sum(1 for r in res.records if "duplicate_of" not in r)
     # a screen for each distinct plan, a probe of uniform + the top 2, then more batches for the two finalists
     assert env.probed == distinct + 3 + 2
@@ -208,10 +209,31 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     assert res.uniform["measured_ratio"] is not None
 
 
+def test_plans_with_fewer_parameters_than_uniform_are_not_scored(tmp_path):
+    # The stub's proxy prefers keeping the expensive early layers, which at equal latency costs
+    # parameters (params = kept channels here): the capacity rule keeps every scored plan at or
+    # above the uniform plan's parameters, so nothing beats uniform and it is returned.
+    sens = {"a": 0.4, "b": 0.2, "c": 0.02, "d": 0.02, "se": 0.0}
+
+    def acc(keep):
+        f = fractions(keep)
+        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+
+    res = run(StubEnv(acc), tmp_path)
+    uniform_params = res.records[0]["params"]
+    assert all(r["params"] >= uniform_params for r in res.records)
+    assert sum(r["under_capacity"] for r in res.rounds) > 0
+    assert res.fallback_to_uniform and res.keep == res.uniform["keep"]
+    free = run(StubEnv(acc), tmp_path / "off", config=PlanSearchConfig(candidates=24, per_round=6, probe_top=2,
+                                                                      min_params_vs_uniform=0.0))
+    assert not free.fallback_to_uniform and fractions(free.keep)["a"] > fractions(free.keep)["c"]
+    assert free.chosen["params"] < uniform_params and all(r["under_capacity"] == 0 for r in free.rounds)
+
+
 def test_with_a_latency_target_plans_are_ranked_on_accuracy_alone(tmp_path):
     # A heavy latency coefficient must not pay a plan for latency budget it leaves unused: every plan
     # is sized to the same predicted goal, so the ranking and the confirmation are on accuracy.
-    sens = {"a": 0.4, "b": 0.2, "c": 0.02, "d": 0.02, "se": 0.0}
+    sens = {"a": 0.02, "b": 0.02, "c": 0.4, "d": 0.2, "se": 0.0}
 
     def acc(keep):
         f = fractions(keep)

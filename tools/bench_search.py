@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="regex on cell ids (MODEL/LEVEL/seedN/METHOD)")
     p.add_argument("--redo", default=None,
                    help="regex on cell ids: matching results (of earlier code) move to the model's 'superseded' "
-                        "list with their date, and are run again")
+                        "list with their date and are run again; the cell's other finals stay and are re-measured "
+                        "with them in common windows")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny training, short searches, 1 KD epoch of 512 images")
     p.add_argument("--work", default=str(ROOT), help="where benchmarks/ and BENCHMARKS.md are (default: the repository)")
@@ -326,9 +327,13 @@ def main(argv: list[str] | None = None) -> int:
                 if args.redo:
                     old = {k: v for k, v in cell.items() if re.search(args.redo, f"{label}/{key}/{k}")}
                     if old:
-                        # the whole cell moves: its finals are re-measured together in common windows
-                        m.setdefault("superseded", []).append({"cell": key, "results": dict(cell)})
-                        cell.clear()
+                        # the matched methods move and run again; every final of the cell (kept ones
+                        # too) is then re-measured together in common windows
+                        m.setdefault("superseded", []).append({"cell": key, "results": dict(old)})
+                        for k in old:
+                            del cell[k]
+                        for k in cell:
+                            cell[k].pop("common_ratio", None)
                         _save(path, doc)
                 for meth in args.methods.split(","):
                     cid = f"{label}/{key}/{meth}"

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlprune_edge.search.env import recalibrate_bn, tensors
-from rlprune_edge.search.plan_search import Evaluation
+from rlprune_edge.search.plan_env import Evaluation
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def logits_of(model: nn.Module, x: torch.Tensor, batch: int = 500) -> torch.Tens
 
 
 class PlanProxy:
-    """Implements :class:`rlprune_edge.search.plan_search.PlanEnv` with the project's stack."""
+    """Implements :class:`rlprune_edge.search.plan_env.PlanEnv` with the project's stack."""
 
     def __init__(self, dense: nn.Module, info: Any, data: Any, groups: list, profile: Any, backend: Any,
                  latency_model: Any, dense_artifact: Any, work_dir: Path, config: ProxyConfig | None = None,
