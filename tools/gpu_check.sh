@@ -30,7 +30,8 @@ Fetch them on a machine with PyPI access, e.g.
   python3 -m pip download --no-deps -d .whl torch-pruning==1.6.1 onnxslim==0.1.98
 Environment: PYTHON (default python3), WHEELS, GPU_CHECK_STEPS (default "bench perlayer latency
 compress tests", any subset of those and "target", run in that order), GPU_CHECK_TESTS_LIMIT
-(seconds for the test step, default 240), GPU_CHECK_TARGET (default 0.7x).
+(seconds for the test step, default 240), GPU_CHECK_TARGET (default 0.7x), GPU_CHECK_TARGET_LIMIT
+(seconds for the target step, default 300).
 EOF
 }
 
@@ -169,7 +170,7 @@ if want tests; then
     -p no:benchmark "${xdist[@]}" tests
 fi
 if want target; then
-  step compress_target 180 "${CLI[@]}" compress --profile "$PROFILE" --target-latency "${GPU_CHECK_TARGET:-0.7x}" \
+  step compress_target "${GPU_CHECK_TARGET_LIMIT:-300}" "${CLI[@]}" compress --profile "$PROFILE" --target-latency "${GPU_CHECK_TARGET:-0.7x}" \
     --kd-epochs 2 --no-bundle --quiet --out "$WORK/compress_target"
 fi
 
