@@ -57,7 +57,6 @@ class CompressConfig:
     per_round: int = 8
     screen_batches: int = 20
     probe_top: int = 3
-    min_params_vs_uniform: float = 1.0
     probe_batches: int = 100
     final_batches: int = 100
     select_size: int = 2000
@@ -122,9 +121,6 @@ class CompressConfig:
                 raise UserError(f"{n(opt)} {value} is not a number in ({lo:g}, {hi:g}]; e.g. {n(opt)} {example}.")
         if not 0 <= self.seed < 2**31:
             raise UserError(f"{n('seed')} {self.seed} is outside [0, 2**31); give a non-negative integer, e.g. 0.")
-        if not (math.isfinite(self.min_params_vs_uniform) and 0.0 <= self.min_params_vs_uniform <= 2.0):
-            raise UserError(f"{n('min_params_vs_uniform')} {self.min_params_vs_uniform} is outside [0, 2]; give the "
-                            "fewest parameters a plan may keep relative to the uniform plan, e.g. 1.0 (0 = no rule).")
         if not (math.isfinite(self.min_keep) and 0.0 <= self.min_keep < 1.0):
             raise UserError(f"{n('min_keep')} {self.min_keep} is outside [0, 1); give the smallest fraction of a "
                             "group's channels to keep, e.g. 0.1.")

@@ -108,7 +108,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else 64, per_round=a.per_round,
                               screen_batches=a.screen_batches, probe_batches=a.probe_batches, final_batches=a.final_batches,
                               probe_top=a.probe_top if a.probe_batches > 0 else 0, uniform_only=a.search == "uniform",
-                              min_params_vs_uniform=a.min_params_vs_uniform, seed=a.seed)
+                              seed=a.seed)
     base = Baseline(job.dense_ms, float(proxy.flops(job.dense)), float(proxy.params(job.dense)))
     fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
                    "reward": a.reward, "select": a.select_size, "confirm": a.confirm_size,
@@ -128,7 +128,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
              for r in result.rounds]
     dense_eval = proxy.evaluate(job.dense)
     info = {"method": job.args.search, "candidates": config.candidates, "per_round": config.per_round,
-            "probe_top": config.probe_top, "min_params_vs_uniform": config.min_params_vs_uniform, "probe_batches": a.probe_batches, "final_batches": config.final_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
+            "probe_top": config.probe_top, "probe_batches": a.probe_batches, "final_batches": config.final_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
             "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
             "channel_multiple": job.space.multiple, "search_s": result.wall_s,
             "dense_val_acc": dense_eval.acc, "distinct_plans": sum(1 for r in result.records if "duplicate_of" not in r),

@@ -205,29 +205,44 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     assert all(("confirm_acc" in p) == ("final_acc" in p) for p in res.probes)
     assert [len(m) for m in env.measured[: len(res.calibration)]] == [1] * len(res.calibration)  # uniform alone
     assert [r for _, r in env.rescaled] == [c["ratio"] for c in res.calibration]  # each one fitted the model
-    assert env.measured[len(res.calibration)][1] == res.uniform["keep"] and res.chosen["measured_ratio"] <= 0.5
-    assert res.uniform["measured_ratio"] is not None
+    # the uniform plan was fitted by measurement (alone) before the search and is candidate 0; the
+    # chosen plan is measured beside it in the same windows
+    later = env.measured[len(res.calibration):]
+    fit_u = [ms for ms in later if len(ms) == 1]
+    assert fit_u and later[: len(fit_u)] == fit_u and res.uniform["keep"] in [ms[0] for ms in fit_u]
+    together = later[len(fit_u):]
+    assert together and all(len(ms) == 2 and ms[1] == res.uniform["keep"] for ms in together)
+    assert res.chosen["measured_ratio"] <= 0.5 and res.uniform["measured_ratio"] is not None
+    # challengers were sized to the fitted uniform plan's predicted latency
+    u_pred = res.records[0]["pred_ms"]
+    assert all(r["pred_ms"] <= u_pred + 1e-12 for r in res.records)
 
 
-def test_plans_with_fewer_parameters_than_uniform_are_not_scored(tmp_path):
-    # The stub's proxy prefers keeping the expensive early layers, which at equal latency costs
-    # parameters (params = kept channels here): the capacity rule keeps every scored plan at or
-    # above the uniform plan's parameters, so nothing beats uniform and it is returned.
-    sens = {"a": 0.4, "b": 0.2, "c": 0.02, "d": 0.02, "se": 0.0}
+def test_the_uniform_candidate_is_what_the_uniform_search_returns(tmp_path):
+    # A pessimistic latency model sizes the uniform plan under the target; the measured fit grows it.
+    # Candidate 0 of the plan search is that fitted plan, the very one `--search uniform` returns,
+    # and every challenger is sized to its predicted latency.
+    def make():
+        env = StubEnv(lambda keep: 0.9)
+        real = true_ms
 
-    def acc(keep):
-        f = fractions(keep)
-        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+        def raw(keep):
+            return real(keep) + 0.25 * (real({}) - real(keep))
 
-    res = run(StubEnv(acc), tmp_path)
-    uniform_params = res.records[0]["params"]
-    assert all(r["params"] >= uniform_params for r in res.records)
-    assert sum(r["under_capacity"] for r in res.rounds) > 0
-    assert res.fallback_to_uniform and res.keep == res.uniform["keep"]
-    free = run(StubEnv(acc), tmp_path / "off", config=PlanSearchConfig(candidates=24, per_round=6, probe_top=2,
-                                                                      min_params_vs_uniform=0.0))
-    assert not free.fallback_to_uniform and fractions(free.keep)["a"] > fractions(free.keep)["c"]
-    assert free.chosen["params"] < uniform_params and all(r["under_capacity"] == 0 for r in free.rounds)
+        env.predict_ms = lambda keep: env.correction * raw(keep)
+        env.correct = env.anchor = lambda keep, ms: setattr(env, "correction", ms / raw(keep))
+        return env
+
+    cfg = dict(candidates=12, per_round=6, probe_top=2, calibration_tries=0)
+    base = run(make(), tmp_path / "uniform", config=PlanSearchConfig(**cfg, uniform_only=True))
+    env = make()
+    res = run(env, tmp_path / "plan", config=PlanSearchConfig(**cfg))
+    assert res.records[0]["keep"] == base.records[0]["keep"] and res.keep == base.keep  # fallback: the same plan
+    assert res.measurements == base.measurements  # and the same measurements: nothing after the search
+    assert sum(res.records[0]["keep"]) > sum(res.measurements[0]["keep"])  # grown by the measured fit
+    assert base.reached is True and base.uniform["measured_ratio"] <= 0.5
+    u_pred = res.records[0]["pred_ms"]
+    assert all(r["pred_ms"] <= u_pred + 1e-12 for r in res.records)
 
 
 def test_with_a_latency_target_plans_are_ranked_on_accuracy_alone(tmp_path):

@@ -55,8 +55,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--final-batches", type=int, default=100,
                    help="plan search: more KD batches (other ones) for the re-ranked best plan and the uniform plan "
                         "before they are compared on the confirmation split (0 = none); default 100")
-    p.add_argument("--min-params-vs-uniform", type=float, default=1.0, help="plan search, latency target: plans "
-                   "with fewer parameters than this x the uniform plan's are not scored (0 = off); default 1.0")
     p.add_argument("--select-size", type=int, default=2000,
                    help="plan search: validation images that rank plans (default 2000)")
     p.add_argument("--confirm-size", type=int, default=4000,

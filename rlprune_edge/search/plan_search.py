@@ -4,8 +4,9 @@ RL-Pruner's idea (a distribution over layers, sampled candidates, the distributi
 best, Taylor pruning, KD) with candidates made and judged so that the result can be trusted:
 
 1. **Candidates are whole plans** (:mod:`rlprune_edge.search.plan`), each pruned one-shot from the
-   dense model and sized by the latency model to the goal, so they compete on accuracy alone. The
-   uniform plan is candidate 0 and the starting incumbent.
+   dense model. The uniform plan is first fitted to the target by measurement (exactly what
+   `--search uniform` returns): it is candidate 0 and the starting incumbent, and every other plan
+   is sized by the latency model to its predicted latency, so they compete on accuracy alone.
 2. **Proxy**: BatchNorm recalibration (EagleEye), then a short KD screen (``screen_batches``, the
    same batches for every plan), accuracy on a selection split of the validation data, KL to the
    dense model as tie-break. The best few and the uniform plan get a longer KD probe and are
@@ -14,9 +15,10 @@ best, Taylor pruning, KD) with candidates made and judged so that the result can
    (other ones), then the winner is compared with the uniform plan on a held-out confirmation
    split; unless it beats uniform by more than one paired standard error, the uniform plan is
    returned (and the report says so).
-4. **Measurement**: the chosen and the uniform plan are measured in the same interleaved windows;
-   a chosen plan over the target is shrunk (latency model corrected by the measurement, then at
-   least one channel-multiple step) and measured again.
+4. **Measurement**: a chosen challenger is measured with the fitted uniform plan in the same
+   interleaved windows; over the target it is shrunk (latency model corrected by the measurement,
+   then at least one channel-multiple step) and measured again. A kept uniform plan is not
+   measured again.
 
 The environment (:class:`PlanEnv`, real one in :mod:`rlprune_edge.search.proxy`) builds, scores,
 probes and measures; this module only decides. State is written after every round and phase, and a
@@ -44,7 +46,7 @@ from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 4  # 3: latency calibration at the goal before the search; 4: the capacity rule
+STATE_VERSION = 5  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search
 STATE_FILE = "plan_state.json"
 
 
@@ -62,8 +64,6 @@ class PlanSearchConfig:
     shrink_tries: int = 5  # re-sizings of the chosen plan after measuring it (shrink or grow)
     grow_slack: float = 0.05  # a plan measured this far (relative) under the target is grown
     uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
-    min_params_vs_uniform: float = 1.0  # latency targets: a plan with fewer parameters than this × uniform's is not scored (0 = off)
-    max_draws: int = 4  # per round, at most this × per_round plans drawn to find per_round that pass the capacity rule
     seed: int = 0
     policy: PlanPolicyConfig = field(default_factory=PlanPolicyConfig)
 
@@ -97,6 +97,8 @@ class _Search:
         self.wall_before = 0.0
         self.start = time.perf_counter()
         self._cache: dict[tuple[int, ...], int] = {}
+        self._measured = 0  # measurements taken (or replayed) in this run so far
+        self.uniform_fit: tuple[list[int], float, bool | None] | None = None  # (keep, scale, reached)
 
     # --- state -------------------------------------------------------------------------------------
     def save(self) -> None:
@@ -130,10 +132,13 @@ class _Search:
         return float(self.env.predict_ms(self.space.as_dict(keep)))
 
     def size(self, prefs: np.ndarray) -> tuple[list[int], float]:
+        """Size a plan to the goal: the same predicted latency as the measured-fit uniform plan once it
+        exists (savings equal to its, whatever the model's calibration), else the target's goal."""
         if self.target.kind == "sparsity":
             total = sum(c for c, p in zip(self.space.channels, self.space.prunable, strict=True) if p)
             return self.space.size_to_channels(prefs, int(round((1.0 - self.target.value) * total)))
-        return self.space.size_to_latency(prefs, self.predict, float(self.goal_ms))
+        goal = self.predict(self.uniform_fit[0]) if self.uniform_fit is not None else float(self.goal_ms)
+        return self.space.size_to_latency(prefs, self.predict, goal)
 
     def score(self, acc: float, pred: float, flops: float, params: float) -> float:
         """Accuracy alone for a latency target: every plan is sized to the same predicted latency, and
@@ -144,8 +149,7 @@ class _Search:
             return float(acc)
         return float(reward(acc, pred, flops, params, self.base, self.weights))
 
-    def evaluate(self, prefs: np.ndarray, round_: int, sized: tuple[list[int], float] | None = None,
-                 model: Any = None) -> dict[str, Any]:
+    def evaluate(self, prefs: np.ndarray, round_: int, sized: tuple[list[int], float] | None = None) -> dict[str, Any]:
         keep, scale = sized or self.size(prefs)
         rec: dict[str, Any] = {"round": round_, "prefs": [float(v) for v in prefs], "scale": scale, "keep": keep}
         hit = self._cache.get(tuple(keep))
@@ -153,7 +157,7 @@ class _Search:
             src = self.records[hit]
             rec.update({k: src[k] for k in ("acc", "kl", "pred_ms", "flops", "params", "q")}, duplicate_of=hit)
         else:
-            model = model if model is not None else self.env.build(self.space.as_dict(keep))
+            model = self.env.build(self.space.as_dict(keep))
             if self.config.screen_batches > 0:
                 self.env.probe(model, self.config.screen_batches)
             ev = self.env.evaluate(model)
@@ -205,7 +209,8 @@ class _Search:
     def search(self, bar: Any, stop_after: int | None) -> bool:
         """Uniform plan, then the rounds; False when stopped early by `stop_after` (rounds)."""
         if not self.records:
-            self.evaluate(self.space.uniform_prefs(), -1)
+            sized = (self.uniform_fit[0], self.uniform_fit[1]) if self.uniform_fit is not None else None
+            self.evaluate(self.space.uniform_prefs(), -1, sized)
             self.save()
             if bar is not None:
                 bar.update(1)
@@ -216,48 +221,19 @@ class _Search:
             r = self.policy.round
             k = min(cfg.per_round, cfg.candidates - r * cfg.per_round)
             t0 = time.perf_counter()
-            under = self.draw_round(k, r, bar)
+            for prefs in self.policy.sample(k):
+                self.evaluate(prefs, r)
+                if bar is not None:
+                    bar.update(1)
             best = self.best()
             self.policy.update(np.asarray(best["prefs"]))
             self.rounds.append({"round": r, "sigma": self.policy.sigma(r), "best_acc": best["acc"],
-                                "best_q": best["q"], "best_pred_ms": best["pred_ms"], "under_capacity": under,
+                                "best_q": best["q"], "best_pred_ms": best["pred_ms"],
                                 "round_s": time.perf_counter() - t0})
             if bar is not None:
                 bar.set_postfix(best=f"{100 * best['acc']:.1f}%", uniform=f"{100 * self.records[0]['acc']:.1f}%")
             self.save()
         return True
-
-    def capacity_floor(self) -> float:
-        """Fewest parameters a challenger may keep (latency targets): `min_params_vs_uniform` × uniform's."""
-        if self.target.kind == "sparsity" or not self.records:
-            return 0.0
-        return self.config.min_params_vs_uniform * float(self.records[0]["params"])
-
-    def draw_round(self, k: int, round_: int, bar: Any) -> int:
-        """Score `k` plans of this round that keep at least the capacity floor's parameters, drawing at
-        most ``max_draws`` × k; returns how many drawn plans fell under the floor (built, not scored).
-
-        Why the rule: at equal latency a plan can keep the expensive early, high-resolution layers
-        and pay for them with the late, parameter-heavy ones. The short KD screen and probes favour
-        such plans, the full fine-tune does not: in issue 15's benchmark four of five chosen plans had
-        fewer parameters than the uniform plan at the same latency, and three of them lost to it after
-        the 4 KD epochs (0.15–0.21 points) while winning the 200-batch confirmation.
-        """
-        floor, scored, under, draws = self.capacity_floor(), 0, 0, 0
-        while scored < k and draws < max(1, self.config.max_draws) * k:
-            prefs = self.policy.sample(1)[0]
-            draws += 1
-            sized, model = self.size(prefs), None
-            if floor > 0 and tuple(sized[0]) not in self._cache:
-                model = self.env.build(self.space.as_dict(sized[0]))
-                if self.env.params(model) < floor:
-                    under += 1
-                    continue
-            self.evaluate(prefs, round_, sized, model)
-            scored += 1
-            if bar is not None:
-                bar.update(1)
-        return under
 
     def probe_and_decide(self) -> None:
         """KD-probe the uniform plan and the best few, re-rank, confirm against uniform on held-out data."""
@@ -312,8 +288,9 @@ class _Search:
         self.save()
         self.log(f"search: {decision['why']}")
 
-    def _measurement(self, idx: int, keep: list[int], ukeep: list[int], t: int, repeat: bool) -> dict[str, Any]:
-        """The idx-th measurement: replayed from the state when resuming, else measured now."""
+    def _measurement(self, keep: list[int], ukeep: list[int], t: int, repeat: bool) -> dict[str, Any]:
+        """The run's next measurement: replayed from the state when resuming, else measured now."""
+        idx, self._measured = self._measured, self._measured + 1
         if idx < len(self.measurements):  # resume: never re-measure
             return self.measurements[idx]
         models = [self.env.build(self.space.as_dict(keep))]
@@ -332,12 +309,46 @@ class _Search:
         self.measurements.append(m)
         self.save()
         again = f" again: {m['single']['ratio']:.3f}x; both readings" if "single" in m else ""
-        self.log(f"measured{again}: chosen {m['ratio']:.3f}x dense, uniform "
-                 f"{m['uniform_ratio']:.3f}x (same windows, {m['dense_ms']:.3f} ms dense)")
+        who = "uniform plan" if keep == ukeep else f"chosen {m['ratio']:.3f}x dense, uniform"
+        self.log(f"measured{again}: {who} {m['uniform_ratio']:.3f}x (same windows, {m['dense_ms']:.3f} ms dense)")
         return m
 
+    def fit_uniform(self) -> None:
+        """Fit the uniform plan to the target by measurement before any plan is scored (what
+        `--search uniform` returns); every challenger is then sized to its predicted latency.
+
+        Candidates used to be sized to the goal by the latency model alone, so the uniform candidate
+        was not the uniform plan that fits the target: on MobileNetV3 (host-cpu, 0.6×) it measured
+        0.54–0.57× with 99k–149k parameters while the measured fit of `--search uniform` kept
+        174k–225k at 0.59–0.60×. Challengers then beat a uniform plan that was not the baseline,
+        and lost to the real one after the full fine-tune.
+        """
+        prefs = self.space.uniform_prefs()
+        keep, scale = self.size(prefs)
+        if self.target.kind == "sparsity":
+            self.uniform_fit = (keep, scale, None)
+            return
+        self._measured = 0
+        self.uniform_fit = self._fit(keep, prefs, scale, keep)
+        self.save()
+
     def measure_and_fit(self) -> tuple[list[int], bool | None]:
-        """Measure chosen + uniform together; fit the chosen plan to the target from both sides.
+        """The chosen plan fitted to the target, measured with the fitted uniform plan in the same
+        windows; the uniform plan itself (chosen or `--search uniform`) was fitted before the search."""
+        assert self.uniform_fit is not None and self.decision is not None
+        idx = int(self.decision["chosen_record"])
+        if idx == 0 or self.target.kind == "sparsity":
+            keep = self.records[idx]["keep"]
+            return list(keep), (self.uniform_fit[2] if idx == 0 else None)
+        rec = self.records[idx]
+        keep, _, reached = self._fit(list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"]),
+                                     list(self.uniform_fit[0]))
+        return keep, reached
+
+    def _fit(self, keep: list[int], prefs: np.ndarray, scale: float,
+             ukeep: list[int]) -> tuple[list[int], float, bool]:
+        """Measure a plan (with `ukeep` in the same windows) and fit it to the target from both sides
+        → (keep, scale, reached).
 
         A plan over the target is shrunk (latency model corrected by the measurement, re-sized along
         the same preferences, at least one step smaller); one more than ``grow_slack`` under it is
@@ -345,21 +356,13 @@ class _Search:
         the next plan is interpolated. A miss is measured again and judged on both readings (one
         read 0.49–0.52× for a plan that read 0.34–0.43× a minute later, on the shipped VGG-19).
         """
-        rec = self.records[int(self.decision["chosen_record"])]  # type: ignore[index]
-        keep, prefs, scale = list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"])
-        if self.target.kind == "sparsity":
-            return keep, None
-        ukeep = self.records[0]["keep"]
-        idx = 0
         # (scale, keep, measured) of the largest plan measured within the target and the smallest over it
         fits: tuple[float, list[int], float] | None = None
         misses: tuple[float, list[int], float] | None = None
         for t in range(self.config.shrink_tries + 1):
-            m = self._measurement(idx, keep, ukeep, t, repeat=False)
-            idx += 1
+            m = self._measurement(keep, ukeep, t, repeat=False)
             if not _met(self.target, m["ms"], m["ratio"]):
-                m = self._measurement(idx, keep, ukeep, t, repeat=True)
-                idx += 1
+                m = self._measurement(keep, ukeep, t, repeat=True)
             met = _met(self.target, m["ms"], m["ratio"])
             value = float(m["ratio"] if self.target.kind == "ratio" else m["ms"])
             if met:
@@ -388,8 +391,8 @@ class _Search:
                     break  # at the floor (or whole) along this plan
             keep, scale = new, new_scale
         if fits is not None:
-            return fits[1], True
-        return keep, False
+            return fits[1], fits[0], True
+        return keep, scale, False
 
     def _between(self, prefs: np.ndarray, fits: tuple[float, list[int], float],
                  misses: tuple[float, list[int], float]) -> tuple[list[int], float] | None:
@@ -432,6 +435,7 @@ def run_plan_search(
         say(f"resuming the plan search after {len(s.records)} plans")
     env.anchor(dense_keep, s.base.latency_ms)  # anchor the latency model to the dense measurement
     s.calibrate_at_goal()  # and to the uniform plan measured near the goal
+    s.fit_uniform()  # the uniform plan fitted to the target by measurement: candidate 0
     bar = None
     if progress:
         from tqdm import tqdm
