@@ -320,7 +320,7 @@ class _Search:
         Candidates used to be sized to the goal by the latency model alone, so the uniform candidate
         was not the uniform plan that fits the target: on MobileNetV3 (host-cpu, 0.6×) it measured
         0.54–0.60× with 99k–149k parameters while the measured fit of `--search uniform` kept
-        174k–225k at 0.58–0.60×. Challengers then beat a uniform plan that was not the baseline,
+        174k–225k at 0.575–0.59×. Challengers then beat a uniform plan that was not the baseline,
         and lost to the real one after the full fine-tune.
         """
         prefs = self.space.uniform_prefs()
