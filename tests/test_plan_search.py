@@ -239,6 +239,7 @@ def test_the_uniform_candidate_is_what_the_uniform_search_returns(tmp_path):
     res = run(env, tmp_path / "plan", config=PlanSearchConfig(**cfg))
     assert res.records[0]["keep"] == base.records[0]["keep"] and res.keep == base.keep  # fallback: the same plan
     assert res.measurements == base.measurements  # and the same measurements: nothing after the search
+    assert all(len(ms) == 1 for ms in env.measured)  # the uniform fit measures each plan alone
     assert sum(res.records[0]["keep"]) > sum(res.measurements[0]["keep"])  # grown by the measured fit
     assert base.reached is True and base.uniform["measured_ratio"] <= 0.5
     u_pred = res.records[0]["pred_ms"]

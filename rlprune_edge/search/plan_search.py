@@ -329,7 +329,7 @@ class _Search:
             self.uniform_fit = (keep, scale, None)
             return
         self._measured = 0
-        self.uniform_fit = self._fit(keep, prefs, scale, keep)
+        self.uniform_fit = self._fit(keep, prefs, scale, None)
         self.save()
 
     def measure_and_fit(self) -> tuple[list[int], bool | None]:
@@ -346,9 +346,9 @@ class _Search:
         return keep, reached
 
     def _fit(self, keep: list[int], prefs: np.ndarray, scale: float,
-             ukeep: list[int]) -> tuple[list[int], float, bool]:
-        """Measure a plan (with `ukeep` in the same windows) and fit it to the target from both sides
-        → (keep, scale, reached).
+             ukeep: list[int] | None) -> tuple[list[int], float, bool]:
+        """Measure a plan (with `ukeep` in the same windows; None: alone) and fit it to the target from
+        both sides → (keep, scale, reached).
 
         A plan over the target is shrunk (latency model corrected by the measurement, re-sized along
         the same preferences, at least one step smaller); one more than ``grow_slack`` under it is
@@ -360,9 +360,9 @@ class _Search:
         fits: tuple[float, list[int], float] | None = None
         misses: tuple[float, list[int], float] | None = None
         for t in range(self.config.shrink_tries + 1):
-            m = self._measurement(keep, ukeep, t, repeat=False)
+            m = self._measurement(keep, keep if ukeep is None else ukeep, t, repeat=False)
             if not _met(self.target, m["ms"], m["ratio"]):
-                m = self._measurement(keep, ukeep, t, repeat=True)
+                m = self._measurement(keep, keep if ukeep is None else ukeep, t, repeat=True)
             met = _met(self.target, m["ms"], m["ratio"])
             value = float(m["ratio"] if self.target.kind == "ratio" else m["ms"])
             if met:
