@@ -246,6 +246,42 @@ def test_the_uniform_candidate_is_what_the_uniform_search_returns(tmp_path):
     assert all(r["pred_ms"] <= u_pred + 1e-12 for r in res.records)
 
 
+def test_the_winner_is_fitted_by_measurement_before_it_is_confirmed(tmp_path):
+    # The device runs non-uniform plans slower than the latency model predicts, so the best of the
+    # search (sized to the uniform plan's predicted latency) measures over the target: it is shrunk,
+    # pruned afresh and probed again before the confirmation, and nothing is measured after it.
+    sens = {"a": 0.02, "b": 0.02, "c": 0.4, "d": 0.2, "se": 0.0}
+
+    def acc(keep):
+        f = fractions(keep)
+        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+
+    env = StubEnv(acc)
+    measure = env.measure
+
+    def skewed(models):  # +40% of the spread of keep fractions, invisible to the predictor
+        dense, res = measure(models)
+        out = []
+        for m, (ms, r) in zip(models, res, strict=True):
+            f = [v for n, v in fractions(m["keep"]).items() if n in COST]
+            k = 1.0 + 0.4 * (max(f) - min(f))
+            out.append((ms * k, r * k))
+        return dense, out
+
+    env.measure = skewed
+    res = run(env, tmp_path, config=PlanSearchConfig(candidates=24, per_round=6, probe_top=2, calibration_tries=0))
+    fitted = [p for p in res.probes if "fitted_from" in p]
+    assert fitted, "the best plan measured over the target and was re-sized before its confirmation"
+    rec = res.records[fitted[0]["record"]]
+    assert rec["round"] == -2 and sum(rec["keep"]) < sum(res.records[fitted[0]["fitted_from"]]["keep"])
+    assert "confirm_acc" in fitted[0] and "confirm_acc" not in next(p for p in res.probes
+                                                                   if p["record"] == fitted[0]["fitted_from"])
+    if not res.fallback_to_uniform:
+        assert res.chosen["shrunk_after_measuring"] and res.chosen["measured_ratio"] <= 0.5
+    assert res.keep == res.chosen["keep"] and res.reached is True
+    assert len(env.measured) == len(res.calibration) + len(res.measurements)  # nothing measured after the decision
+
+
 def test_with_a_latency_target_plans_are_ranked_on_accuracy_alone(tmp_path):
     # A heavy latency coefficient must not pay a plan for latency budget it leaves unused: every plan
     # is sized to the same predicted goal, so the ranking and the confirmation are on accuracy.

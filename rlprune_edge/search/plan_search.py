@@ -11,14 +11,14 @@ best, Taylor pruning, KD) with candidates made and judged so that the result can
    same batches for every plan), accuracy on a selection split of the validation data, KL to the
    dense model as tie-break. The best few and the uniform plan get a longer KD probe and are
    re-ranked (why a KD screen and not BN recalibration alone: docs/compress.md).
-3. **Guarantee**: the re-ranked winner and the uniform plan get ``final_batches`` more KD batches
+3. **Guarantee**: the re-ranked winner (fitted as in 4) and the uniform plan get ``final_batches`` more KD batches
    (other ones), then the winner is compared with the uniform plan on a held-out confirmation
    split; unless it beats uniform by more than one paired standard error, the uniform plan is
    returned (and the report says so).
-4. **Measurement**: a chosen challenger is measured with the fitted uniform plan in the same
-   interleaved windows; over the target it is shrunk (latency model corrected by the measurement,
-   then at least one channel-multiple step) and measured again. A kept uniform plan is not
-   measured again.
+4. **Measurement**: the re-ranked best is fitted to the target by measurement, beside the fitted
+   uniform plan in the same interleaved windows, *before* it is confirmed (over the target it is
+   shrunk: latency model corrected by the measurement, then at least one channel-multiple step;
+   re-sized, it is pruned afresh and probed again). Nothing is measured after the decision.
 
 The environment (:class:`PlanEnv`, real one in :mod:`rlprune_edge.search.proxy`) builds, scores,
 probes and measures; this module only decides. State is written after every round and phase, and a
@@ -259,6 +259,10 @@ class _Search:
         u = probes[0]
         challengers = probes[1:]
         best = max(challengers, key=lambda p: (p["q"], -p["kl"])) if challengers else None
+        if best is not None and (best["q"], -best["kl"]) <= (u["q"], -u["kl"]):
+            best = None  # no better than uniform after the probes: nothing to fit or confirm
+        if best is not None and self.target.kind != "sparsity":
+            best = self.fit_challenger(best, probes, models, probing)
         for p in (u, best):  # the two finalists: trained on (other) batches a while longer, then confirmed
             if p is None:
                 continue
@@ -270,7 +274,7 @@ class _Search:
             p.update(confirm_acc=float(np.mean(conf)) if len(conf) else 0.0,
                      confirm=np.asarray(conf, dtype=np.uint8).tolist())
         decision: dict[str, Any] = {"chosen_record": 0, "fallback_to_uniform": True, "gain": 0.0, "se": 0.0,
-                                    "why": "no other plan was distinct from uniform"}
+                                    "why": "no other plan beat the uniform plan after the probes"}
         if best is not None:
             br, ur = self.records[best["record"]], self.records[0]
             extra = (self.score(0.0, br["pred_ms"], br["flops"], br["params"])
@@ -279,7 +283,7 @@ class _Search:
             gain += extra
             wins = gain > 0 and gain > se
             decision = {"chosen_record": best["record"] if wins else 0, "fallback_to_uniform": not wins,
-                        "gain": gain, "se": se, "candidate_record": best["record"],
+                        "gain": gain, "se": se, "candidate_record": best["record"], "candidate_reached": best.get("reached"),
                         "why": (f"best plan beats uniform on the confirmation split by {100 * gain:+.2f} points "
                                 f"(paired SE {100 * se:.2f})" if wins else
                                 f"best plan's confirmation gain over uniform {100 * gain:+.2f} points is within one "
@@ -287,6 +291,31 @@ class _Search:
         self.decision = decision
         self.save()
         self.log(f"search: {decision['why']}")
+
+    def fit_challenger(self, best: dict[str, Any], probes: list[dict[str, Any]], models: dict[int, Any],
+                       probing: bool) -> dict[str, Any] | None:
+        """Fit the re-ranked best plan to the target by measurement, beside the fitted uniform plan,
+        before it is confirmed; re-sized, it is pruned afresh from the dense model and probed again.
+        Why: docs/compress.md ("The winner is fitted before it is confirmed")."""
+        rec = self.records[best["record"]]
+        keep, scale, reached = self._fit(list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"]),
+                                         list(self.uniform_fit[0]))  # type: ignore[index]
+        same = next((p for p in probes if self.records[p["record"]]["keep"] == keep), None)
+        if same is not None:  # as it was, or fitted onto a plan probed already (uniform: nothing to confirm)
+            same["reached"] = reached
+            return same if same["record"] else None
+        fitted = self.evaluate(np.asarray(rec["prefs"]), -2, (keep, scale))
+        fitted["fitted_from"] = best["record"]
+        idx = len(self.records) - 1
+        model = models[idx] = self.env.build(self.space.as_dict(keep))
+        self.env.probe(model, self.config.probe_batches if probing else self.config.screen_batches)
+        ev = self.env.evaluate(model)
+        p = {"record": idx, "acc": ev.acc, "kl": ev.kl, "fitted_from": best["record"], "reached": reached,
+             "q": self.score(ev.acc, fitted["pred_ms"], fitted["flops"], fitted["params"])}
+        probes.append(p)
+        self.log(f"search: the best plan re-sized to the measured target: probe {100 * best['acc']:.1f}% -> "
+                 f"{100 * ev.acc:.1f}%")
+        return p
 
     def _measurement(self, keep: list[int], ukeep: list[int], t: int, repeat: bool) -> dict[str, Any]:
         """The run's next measurement: replayed from the state when resuming, else measured now."""
@@ -315,14 +344,8 @@ class _Search:
 
     def fit_uniform(self) -> None:
         """Fit the uniform plan to the target by measurement before any plan is scored (what
-        `--search uniform` returns); every challenger is then sized to its predicted latency.
-
-        Candidates used to be sized to the goal by the latency model alone, so the uniform candidate
-        was not the uniform plan that fits the target: on MobileNetV3 (host-cpu, 0.6×) it measured
-        0.54–0.60× with 99k–149k parameters while the measured fit of `--search uniform` kept
-        174k–225k at 0.575–0.59×. Challengers then beat a uniform plan that was not the baseline,
-        and lost to the real one after the full fine-tune.
-        """
+        `--search uniform` returns); every challenger is then sized to its predicted latency. Why:
+        docs/compress.md ("The uniform plan is fitted first")."""
         prefs = self.space.uniform_prefs()
         keep, scale = self.size(prefs)
         if self.target.kind == "sparsity":
@@ -333,17 +356,14 @@ class _Search:
         self.save()
 
     def measure_and_fit(self) -> tuple[list[int], bool | None]:
-        """The chosen plan fitted to the target, measured with the fitted uniform plan in the same
-        windows; the uniform plan itself (chosen or `--search uniform`) was fitted before the search."""
+        """The returned plan and whether it measured within the target: the uniform plan and a chosen
+        challenger were both fitted by measurement before the decision."""
         assert self.uniform_fit is not None and self.decision is not None
         idx = int(self.decision["chosen_record"])
-        if idx == 0 or self.target.kind == "sparsity":
-            keep = self.records[idx]["keep"]
-            return list(keep), (self.uniform_fit[2] if idx == 0 else None)
-        rec = self.records[idx]
-        keep, _, reached = self._fit(list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"]),
-                                     list(self.uniform_fit[0]))
-        return keep, reached
+        keep = list(self.records[idx]["keep"])
+        if self.target.kind == "sparsity":
+            return keep, None
+        return keep, (self.uniform_fit[2] if idx == 0 else self.decision.get("candidate_reached"))
 
     def _fit(self, keep: list[int], prefs: np.ndarray, scale: float,
              ukeep: list[int] | None) -> tuple[list[int], float, bool]:
@@ -457,19 +477,12 @@ def run_plan_search(
     keep, reached = s.measure_and_fit()
     chosen_rec = s.records[int(s.decision["chosen_record"])]  # type: ignore[index]
     model = env.build(space.as_dict(keep))
-    if keep != chosen_rec["keep"]:  # shrunk after measuring: its screen score, for the record
-        scored = env.build(space.as_dict(keep))
-        if config.screen_batches > 0:
-            env.probe(scored, config.screen_batches)
-        ev = env.evaluate(scored)
-        chosen_rec = {**chosen_rec, "keep": keep, "acc": ev.acc, "kl": ev.kl, "pred_ms": s.predict(keep),
-                      "flops": int(env.flops(model)), "params": int(env.params(model)), "shrunk": True}
     last = next((m for m in reversed(s.measurements) if m["keep"] == keep), {})  # the returned plan's
     probe_of = {p["record"]: p for p in (s.probes or [])}
 
     def summary(rec: dict[str, Any], idx: int, ms: float | None, ratio: float | None) -> dict[str, Any]:
-        p = {} if rec.get("shrunk") else probe_of.get(idx, {})  # probes were of the plan before shrinking
-        return {"keep": space.as_dict(rec["keep"]), "shrunk_after_measuring": bool(rec.get("shrunk")), "proxy_acc": rec["acc"], "proxy_kl": rec["kl"],
+        p = probe_of.get(idx, {})
+        return {"keep": space.as_dict(rec["keep"]), "shrunk_after_measuring": "fitted_from" in rec, "proxy_acc": rec["acc"], "proxy_kl": rec["kl"],
                 "predicted_ms": rec["pred_ms"], "probe_acc": p.get("acc"), "final_acc": p.get("final_acc"),
                 "confirm_acc": p.get("confirm_acc"),
                 "measured_ms": ms, "measured_ratio": ratio, "flops": rec["flops"], "params": rec["params"]}
