@@ -317,13 +317,13 @@ class _Search:
                  f"{100 * ev.acc:.1f}%")
         return p
 
-    def _measurement(self, keep: list[int], ukeep: list[int], t: int, repeat: bool) -> dict[str, Any]:
-        """The run's next measurement: replayed from the state when resuming, else measured now."""
+    def _measurement(self, keep: list[int], ukeep: list[int] | None, t: int, repeat: bool) -> dict[str, Any]:
+        """The run's next measurement (`ukeep` in the same windows): replayed when resuming, else measured."""
         idx, self._measured = self._measured, self._measured + 1
         if idx < len(self.measurements):  # resume: never re-measure
             return self.measurements[idx]
         models = [self.env.build(self.space.as_dict(keep))]
-        if keep != ukeep:
+        if ukeep is not None and keep != ukeep:
             models.append(self.env.build(self.space.as_dict(ukeep)))
         dense_ms, res = self.env.measure(models)
         m = {"try": t, "repeat": repeat, "keep": keep, "dense_ms": dense_ms, "ms": res[0][0], "ratio": res[0][1],
@@ -338,7 +338,7 @@ class _Search:
         self.measurements.append(m)
         self.save()
         again = f" again: {m['single']['ratio']:.3f}x; both readings" if "single" in m else ""
-        who = "uniform plan" if keep == ukeep else f"chosen {m['ratio']:.3f}x dense, uniform"
+        who = "uniform plan" if ukeep in (None, keep) else f"chosen {m['ratio']:.3f}x dense, uniform"
         self.log(f"measured{again}: {who} {m['uniform_ratio']:.3f}x (same windows, {m['dense_ms']:.3f} ms dense)")
         return m
 
@@ -355,7 +355,7 @@ class _Search:
         self.uniform_fit = self._fit(keep, prefs, scale, None)
         self.save()
 
-    def measure_and_fit(self) -> tuple[list[int], bool | None]:
+    def outcome(self) -> tuple[list[int], bool | None]:
         """The returned plan and whether it measured within the target: the uniform plan and a chosen
         challenger were both fitted by measurement before the decision."""
         assert self.uniform_fit is not None and self.decision is not None
@@ -380,9 +380,9 @@ class _Search:
         fits: tuple[float, list[int], float] | None = None
         misses: tuple[float, list[int], float] | None = None
         for t in range(self.config.shrink_tries + 1):
-            m = self._measurement(keep, keep if ukeep is None else ukeep, t, repeat=False)
+            m = self._measurement(keep, ukeep, t, repeat=False)
             if not _met(self.target, m["ms"], m["ratio"]):
-                m = self._measurement(keep, keep if ukeep is None else ukeep, t, repeat=True)
+                m = self._measurement(keep, ukeep, t, repeat=True)
             met = _met(self.target, m["ms"], m["ratio"])
             value = float(m["ratio"] if self.target.kind == "ratio" else m["ms"])
             if met:
@@ -474,7 +474,7 @@ def run_plan_search(
         s.probes = s.probes or []
     else:
         s.probe_and_decide()
-    keep, reached = s.measure_and_fit()
+    keep, reached = s.outcome()
     chosen_rec = s.records[int(s.decision["chosen_record"])]  # type: ignore[index]
     model = env.build(space.as_dict(keep))
     last = next((m for m in reversed(s.measurements) if m["keep"] == keep), {})  # the returned plan's
