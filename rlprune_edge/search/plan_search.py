@@ -41,6 +41,7 @@ import numpy as np
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
+from rlprune_edge.search.measured_fit import fit_to_target
 from rlprune_edge.search.plan import PlanSpace
 from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
@@ -70,10 +71,6 @@ class PlanSearchConfig:
     @property
     def rounds(self) -> int:
         return 0 if self.uniform_only else math.ceil(max(0, self.candidates) / max(1, self.per_round))
-
-
-def _met(target: Any, ms: float, ratio: float) -> bool:
-    return ratio <= target.value if target.kind == "ratio" else ms <= target.value
 
 
 class _Search:
@@ -355,6 +352,16 @@ class _Search:
         self.uniform_fit = self._fit(keep, prefs, scale, None)
         self.save()
 
+    def _fit(self, keep: list[int], prefs: np.ndarray, scale: float,
+             ukeep: list[int] | None) -> tuple[list[int], float, bool]:
+        """Fit a plan to the target by measurement (`ukeep` in the same windows; None: alone)."""
+        goal = None if self.target.kind == "ratio" else float(self.goal_ms)
+        return fit_to_target(
+            self.space, self.target, prefs, keep, scale, goal,
+            measure=lambda k, t, repeat: self._measurement(k, ukeep, t, repeat),
+            correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms), predict=self.predict,
+            tries=self.config.shrink_tries, grow_slack=self.config.grow_slack)
+
     def outcome(self) -> tuple[list[int], bool | None]:
         """The returned plan and whether it measured within the target: the uniform plan and a chosen
         challenger were both fitted by measurement before the decision."""
@@ -364,71 +371,6 @@ class _Search:
         if self.target.kind == "sparsity":
             return keep, None
         return keep, (self.uniform_fit[2] if idx == 0 else self.decision.get("candidate_reached"))
-
-    def _fit(self, keep: list[int], prefs: np.ndarray, scale: float,
-             ukeep: list[int] | None) -> tuple[list[int], float, bool]:
-        """Measure a plan (with `ukeep` in the same windows; None: alone) and fit it to the target from
-        both sides → (keep, scale, reached).
-
-        A plan over the target is shrunk (latency model corrected by the measurement, re-sized along
-        the same preferences, at least one step smaller); one more than ``grow_slack`` under it is
-        grown the same way and kept only if it measures within the target; between a fit and a miss
-        the next plan is interpolated. A miss is measured again and judged on both readings (one
-        read 0.49–0.52× for a plan that read 0.34–0.43× a minute later, on the shipped VGG-19).
-        """
-        # (scale, keep, measured) of the largest plan measured within the target and the smallest over it
-        fits: tuple[float, list[int], float] | None = None
-        misses: tuple[float, list[int], float] | None = None
-        for t in range(self.config.shrink_tries + 1):
-            m = self._measurement(keep, ukeep, t, repeat=False)
-            if not _met(self.target, m["ms"], m["ratio"]):
-                m = self._measurement(keep, ukeep, t, repeat=True)
-            met = _met(self.target, m["ms"], m["ratio"])
-            value = float(m["ratio"] if self.target.kind == "ratio" else m["ms"])
-            if met:
-                if fits is None or sum(keep) > sum(fits[1]):
-                    fits = (scale, list(keep), value)
-                if 1.0 - value / self.target.value <= self.config.grow_slack:
-                    break
-            elif misses is None or sum(keep) < sum(misses[1]):
-                misses = (scale, list(keep), value)
-            if t == self.config.shrink_tries:
-                break
-            if fits is not None and misses is not None:  # bracketed: a plan strictly between them
-                found = self._between(prefs, fits, misses)
-                if found is None:
-                    break
-                new, new_scale = found
-            else:  # one-sided: the latency model learns from the measurement, the goal moves to this window
-                self.env.correct(self.space.as_dict(keep), float(m["ms"]))
-                goal = self.target.value * float(m["dense_ms"]) if self.target.kind == "ratio" else float(self.goal_ms)
-                new, new_scale = self.space.size_to_latency(prefs, self.predict, goal)
-                if not met and sum(new) >= sum(keep):
-                    new, new_scale = self.space.shrink(prefs, scale)
-                elif met and sum(new) <= sum(keep):  # the half-corrected model is still pessimistic: one step up
-                    new, new_scale = self.space.grow(prefs, scale)
-                if new == keep:
-                    break  # at the floor (or whole) along this plan
-            keep, scale = new, new_scale
-        if fits is not None:
-            return fits[1], fits[0], True
-        return keep, scale, False
-
-    def _between(self, prefs: np.ndarray, fits: tuple[float, list[int], float],
-                 misses: tuple[float, list[int], float]) -> tuple[list[int], float] | None:
-        """The next plan to measure between a fitting and a missing one: the scale interpolated
-        linearly to just under the target from the two measurements (latency is close to linear in
-        the scale between neighbours), else any plan strictly between; None when they are adjacent."""
-        goal = 0.99 * self.target.value
-        (s_f, k_f, v_f), (s_m, k_m, v_m) = fits, misses
-        if v_m > v_f:
-            s = s_f + (goal - v_f) / (v_m - v_f) * (s_m - s_f)
-            if s_f < s < s_m:
-                k = self.space.keep_at(prefs, s)
-                if k not in (k_f, k_m):
-                    return k, s
-        return self.space.between(prefs, s_f, s_m)
-
 
 def run_plan_search(
     env: PlanEnv,

@@ -1,0 +1,98 @@
+"""Fitting one plan to the latency target by measurement, from both sides.
+
+The latency model sizes plans; the device has the last word. A plan family (fixed preferences,
+moving global scale, :class:`rlprune_edge.search.plan.PlanSpace`) is measured, and re-sized until
+the largest plan measured within the target is found or the tries run out. Used by the plan search
+for the uniform plan (before the search) and for the re-ranked best plan (before its confirmation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rlprune_edge.search.plan import PlanSpace
+
+# (scale, keep, measured value) of one measured plan
+Reading = tuple[float, list[int], float]
+
+
+def met(target: Any, ms: float, ratio: float) -> bool:
+    """Whether a measurement is within a latency target (ratio to dense, or ms)."""
+    return ratio <= target.value if target.kind == "ratio" else ms <= target.value
+
+
+def fit_to_target(
+    space: PlanSpace, target: Any, prefs: np.ndarray, keep: list[int], scale: float, goal_ms: float | None, *,
+    measure: Callable[[list[int], int, bool], dict[str, Any]],
+    correct: Callable[[list[int], float], None],
+    predict: Callable[[list[int]], float],
+    tries: int, grow_slack: float,
+) -> tuple[list[int], float, bool]:
+    """Measure the plan `keep` (at `scale` along `prefs`) and fit it to the target → (keep, scale, reached).
+
+    `measure(keep, try, repeat)` returns a reading ({"ms", "ratio", "dense_ms"}; with ``repeat`` the
+    caller combines it with the previous reading of the same plan); `correct(keep, ms)` teaches the
+    latency model a measurement; `goal_ms` is the goal of a target in ms (None for a ratio target,
+    whose goal moves with each window's dense time).
+
+    A plan over the target is shrunk (latency model corrected by the measurement, re-sized along
+    the same preferences, at least one step smaller); one more than `grow_slack` under it is grown
+    the same way and kept only if it measures within the target; between a fit and a miss the next
+    plan is interpolated. A miss is measured again and judged on both readings (one read 0.49–0.52×
+    for a plan that read 0.34–0.43× a minute later, on the shipped VGG-19).
+    """
+    fits: Reading | None = None  # the largest plan measured within the target
+    misses: Reading | None = None  # the smallest plan measured over it
+    for t in range(tries + 1):
+        m = measure(keep, t, False)
+        if not met(target, m["ms"], m["ratio"]):
+            m = measure(keep, t, True)
+        ok = met(target, m["ms"], m["ratio"])
+        value = float(m["ratio"] if target.kind == "ratio" else m["ms"])
+        if ok:
+            if fits is None or sum(keep) > sum(fits[1]):
+                fits = (scale, list(keep), value)
+            if 1.0 - value / target.value <= grow_slack:
+                break
+        elif misses is None or sum(keep) < sum(misses[1]):
+            misses = (scale, list(keep), value)
+        if t == tries:
+            break
+        if fits is not None and misses is not None:  # bracketed: a plan strictly between them
+            found = between(space, target, prefs, fits, misses)
+            if found is None:
+                break
+            new, new_scale = found
+        else:  # one-sided: the latency model learns from the measurement, the goal moves to this window
+            correct(keep, float(m["ms"]))
+            goal = target.value * float(m["dense_ms"]) if goal_ms is None else goal_ms
+            new, new_scale = space.size_to_latency(prefs, predict, goal)
+            if not ok and sum(new) >= sum(keep):
+                new, new_scale = space.shrink(prefs, scale)
+            elif ok and sum(new) <= sum(keep):  # the half-corrected model is still pessimistic: one step up
+                new, new_scale = space.grow(prefs, scale)
+            if new == keep:
+                break  # at the floor (or whole) along this plan
+        keep, scale = new, new_scale
+    if fits is not None:
+        return fits[1], fits[0], True
+    return keep, scale, False
+
+
+def between(space: PlanSpace, target: Any, prefs: np.ndarray, fits: Reading,
+            misses: Reading) -> tuple[list[int], float] | None:
+    """The next plan to measure between a fitting and a missing one: the scale interpolated
+    linearly to just under the target from the two measurements (latency is close to linear in
+    the scale between neighbours), else any plan strictly between; None when they are adjacent."""
+    goal = 0.99 * target.value
+    (s_f, k_f, v_f), (s_m, k_m, v_m) = fits, misses
+    if v_m > v_f:
+        s = s_f + (goal - v_f) / (v_m - v_f) * (s_m - s_f)
+        if s_f < s < s_m:
+            k = space.keep_at(prefs, s)
+            if k not in (k_f, k_m):
+                return k, s
+    return space.between(prefs, s_f, s_m)
