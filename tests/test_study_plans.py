@@ -1,0 +1,56 @@
+"""tools/study_plans.py: the analysis that reads challengers against the uniform curve (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "study_plans.py"
+
+
+@pytest.fixture()
+def study():
+    spec = importlib.util.spec_from_file_location("rlprune_study_plans", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_ramp_is_centred_and_monotone(study):
+    up, down = study._prefs_ramp(5, 1.5), study._prefs_ramp(5, -1.5)
+    assert abs(up.sum()) < 1e-12 and np.all(np.diff(up) > 0) and np.all(np.diff(down) < 0)
+    assert up[-1] - up[0] == pytest.approx(1.5)
+    assert study._prefs_ramp(1, 1.5).tolist() == [0.0]
+
+
+def test_uniform_curve_interpolates_and_is_flat_beyond_its_ends(study):
+    pts = [(0.50, 0.92), (0.40, 0.90)]
+    assert study._interp_uniform(pts, 0.45) == pytest.approx(0.91)
+    assert study._interp_uniform(pts, 0.30) == pytest.approx(0.90)
+    assert study._interp_uniform(pts, 0.60) == pytest.approx(0.92)
+
+
+def test_summary_reads_gains_against_the_curve_and_averages_kd_seeds(study):
+    keep_a, keep_b, keep_c = [1], [2], [3]
+    doc = {"finalists": [
+        {"kind": "uniform", "keep": keep_a, "ratio": 0.45, "test_acc": 0.910, "acc_20": 0.3, "acc_100": 0.8, "acc_400": 0.85, "params": 10},
+        {"kind": "uniform", "keep": keep_a, "ratio": 0.45, "test_acc": 0.914, "acc_20": 0.3, "acc_100": 0.8, "acc_400": 0.85, "params": 10},
+        {"kind": "uniform+1", "keep": keep_b, "ratio": 0.50, "test_acc": 0.922, "acc_20": 0.4, "acc_100": 0.82, "acc_400": 0.87, "params": 12},
+        {"kind": "top-screen", "keep": keep_c, "ratio": 0.475, "test_acc": 0.925, "acc_20": 0.5, "acc_100": 0.81, "acc_400": 0.88, "params": 11},
+    ]}
+    study._summarise(doc)
+    # the curve: (0.45, 0.912) from the two seeds, (0.50, 0.922); at 0.475 it reads 0.917
+    assert doc["uniform_curve"] == [pytest.approx((0.45, 0.912)), pytest.approx((0.50, 0.922))]
+    assert doc["finalists"][3]["gain_vs_uniform_curve"] == pytest.approx(0.008)
+    assert doc["uniform_kd_seed_spread"] == pytest.approx(0.004)
+    assert doc["spearman_vs_final"]["acc_400"] == pytest.approx(study._spearman([0.85, 0.85, 0.87, 0.88],
+                                                                                 [0.910, 0.914, 0.922, 0.925]))
+    assert "gain_vs_uniform_curve" not in doc["finalists"][0]
