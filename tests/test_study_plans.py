@@ -54,3 +54,15 @@ def test_summary_reads_gains_against_the_curve_and_averages_kd_seeds(study):
     assert doc["spearman_vs_final"]["acc_400"] == pytest.approx(study._spearman([0.85, 0.85, 0.87, 0.88],
                                                                                  [0.910, 0.914, 0.922, 0.925]))
     assert "gain_vs_uniform_curve" not in doc["finalists"][0]
+
+
+def test_spearman_gives_ties_their_average_rank(study):
+    assert study._ranks([0.5, 0.2, 0.5, 0.9]).tolist() == [1.5, 0.0, 1.5, 3.0]
+    assert study._spearman([1, 1, 2], [3, 3, 5]) == pytest.approx(1.0)
+    assert study._spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_checkpoint_is_the_benchmarks_one(study):
+    from rlprune_edge.checkpoint import default_checkpoint_path
+
+    assert study._checkpoint("vgg19", 0.25) == str(default_checkpoint_path())

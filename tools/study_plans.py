@@ -13,8 +13,9 @@ search can only find what exists and what its proxy sees. This study answers bot
 3. **Challengers**, all sized to the uniform plan's predicted latency: ``--sample`` plans drawn as
    the search's first round draws them (log-space noise σ = 0.6 around uniform), scored by the
    search's 20-batch KD screen; the best ``--top-screen`` of them; of the best ``--probe-pool`` by
-   screen, the best ``--top-probe`` by the 100-batch probe; and two structured plans (early layers
-   wide, late layers wide).
+   screen, the best ``--top-probe`` by the 100-batch probe; and two structured plans, log-space
+   ramps over depth: "early-wide" (slope −``--ramp``: late groups narrowed relative to uniform)
+   and "late-wide" (+``--ramp``). ``--add-ramp`` adds more ramps at chosen sizes.
 4. Every finalist: the 20-batch screen, the 100- and 400-batch probes (each pruned afresh from the
    dense model), then the product's fine-tune (``compress`` defaults: 4 KD epochs) and test
    accuracy on the whole test split. The uniform plan at the goal is fine-tuned twice (two KD
@@ -34,7 +35,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,21 +51,18 @@ def _say(msg: str) -> None:
 
 
 def _save(path: Path, doc: dict) -> None:
+    from rlprune_edge.fsutil import atomic_write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, doc, indent=1)
 
 
 def _checkpoint(name: str, width: float) -> str:
-    from rlprune_edge.checkpoint import DEFAULT_MODEL, DEFAULT_WIDTH, default_checkpoint_path
+    """The checkpoint tools/bench_search.py uses for this model (trained there once when missing)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_search import base_checkpoint
 
-    if name == DEFAULT_MODEL and abs(width - DEFAULT_WIDTH) < 1e-9:
-        return str(default_checkpoint_path())
-    path = ROOT / "benchmarks" / "models" / f"{name}_w{width:g}_e5_fashion-mnist.pt"
-    if not path.is_file():
-        sys.exit(f"no checkpoint {path}; run tools/bench_search.py for this model first (it trains it).")
-    return str(path)
+    return str(base_checkpoint(ROOT, name, width, epochs=5, quick=False))
 
 
 class Study:
@@ -187,12 +184,12 @@ def _candidates(st: Study, doc: dict, goal_pred: float) -> None:
     _say(f"screened {len(screened)} plans: best {screened[0]['acc_20']:.3f}, median "
          f"{float(np.median(doc['screened'])):.3f}; uniform {st.proxies(ukeep, (20,))['acc_20']:.3f}")
     for s in screened[: a.top_screen]:
-        fin.append({"kind": "top-screen", "keep": s["keep"]})
+        fin.append({"kind": "top-screen", "keep": s["keep"], "acc_20": s["acc_20"]})
     pool = [s | st.proxies(s["keep"], (100,)) for s in screened[: a.probe_pool]]
     pool.sort(key=lambda s: -s["acc_100"])
     picked = [f["keep"] for f in fin]
     for s in [s for s in pool if s["keep"] not in picked][: a.top_probe]:
-        fin.append({"kind": "top-probe", "keep": s["keep"]})
+        fin.append({"kind": "top-probe", "keep": s["keep"], "acc_20": s["acc_20"], "acc_100": s["acc_100"]})
     for kind, slope in (("early-wide", -a.ramp), ("late-wide", a.ramp)):
         fin.append({"kind": kind, "keep": space.size_to_latency(_prefs_ramp(space.dim, slope), st.predict, upred)[0]})
     for f in fin:
@@ -222,31 +219,37 @@ def _interp_uniform(points: list[tuple[float, float]], ratio: float) -> float:
     return float(np.interp(ratio, xs, ys))  # flat beyond the ends
 
 
+def _ranks(v: list[float]) -> np.ndarray:
+    """Ranks with ties given their average rank."""
+    a = np.asarray(v, dtype=np.float64)
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts
+    return (starts + (counts - 1) / 2.0)[inverse]
+
+
 def _spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1]) if len(x) > 2 else math.nan
+    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]) if len(x) > 2 else math.nan
 
 
 def _summarise(doc: dict) -> None:
-    fin = doc["finalists"]
-    pts = [(f["ratio"], f["test_acc"]) for f in fin if f["kind"].startswith("uniform") and "ratio" in f]
-    seeds = [f["test_acc"] for f in fin if f["kind"] == "uniform"]
-    if len(pts) >= 2:
-        # the uniform curve: one point per distinct uniform size (the two KD seeds averaged)
-        by_keep: dict[tuple, list] = {}
-        for f in fin:
-            if f["kind"].startswith("uniform") and "ratio" in f:
-                by_keep.setdefault(tuple(f["keep"]), []).append((f["ratio"], f["test_acc"]))
-        curve = [(float(np.mean([r for r, _ in v])), float(np.mean([a for _, a in v]))) for v in by_keep.values()]
+    """Gains against the uniform curve (one point per uniform size, KD seeds averaged), the KD-seed
+    spread of the uniform plan, and each proxy's rank agreement with the final accuracy."""
+    fin = [f for f in doc["finalists"] if "test_acc" in f]
+    by_keep: dict[tuple, list] = {}
+    for f in fin:
+        if f["kind"].startswith("uniform") and "ratio" in f:
+            by_keep.setdefault(tuple(f["keep"]), []).append((f["ratio"], f["test_acc"]))
+    if len(by_keep) >= 2:
+        curve = sorted((float(np.mean([r for r, _ in v])), float(np.mean([a for _, a in v]))) for v in by_keep.values())
         for f in fin:
             if "ratio" in f and not f["kind"].startswith("uniform"):
                 f["gain_vs_uniform_curve"] = f["test_acc"] - _interp_uniform(curve, f["ratio"])
-        doc["uniform_curve"] = sorted(curve)
+        doc["uniform_curve"] = curve
+    seeds = [f["test_acc"] for f in fin if f["kind"] == "uniform"]
     doc["uniform_kd_seed_spread"] = (max(seeds) - min(seeds)) if len(seeds) > 1 else None
-    done = [f for f in fin if "test_acc" in f]
-    finals = [f["test_acc"] for f in done]
-    doc["spearman_vs_final"] = {k: _spearman([f[k] for f in done], finals)
-                                for k in ("acc_20", "acc_100", "acc_400", "params") if all(k in f for f in done)}
+    finals = [f["test_acc"] for f in fin]
+    doc["spearman_vs_final"] = {k: _spearman([f[k] for f in fin], finals)
+                                for k in ("acc_20", "acc_100", "acc_400", "params") if all(k in f for f in fin)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, f in enumerate(doc["finalists"]):
         if "test_acc" in f:
             continue
-        f.update(st.proxies(f["keep"], (20, 100, 400)))
+        f.update(st.proxies(f["keep"], tuple(b for b in (20, 100, 400) if f"acc_{b}" not in f)))
         f["params"] = st.proxy.params(st.proxy.build(st.space.as_dict(f["keep"])))
         f["test_acc"], f["confirm_acc"], f["kd_s"] = st.finetune(f["keep"], f["kd_seed"])
         _say(f"{i}: {f['kind']:<11} params {f['params']:>7} pred {f['pred_ratio']:.3f}x  screen {f['acc_20']:.3f} "
