@@ -55,9 +55,10 @@ class CompressConfig:
     search: str = "plan"
     min_keep: float = 0.1
     per_round: int = 8
-    screen_batches: int = 20
+    screen_batches: int = 100
     probe_top: int = 3
-    probe_batches: int = 100
+    probe_batches: int = 200
+    ramps: str | None = None  # depth-ramp slopes of the plan search, "-0.75,-1.5,-2.25" by default; "" = none
     final_batches: int = 100
     select_size: int = 2000
     confirm_size: int = 4000
@@ -127,9 +128,23 @@ class CompressConfig:
         if not (math.isfinite(self.step_ratio) and 0.0 < self.step_ratio < 0.5):
             raise UserError(f"{n('step_ratio')} {self.step_ratio} is outside (0, 0.5); e.g. 0.05 removes 5% of "
                             "channels per step.")
+        self.ramp_slopes()
         if self.channel_multiple is not None and not 1 <= self.channel_multiple <= 256:
             raise UserError(f"{n('channel_multiple')} must be between 1 and 256, got {self.channel_multiple}; "
                             "e.g. 8 for ONNX Runtime on x86, 1 for no rounding.")
+
+    def ramp_slopes(self) -> tuple[float, ...] | None:
+        """The plan search's depth-ramp slopes (None: the search's defaults), validated."""
+        if self.ramps is None:
+            return None
+        try:
+            slopes = tuple(float(v) for v in self.ramps.split(",") if v.strip())
+        except ValueError:
+            slopes = (math.nan,)
+        if not all(math.isfinite(v) and -6.0 <= v <= 6.0 for v in slopes):
+            raise UserError(f"{self.name('ramps')} {self.ramps!r} is not a comma-separated list of slopes in [-6, 6]; "
+                            f"e.g. {self.name('ramps')}=-0.75,-1.5 (or an empty string for none).")
+        return slopes
 
 
 @dataclass

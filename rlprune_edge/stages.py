@@ -105,7 +105,9 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
                       device=job.device)
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
-    config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else 64, per_round=a.per_round,
+    ramps = a.ramp_slopes()
+    config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else PlanSearchConfig.candidates,
+                              per_round=a.per_round, ramps=ramps if ramps is not None else PlanSearchConfig.ramps,
                               screen_batches=a.screen_batches, probe_batches=a.probe_batches, final_batches=a.final_batches,
                               probe_top=a.probe_top if a.probe_batches > 0 else 0, uniform_only=a.search == "uniform",
                               seed=a.seed)
@@ -128,6 +130,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
              for r in result.rounds]
     dense_eval = proxy.evaluate(job.dense)
     info = {"method": job.args.search, "candidates": config.candidates, "per_round": config.per_round,
+            "ramps": list(config.ramps),
             "probe_top": config.probe_top, "probe_batches": a.probe_batches, "final_batches": config.final_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
             "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
             "channel_multiple": job.space.multiple, "search_s": result.wall_s,

@@ -84,7 +84,7 @@ def _nothing_written(out: Path) -> bool:
 
 @pytest.mark.parametrize("args", [["--sparsity", "1.5"], ["--sparsity", "0"], ["--target-latency", "fast"],
                                   ["--target-latency", "2x"], ["--threads", "0"],
-                                  ["--channel-multiple", "0"]])
+                                  ["--channel-multiple", "0"], ["--ramps=-1.5,steep"], ["--ramps=-9"]])
 def test_bad_targets_exit_2_and_write_nothing(env, args, capsys):
     tmp, prof = env
     out = tmp / "bad"

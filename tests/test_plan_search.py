@@ -136,6 +136,37 @@ def test_keep_is_monotone_in_scale_and_sizing_is_the_largest_plan_under_the_goal
         assert sum(larger) > sum(keep) and true_ms(sp.as_dict(larger)) > goal
 
 
+def test_ramp_plans_fall_or_rise_with_depth_and_are_centred():
+    sp = space()
+    down, up = sp.ramp_prefs(-1.5), sp.ramp_prefs(1.5)
+    assert abs(down.sum()) < 1e-12 and np.allclose(down, -up)
+    assert np.all(np.diff(down) < 0) and math.isclose(down[0] - down[-1], 1.5)
+    goal = 0.5 * true_ms({})
+    keep, _ = sp.size_to_latency(down, lambda k: true_ms(sp.as_dict(k)), goal)
+    f = fractions(sp.as_dict(keep))
+    assert f["a"] > f["d"]  # later groups narrower than earlier ones at the same predicted latency
+    one = PlanSpace.build(["a", "fc"], [16, 10], [True, False], multiple=4)
+    assert one.ramp_prefs(-1.5).tolist() == [0.0]
+
+
+def test_the_ramps_take_the_first_slots_of_round_zero(tmp_path):
+    # A stub in which the late-narrow ramp is the best plan: it is scored in round 0 (beside sampled
+    # plans), labelled, and the search returns it; without ramps every plan is sampled.
+    def acc(keep):
+        f = fractions(keep)
+        return 0.80 + 0.1 * f["a"] + 0.05 * f["b"] - 0.02 * f["d"]
+
+    cfg = dict(candidates=12, per_round=6, probe_top=2, calibration_tries=0)
+    res = run(StubEnv(acc), tmp_path / "ramps", config=PlanSearchConfig(**cfg, ramps=(-0.75, -1.5)))
+    kinds = [r["kind"] for r in res.records]
+    assert kinds[:3] == ["uniform", "ramp -0.75", "ramp -1.5"] and set(kinds[3:7]) == {"sampled"}
+    assert all(r["round"] == 0 for r in res.records[1:7])
+    best = max(res.records[1:], key=lambda r: r["acc"])
+    assert best["kind"].startswith("ramp") and not res.fallback_to_uniform
+    none = run(StubEnv(acc), tmp_path / "none", config=PlanSearchConfig(**cfg, ramps=()))
+    assert {r["kind"] for r in none.records[1:]} <= {"sampled"}
+
+
 def test_channel_sizing_for_sparsity_targets():
     sp = space()
     keep, _ = sp.size_to_channels(sp.uniform_prefs(), 92)

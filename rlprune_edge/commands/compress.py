@@ -45,13 +45,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="plan/uniform search: every group keeps at least this fraction of its channels "
                         "(and at least the channel multiple); default 0.1")
     p.add_argument("--per-round", type=int, default=8, help="plan search: plans per round (default 8)")
-    p.add_argument("--screen-batches", type=int, default=20,
+    p.add_argument("--screen-batches", type=int, default=100,
                    help="plan/uniform search: KD batches (of 64 images, the same for every plan) before a plan is "
-                        "scored (0 = BatchNorm recalibration only); default 20")
+                        "scored (0 = BatchNorm recalibration only); default 100")
+    p.add_argument("--ramps", default=None, metavar="SLOPES", help="plan search: first-round plans whose log keep "
+                   "fractions fall (<0) with depth, comma-separated; default -0.75,-1.5,-2.25; '' = none")
     p.add_argument("--probe-top", type=int, default=3,
                    help="plan search: best plans that get a longer KD probe beside the uniform plan (default 3)")
-    p.add_argument("--probe-batches", type=int, default=100,
-                   help="plan search: KD batches (of 64 images) of that longer probe (0 = no probes); default 100")
+    p.add_argument("--probe-batches", type=int, default=200,
+                   help="plan search: KD batches (of 64 images) of that longer probe (0 = none); default 200")
     p.add_argument("--final-batches", type=int, default=100,
                    help="plan search: more KD batches (other ones) for the re-ranked best plan and the uniform plan "
                         "before they are compared on the confirmation split (0 = none); default 100")
@@ -64,7 +66,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--step-ratio", type=float, default=0.05,
                    help="paper search: fraction of the dense model's prunable channels removed per step (paper: 0.01)")
     p.add_argument("--candidates", type=int, default=None,
-                   help="plan search: plans sampled besides the uniform one (default 64); paper search: actions "
+                   help="plan search: plans besides the uniform one, the ramps included (default 15); paper search: actions "
                         "per round, K (default 3; the paper: 10)")
     p.add_argument("--rounds", type=int, default=None, help="paper search: rounds per step, R (default 2; the paper: 10)")
     p.add_argument("--val-size", type=int, default=800, help="paper search: validation images scoring each candidate")

@@ -85,6 +85,15 @@ class PlanSpace:
     def uniform_prefs(self) -> np.ndarray:
         return np.zeros(self.dim)
 
+    def ramp_prefs(self, slope: float) -> np.ndarray:
+        """Structured preferences over depth: log keep-preferences falling (``slope < 0``: later groups
+        narrower than uniform, earlier ones wider) or rising linearly from the first free group to the
+        last, spread ``|slope|`` in all, centred. Free groups are in graph order (input to output)."""
+        if self.dim < 2:
+            return np.zeros(self.dim)
+        v = float(slope) * np.linspace(-0.5, 0.5, self.dim)
+        return v - v.mean()
+
     def full_keep(self) -> list[int]:
         return list(self.channels)
 

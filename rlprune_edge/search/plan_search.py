@@ -47,7 +47,7 @@ from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 5  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search
+STATE_VERSION = 6  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps
 STATE_FILE = "plan_state.json"
 
 
@@ -55,10 +55,11 @@ STATE_FILE = "plan_state.json"
 class PlanSearchConfig:
     """Budget and rules of the default search (see docs/compress.md for what each bought)."""
 
-    candidates: int = 64  # sampled plans besides the uniform one
+    candidates: int = 15  # plans besides the uniform one: the structured ramps, then sampled ones
     per_round: int = 8  # plans per round (the distribution moves after each round)
-    screen_batches: int = 20  # KD batches every plan gets before it is scored (0 = BN recalibration only)
-    probe_batches: int = 100  # KD batches of the longer probe of the best plans and the uniform one
+    ramps: tuple[float, ...] = (-0.75, -1.5, -2.25)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs)
+    screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
+    probe_batches: int = 200  # KD batches of the longer probe (afresh) of the best plans and the uniform one
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
     final_batches: int = 100  # more KD batches (other ones) for the re-ranked best and uniform before confirming
     calibration_tries: int = 3  # measurements of the uniform plan at the goal before the search (0 = none)
@@ -146,9 +147,11 @@ class _Search:
             return float(acc)
         return float(reward(acc, pred, flops, params, self.base, self.weights))
 
-    def evaluate(self, prefs: np.ndarray, round_: int, sized: tuple[list[int], float] | None = None) -> dict[str, Any]:
+    def evaluate(self, prefs: np.ndarray, round_: int, sized: tuple[list[int], float] | None = None,
+                 kind: str = "sampled") -> dict[str, Any]:
         keep, scale = sized or self.size(prefs)
-        rec: dict[str, Any] = {"round": round_, "prefs": [float(v) for v in prefs], "scale": scale, "keep": keep}
+        rec: dict[str, Any] = {"round": round_, "kind": kind, "prefs": [float(v) for v in prefs], "scale": scale,
+                               "keep": keep}
         hit = self._cache.get(tuple(keep))
         if hit is not None:
             src = self.records[hit]
@@ -207,7 +210,7 @@ class _Search:
         """Uniform plan, then the rounds; False when stopped early by `stop_after` (rounds)."""
         if not self.records:
             sized = (self.uniform_fit[0], self.uniform_fit[1]) if self.uniform_fit is not None else None
-            self.evaluate(self.space.uniform_prefs(), -1, sized)
+            self.evaluate(self.space.uniform_prefs(), -1, sized, kind="uniform")
             self.save()
             if bar is not None:
                 bar.update(1)
@@ -218,8 +221,8 @@ class _Search:
             r = self.policy.round
             k = min(cfg.per_round, cfg.candidates - r * cfg.per_round)
             t0 = time.perf_counter()
-            for prefs in self.policy.sample(k):
-                self.evaluate(prefs, r)
+            for prefs, kind in self.proposals(r, k):
+                self.evaluate(prefs, r, kind=kind)
                 if bar is not None:
                     bar.update(1)
             best = self.best()
@@ -231,6 +234,15 @@ class _Search:
                 bar.set_postfix(best=f"{100 * best['acc']:.1f}%", uniform=f"{100 * self.records[0]['acc']:.1f}%")
             self.save()
         return True
+
+    def proposals(self, round_: int, k: int) -> list[tuple[np.ndarray, str]]:
+        """Round `round_`'s `k` plans: the structured depth ramps first (their slots of the candidate
+        budget), then plans sampled from the distribution. Why ramps: docs/compress.md ("Structured
+        candidates")."""
+        structured = [(self.space.ramp_prefs(a), f"ramp {a:+g}") for a in self.config.ramps] if self.space.dim > 1 else []
+        start = round_ * self.config.per_round
+        mine = structured[start : start + k]
+        return mine + [(p, "sampled") for p in self.policy.sample(k - len(mine))]
 
     def probe_and_decide(self) -> None:
         """KD-probe the uniform plan and the best few, re-rank, confirm against uniform on held-out data."""
@@ -301,7 +313,7 @@ class _Search:
         if same is not None:  # as it was, or fitted onto a plan probed already (uniform: nothing to confirm)
             same["reached"] = reached
             return same if same["record"] else None
-        fitted = self.evaluate(np.asarray(rec["prefs"]), -2, (keep, scale))
+        fitted = self.evaluate(np.asarray(rec["prefs"]), -2, (keep, scale), kind=rec.get("kind", "sampled"))
         fitted["fitted_from"] = best["record"]
         idx = len(self.records) - 1
         model = models[idx] = self.env.build(self.space.as_dict(keep))
@@ -424,7 +436,7 @@ def run_plan_search(
 
     def summary(rec: dict[str, Any], idx: int, ms: float | None, ratio: float | None) -> dict[str, Any]:
         p = probe_of.get(idx, {})
-        return {"keep": space.as_dict(rec["keep"]), "shrunk_after_measuring": "fitted_from" in rec, "proxy_acc": rec["acc"], "proxy_kl": rec["kl"],
+        return {"keep": space.as_dict(rec["keep"]), "kind": rec.get("kind"), "shrunk_after_measuring": "fitted_from" in rec, "proxy_acc": rec["acc"], "proxy_kl": rec["kl"],
                 "predicted_ms": rec["pred_ms"], "probe_acc": p.get("acc"), "final_acc": p.get("final_acc"),
                 "confirm_acc": p.get("confirm_acc"),
                 "measured_ms": ms, "measured_ratio": ratio, "flops": rec["flops"], "params": rec["params"]}
