@@ -6,7 +6,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "study_plans.py"
@@ -22,13 +21,6 @@ def study():
         yield mod
     finally:
         sys.modules.pop(spec.name, None)
-
-
-def test_ramp_is_centred_and_monotone(study):
-    up, down = study._prefs_ramp(5, 1.5), study._prefs_ramp(5, -1.5)
-    assert abs(up.sum()) < 1e-12 and np.all(np.diff(up) > 0) and np.all(np.diff(down) < 0)
-    assert up[-1] - up[0] == pytest.approx(1.5)
-    assert study._prefs_ramp(1, 1.5).tolist() == [0.0]
 
 
 def test_uniform_curve_interpolates_and_is_flat_beyond_its_ends(study):

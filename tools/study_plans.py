@@ -152,12 +152,6 @@ class Study:
         return accuracy(student, tx, ty), float(np.mean(conf)), seconds
 
 
-def _prefs_ramp(dim: int, slope: float) -> np.ndarray:
-    """Log-space preferences rising (slope > 0) or falling with depth, centred."""
-    v = slope * np.linspace(-0.5, 0.5, dim) if dim > 1 else np.zeros(dim)
-    return v - v.mean()
-
-
 def _candidates(st: Study, doc: dict, goal_pred: float) -> None:
     """Fill doc['finalists'] (without fine-tune results) once."""
     from rlprune_edge.search.policy import PlanDistribution
@@ -191,7 +185,7 @@ def _candidates(st: Study, doc: dict, goal_pred: float) -> None:
     for s in [s for s in pool if s["keep"] not in picked][: a.top_probe]:
         fin.append({"kind": "top-probe", "keep": s["keep"], "acc_20": s["acc_20"], "acc_100": s["acc_100"]})
     for kind, slope in (("early-wide", -a.ramp), ("late-wide", a.ramp)):
-        fin.append({"kind": kind, "keep": space.size_to_latency(_prefs_ramp(space.dim, slope), st.predict, upred)[0]})
+        fin.append({"kind": kind, "keep": space.size_to_latency(space.ramp_prefs(slope), st.predict, upred)[0]})
     for f in fin:
         f.setdefault("kd_seed", a.seed)
         f["pred_ratio"] = st.predict(f["keep"]) / doc["calibration"]["dense_ms"]
@@ -203,7 +197,7 @@ def _add_ramps(st: Study, doc: dict, spec: str) -> None:
     measurement, so that every final is measured together again."""
     for item in filter(None, (x.strip() for x in spec.split(","))):
         slope, ratio = (float(v) for v in item.split(":"))
-        prefs = _prefs_ramp(st.space.dim, slope)
+        prefs = st.space.ramp_prefs(slope)
         keep, _ = st.space.size_to_latency(prefs, st.predict, ratio * doc["calibration"]["dense_ms"])
         if any(f["keep"] == keep for f in doc["finalists"]):
             continue
