@@ -141,6 +141,23 @@ def measure_vs_dense(backend: Any, profile: Any, dense_artifact: Any, model: nn.
     return dense_m, model_m
 
 
+def _steady_reading(backend: Any, profile: Any, dense_artifact: Any, model: nn.Module,
+                    input_shape: tuple[int, ...], work_dir: Path, gate: Any) -> tuple[float, float]:
+    """(ms, ratio to dense) of `model` as compress's decisions read it (``robust_ratios`` with `gate`)."""
+    from rlprune_edge.latency.artifacts import materialize
+    from rlprune_edge.latency.campaign import robust_ratios
+
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=work_dir)
+    os.close(fd)
+    try:
+        art = materialize(backend, model, tmp, tuple(input_shape), int(profile.input.batch))
+        (ratio,), dense_ms, _ = robust_ratios(backend, profile, dense_artifact, [art], gate=gate)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return ratio * dense_ms, ratio
+
+
 def _ratio(dense_m: Any, model_m: Any) -> float:
     return float(model_m.ratio) if model_m.ratio is not None else float(model_m.median_ms) / float(dense_m.median_ms)
 
@@ -159,13 +176,16 @@ def bisect_uniform(
     round_to: int | None = None,
     log: Callable[[str], None] | None = None,
     repeats: int = 3,
+    gate: Any = None,
 ) -> UniformResult:
     """The smallest uniform pruning ratio whose measured latency is ≤ `target_ratio` × dense.
 
     Probes `max_ratio` first (if even that misses the target, it is returned with ``reached=False``),
     then bisects [0, max_ratio] `iterations` times. Each probe's ratio is the median of `repeats`
     interleaved windows (one window on a busy machine can be far off); probes that give the same
-    architecture (Torch-Pruning rounds channel counts) reuse one measurement.
+    architecture (Torch-Pruning rounds channel counts) reuse one measurement. With a `gate`
+    (:class:`~rlprune_edge.latency.steady.SteadyGate`) each probe is measured as compress decides
+    (``campaign.robust_ratios`` at the steady speed) instead: one statistic for every method.
     """
     if not 0.0 < target_ratio < 1.0:
         raise UserError(f"target latency ratio {target_ratio} is outside (0, 1); give e.g. 0.5.")
@@ -178,6 +198,9 @@ def bisect_uniform(
     def probe(r: float) -> tuple[nn.Module, float, float]:
         model = uniform_taylor_prune(dense, example_inputs, r, calib, round_to=round_to)
         key = _shape_key(model)
+        if key not in cache and gate is not None:
+            cache[key] = _steady_reading(backend, profile, dense_artifact, model, tuple(example_inputs.shape[1:]),
+                                         work_dir, gate)
         if key not in cache:
             windows = [measure_vs_dense(backend, profile, dense_artifact, model, tuple(example_inputs.shape[1:]), work_dir)
                        for _ in range(max(1, repeats))]

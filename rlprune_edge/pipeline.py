@@ -220,6 +220,7 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
     from rlprune_edge.latency.cache import get_or_fit
     from rlprune_edge.latency.campaign import low_ms
     from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.latency.steady import SteadyGate
     from rlprune_edge.search.plan import PlanSpace, follower_groups
     from rlprune_edge.search.reward import weights_for
     from rlprune_edge.stages import CompressJob, search_distil_report
@@ -256,6 +257,7 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
         dense_artifact = materialize(backend, dense, scratch / "dense.onnx", shape, batch)
         dense_m = backend.measure(dense_artifact, warmup=profile.measure.warmup, runs=profile.measure.runs)
         dense_ms = low_ms(dense_m)
+        gate = SteadyGate.for_artifact(profile, dense_artifact)  # decisions read at the steady speed
         _say(f"dense latency on {profile.name}: {dense_ms:.3f} ms (20th percentile; median "
              f"{dense_m.median_ms:.3f} ms, p90 {dense_m.p90_ms:.3f} ms)")
         t_fit = time.perf_counter()
@@ -267,7 +269,7 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
             _check_reachable(c, target, goal_ms, dense_ms, latency_model, bounds, full,
                              lambda: materialize(backend, _floor_model(dense, example_inputs, bounds.floor, groups),
                                                  scratch / "tiny.onnx", shape, batch),
-                             backend, profile, dense_artifact, model_spec)
+                             backend, profile, dense_artifact, model_spec, gate)
         else:
             probe_keep, _ = space.size_to_channels(space.uniform_prefs(), int(round((1 - target.value) * total0)))
             _say(f"sparsity {target.value} predicted latency "
@@ -283,7 +285,7 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
             args=c, target=target, data=data, data_spec=data_spec, dense=dense, info=info, model_spec=model_spec,
             profile=profile, backend=backend, latency_model=latency_model, weights=weights,
             dense_artifact=dense_artifact, dense_ms=dense_ms, scratch=scratch, out=run_dir.work, state_dir=state_dir,
-            t_start=t_start, groups=groups, space=space, device=device), announce)
+            t_start=t_start, groups=groups, space=space, device=device, gate=gate), announce)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -325,7 +327,7 @@ def _floor_model(dense: Any, example_inputs: Any, floor: dict[str, int], groups:
 
 def _check_reachable(c: CompressConfig, target: Any, goal_ms: float, dense_ms: float, latency_model: Any,
                      bounds: _Bounds, full: dict[str, int], floor_artifact: Callable[[], Any], backend: Any,
-                     profile: Any, dense_artifact: Any, model_spec: str) -> None:
+                     profile: Any, dense_artifact: Any, model_spec: str, gate: Any = None) -> None:
     """Refuse a target the dense model already meets, or one the smallest allowed model cannot reach
     (predicted first; a predicted miss is measured for real before refusing)."""
     if goal_ms >= dense_ms:
@@ -342,7 +344,8 @@ def _check_reachable(c: CompressConfig, target: Any, goal_ms: float, dense_ms: f
         return
     from rlprune_edge.latency.campaign import robust_ratios
 
-    (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_artifact, [floor_artifact()])
+    (tiny_ratio,), window_dense_ms, _ = robust_ratios(backend, profile, dense_artifact, [floor_artifact()],
+                                                             gate=gate)
     tiny_ms = tiny_ratio * window_dense_ms
     reach = tiny_ratio <= target.value if target.kind == "ratio" else tiny_ms <= goal_ms
     _say(f"smallest allowed model measured {tiny_ms:.3f} ms ({tiny_ratio:.2f}x dense)")

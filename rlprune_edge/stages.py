@@ -47,6 +47,17 @@ class CompressJob:
     groups: list
     space: Any  # PlanSpace (plan/uniform searches)
     device: Any = "cpu"  # where torch computes (importance, KD probes, scoring, distillation)
+    gate: Any = None  # SteadyGate: latency decisions read at the machine's steady speed
+
+
+def _steady_record(gate: Any) -> dict | None:
+    """What the final reading's speed gate used: sessions measured, how many ran at the steady speed."""
+    if gate is None or not gate.last:
+        return None
+    last = gate.last
+    return {"sessions": last["sessions"], "steady_sessions": last["steady"], "used_sessions": last["used"],
+            "reference_dense_ms": last["reference_ms"], "session_dense_ms": last["dense_ms"],
+            "tolerance": gate.tolerance}
 
 
 def _say(msg: str) -> None:
@@ -102,7 +113,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     proxy = PlanProxy(job.dense, job.info, job.data, job.groups, job.profile, job.backend, job.latency_model,
                       job.dense_artifact, job.scratch,
                       ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed),
-                      device=job.device)
+                      device=job.device, gate=job.gate)
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
     ramps = a.ramp_slopes()
@@ -176,7 +187,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     # what the backend measures: the ONNX file just written, or (torch profiles) the module itself
     final_art = (materialize(job.backend, student, out / "model.onnx", tuple(info.input_shape), int(profile.input.batch))
                  if takes_modules(job.backend) else out / "model.onnx")
-    ratios, base_ms, sessions = robust_ratios(job.backend, profile, job.dense_artifact, [final_art])
+    ratios, base_ms, sessions = robust_ratios(job.backend, profile, job.dense_artifact, [final_art], gate=job.gate)
     speed_ratio = ratios[0]
     final_ms = speed_ratio * base_ms
     # the spread of single runs (median, p90) of each model alone, for the record (ratios come from above)
@@ -203,6 +214,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
                   "params": int(count_params(student))},
         "measured_speedup": 1.0 / speed_ratio if speed_ratio > 0 else None,
         "measured_ratio": speed_ratio,
+        "steady_speed": _steady_record(job.gate),
         "latency_statistic": f"median over {len(sessions)} sessions of the median over windows of the per-window "
                              "ratio of interleaved block medians (dense and model in the same windows)",
         "session_ratios": [s[0] for s in sessions],

@@ -89,6 +89,7 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
     from rlprune_edge.graph import prunable_groups
     from rlprune_edge.latency.campaign import robust_ratios
     from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.latency.steady import SteadyGate
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.pruning import prune
@@ -106,7 +107,7 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
         d = export_onnx(copy.deepcopy(dense), Path(tmp) / "dense.onnx", tuple(info.input_shape), batch=1)
         f = export_onnx(floor, Path(tmp) / "floor.onnx", tuple(info.input_shape), batch=1)
         ratios, dense_ms, sessions = robust_ratios(get_backend(profile), profile, d, [f], sessions=COMMON_SESSIONS,
-                                                   pause_s=5.0)
+                                                   pause_s=5.0, gate=SteadyGate.for_artifact(profile, d))
     return {"floor_ratio": ratios[0], "dense_ms": dense_ms, "channel_multiple": int(profile.pruning.channel_multiple), "sessions": [s[0] for s in sessions],
             "floor_params": int(count_params(floor)), "dense_params": int(count_params(dense))}
 
@@ -143,6 +144,7 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
     from rlprune_edge.distill import DistillConfig, distill
     from rlprune_edge.flops import count_flops, count_params
     from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.latency.steady import SteadyGate
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.search.env import accuracy, tensors
@@ -160,7 +162,8 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
     with tempfile.TemporaryDirectory(prefix="bench-tp-", dir=out) as tmp:
         d = export_onnx(copy.deepcopy(dense), Path(tmp) / "dense.onnx", shape, batch=1)
         res = bisect_uniform(dense, torch.zeros(1, *shape), target, calib, backend, profile, d, Path(tmp),
-                             round_to=int(profile.pruning.channel_multiple), repeats=3)
+                             round_to=int(profile.pruning.channel_multiple), repeats=3,
+                             gate=SteadyGate.for_artifact(profile, d))  # compress's statistic and speed gate
     search_s = time.perf_counter() - t0
     student = res.model
     torch.manual_seed(seed + 12345)
@@ -184,6 +187,7 @@ def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.latency.campaign import robust_ratios
     from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.latency.steady import SteadyGate
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
 
@@ -193,7 +197,7 @@ def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-common-") as tmp:
         d = export_onnx(dense.eval(), Path(tmp) / "dense.onnx", tuple(info.input_shape), batch=1)
         ratios, _, _ = robust_ratios(get_backend(profile), profile, d, [Path(cells[n]["onnx"]) for n in names],
-                                     sessions=COMMON_SESSIONS, pause_s=5.0)
+                                     sessions=COMMON_SESSIONS, pause_s=5.0, gate=SteadyGate.for_artifact(profile, d))
     return dict(zip(names, ratios, strict=True))
 
 

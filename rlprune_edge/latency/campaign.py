@@ -32,6 +32,7 @@ from rlprune_edge.latency.model import (
     uniform_keep,
 )
 from rlprune_edge.latency.slots import WEIGHTED, slot_times
+from rlprune_edge.latency.steady import SteadyGate
 
 
 def interleave_blocks(profile: Any, runs: int) -> int:
@@ -88,27 +89,44 @@ def robust_compare(backend: Any, paths: Sequence[Any], profile: Any, tries: int 
 
 
 def robust_ratios(backend: Any, profile: Any, dense_path: Any, paths: Sequence[Any], *,
-                  sessions: int = 3, pause_s: float = 1.0) -> tuple[list[float], float, list[list[float]]]:
+                  sessions: int = 3, pause_s: float = 1.0,
+                  gate: SteadyGate | None = None) -> tuple[list[float], float, list[list[float]]]:
     """Each model's latency ratio to dense: the median over `sessions` decision-protocol measurements.
 
     Measured here: one session (5 windows × 1,200 runs) read the same VGG plan at 0.486× dense and,
     a minute later, 0.380× (the dense model itself 0.416 vs 0.348 ms): when the machine slows, the
     ratio of a small model to a large one moves too. Deciding on the median of three sessions a
     second apart costs seconds on sub-millisecond models and stops a single slow spell from
-    shrinking a plan that already meets its target. Returns (ratios, median dense ms, per-session ratios).
+    shrinking a plan that already meets its target. With a `gate`
+    (:class:`~rlprune_edge.latency.steady.SteadyGate`) only sessions run at the machine's steady
+    speed count: more are measured (up to ``gate.extra_sessions``) while fewer than `sessions` were
+    steady, and ``gate.last`` records what was used. Returns (ratios, median dense ms of the sessions
+    used, per-session ratios of the sessions used).
     """
     runs, windows = decision_protocol(profile)
     per: list[list[float]] = []
     dense: list[float] = []
-    for i in range(max(1, sessions)):
-        if i and pause_s > 0:
-            time.sleep(pause_s)
+    wanted = max(1, sessions)
+    budget = wanted + (max(0, gate.extra_sessions) if gate is not None else 0)
+    for i in range(budget):
+        if i >= wanted and (gate is None or sum(gate.steady(d) for d in dense) >= wanted):
+            break
+        wait = pause_s if i < wanted or gate is None else max(pause_s, gate.pause_s)
+        if i and wait > 0:
+            time.sleep(wait)
         r, d, _ = ratios_over_windows(backend, profile, dense_path, paths, runs=runs,
                                       warmup=int(profile.measure.warmup), rounds=windows)
         per.append(r)
         dense.append(d)
-    ratios = [float(np.median([p[i] for p in per])) for i in range(len(paths))]
-    return ratios, float(np.median(dense)), per
+        if gate is not None:
+            gate.observe(d)
+    used = list(range(len(dense))) if gate is None else gate.choose(dense, wanted)
+    if gate is not None:
+        gate.last = {"sessions": len(dense), "steady": sum(gate.steady(d) for d in dense), "used": len(used),
+                     "reference_ms": gate.reference_ms, "dense_ms": dense}
+        gate.save()
+    ratios = [float(np.median([per[u][i] for u in used])) for i in range(len(paths))]
+    return ratios, float(np.median([dense[u] for u in used])), [per[u] for u in used]
 
 
 def ratios_over_windows(backend: Any, profile: Any, dense_path: Any, paths: Sequence[Any], *,

@@ -337,6 +337,9 @@ class _Search:
         dense_ms, res = self.env.measure(models)
         m = {"try": t, "repeat": repeat, "keep": keep, "dense_ms": dense_ms, "ms": res[0][0], "ratio": res[0][1],
              "uniform_ms": res[-1][0], "uniform_ratio": res[-1][1], "pred_ms": self.predict(keep)}
+        gate = getattr(self.env, "gate", None)  # which sessions ran at the machine's steady speed
+        if gate is not None and gate.last:
+            m["steady"] = {k: gate.last[k] for k in ("sessions", "steady", "used", "reference_ms")}
         first = self.measurements[-1] if repeat and self.measurements else None
         if first is not None and first["keep"] == keep:
             # the decision reads both: their geometric mean (a plan read 0.458x then 0.449x for a 0.45x
@@ -348,7 +351,9 @@ class _Search:
         self.save()
         again = f" again: {m['single']['ratio']:.3f}x; both readings" if "single" in m else ""
         who = "uniform plan" if ukeep in (None, keep) else f"chosen {m['ratio']:.3f}x dense, uniform"
-        self.log(f"measured{again}: {who} {m['uniform_ratio']:.3f}x (same windows, {m['dense_ms']:.3f} ms dense)")
+        st = m.get("steady")
+        speed = "" if st is None else f"; {st['steady']}/{st['sessions']} sessions at the steady speed"
+        self.log(f"measured{again}: {who} {m['uniform_ratio']:.3f}x (same windows, {m['dense_ms']:.3f} ms dense{speed})")
         return m
 
     def fit_uniform(self) -> None:

@@ -68,7 +68,7 @@ class PlanProxy:
 
     def __init__(self, dense: nn.Module, info: Any, data: Any, groups: list, profile: Any, backend: Any,
                  latency_model: Any, dense_artifact: Any, work_dir: Path, config: ProxyConfig | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", gate: Any = None) -> None:
         from rlprune_edge.flops import count_flops, count_params
         from rlprune_edge.importance import channel_scores
 
@@ -81,6 +81,7 @@ class PlanProxy:
         self.info, self.data, self.groups = info, data, groups
         self.profile, self.backend, self.latency_model = profile, backend, latency_model
         self.dense_artifact, self.work_dir = dense_artifact, Path(work_dir)
+        self.gate = gate  # SteadyGate or None: which measurement sessions count
         self.input_shape = tuple(info.input_shape)
         self.example_inputs = torch.zeros(1, *self.input_shape)
         self._count_flops, self._count_params = count_flops, count_params
@@ -183,7 +184,8 @@ class PlanProxy:
                 os.close(fd)
                 paths.append(Path(tmp))
                 artifacts.append(materialize(self.backend, mdl, tmp, self.input_shape, int(self.profile.input.batch)))
-            ratios, dense_ms, _ = robust_ratios(self.backend, self.profile, self.dense_artifact, artifacts)
+            ratios, dense_ms, _ = robust_ratios(self.backend, self.profile, self.dense_artifact, artifacts,
+                                                   gate=self.gate)
         finally:
             for p in paths:
                 if p.exists():
