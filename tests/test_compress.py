@@ -163,6 +163,10 @@ def test_uniform_search_with_a_latency_target_measures_and_reports(env):
     assert s["method"] == "uniform" and s["fallback_to_uniform"] and len(s["plans"]) == 1
     assert s["measurements"] and s["uniform"]["measured_ratio"] is not None
     assert rep["measured_ratio"] > 0 and "windows" in rep["latency_statistic"]
+    # every latency decision says how many of its sessions ran at the steady speed
+    steady = rep["steady_speed"]
+    assert steady["used_sessions"] >= 1 and steady["sessions"] >= 3 and steady["reference_dense_ms"] > 0
+    assert all("steady" in m and m["steady"]["sessions"] >= 3 for m in s["measurements"])
 
 
 def _free_port() -> int:

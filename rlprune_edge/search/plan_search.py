@@ -64,7 +64,7 @@ class PlanSearchConfig:
     final_batches: int = 100  # more KD batches (other ones) for the re-ranked best and uniform before confirming
     calibration_tries: int = 3  # measurements of the uniform plan at the goal before the search (0 = none)
     shrink_tries: int = 5  # re-sizings of the chosen plan after measuring it (shrink or grow)
-    grow_slack: float = 0.05  # a plan measured this far (relative) under the target is grown
+    grow_slack: float = 0.05  # a fit this close under the target stops once a larger plan measured over it
     uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
     seed: int = 0
     policy: PlanPolicyConfig = field(default_factory=PlanPolicyConfig)
