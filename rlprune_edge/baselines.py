@@ -16,7 +16,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,38 +124,38 @@ def _shape_key(model: nn.Module) -> tuple:
     return tuple(key)
 
 
-def measure_vs_dense(backend: Any, profile: Any, dense_artifact: Any, model: nn.Module,
-                     input_shape: tuple[int, ...], work_dir: Path) -> tuple[Any, Any]:
-    """(dense, model) Measurements from interleaved blocks on the profile's backend."""
+@contextmanager
+def _temp_artifact(backend: Any, profile: Any, model: nn.Module, input_shape: tuple[int, ...],
+                   work_dir: Path) -> Iterator[Any]:
+    """What the backend measures for `model` (an ONNX file in `work_dir`, removed after, or the module)."""
     from rlprune_edge.latency.artifacts import materialize
 
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=work_dir)
     os.close(fd)
     try:
-        art = materialize(backend, model, tmp, tuple(input_shape), int(profile.input.batch))
-        pm = profile.measure
-        dense_m, model_m = backend.compare([dense_artifact, art], blocks=int(pm.blocks), warmup=int(pm.warmup),
-                                           runs=int(pm.runs))
+        yield materialize(backend, model, tmp, tuple(input_shape), int(profile.input.batch))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def measure_vs_dense(backend: Any, profile: Any, dense_artifact: Any, model: nn.Module,
+                     input_shape: tuple[int, ...], work_dir: Path) -> tuple[Any, Any]:
+    """(dense, model) Measurements from interleaved blocks on the profile's backend."""
+    pm = profile.measure
+    with _temp_artifact(backend, profile, model, input_shape, work_dir) as art:
+        dense_m, model_m = backend.compare([dense_artifact, art], blocks=int(pm.blocks), warmup=int(pm.warmup),
+                                           runs=int(pm.runs))
     return dense_m, model_m
 
 
 def _steady_reading(backend: Any, profile: Any, dense_artifact: Any, model: nn.Module,
                     input_shape: tuple[int, ...], work_dir: Path, gate: Any) -> tuple[float, float]:
     """(ms, ratio to dense) of `model` as compress's decisions read it (``robust_ratios`` with `gate`)."""
-    from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.campaign import robust_ratios
 
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=work_dir)
-    os.close(fd)
-    try:
-        art = materialize(backend, model, tmp, tuple(input_shape), int(profile.input.batch))
+    with _temp_artifact(backend, profile, model, input_shape, work_dir) as art:
         (ratio,), dense_ms, _ = robust_ratios(backend, profile, dense_artifact, [art], gate=gate)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ratio * dense_ms, ratio
 
 

@@ -109,3 +109,12 @@ def test_bisect_uniform_with_a_gate_reads_like_compress(monkeypatch, tmp_path) -
                                    "dense.onnx", tmp_path, iterations=2, gate=gate)
     assert seen and all(g is gate for g in seen)
     assert res.reached and res.measured_ratio == pytest.approx(0.4)
+
+
+def test_an_unwritable_cache_keeps_the_gate_for_this_run(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    gate = SteadyGate(store=blocker / "sub" / "times.json")
+    gate.observe(0.3)
+    gate.save()  # the parent cannot be created: no error, and no retry on every decision
+    assert gate.store is None and gate.history == [0.3]

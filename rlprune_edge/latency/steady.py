@@ -65,13 +65,15 @@ class SteadyGate:
             self.history = []
 
     def save(self) -> None:
+        """Persist the session times; an unwritable cache turns the gate into a this-run-only one
+        (it costs the memory between runs, not the measurement)."""
         if self.store is None:
             return
         try:
             self.store.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.store, {"dense_ms": self.history[-HISTORY:]})
-        except OSError:  # a read-only cache costs the memory between runs, not the measurement
-            pass
+        except OSError:
+            self.store = None
 
     @property
     def reference_ms(self) -> float | None:

@@ -24,10 +24,9 @@ def met(target: Any, ms: float, ratio: float) -> bool:
     return ratio <= target.value if target.kind == "ratio" else ms <= target.value
 
 
-def _over(target: Any, m: dict[str, Any]) -> float:
-    """How far (relative) a reading is over the target."""
-    value = float(m["ratio"] if target.kind == "ratio" else m["ms"])
-    return value / float(target.value) - 1.0
+def _value(target: Any, m: dict[str, Any]) -> float:
+    """A reading in the target's unit (ratio to dense, or ms)."""
+    return float(m["ratio"] if target.kind == "ratio" else m["ms"])
 
 
 def fit_to_target(
@@ -60,10 +59,10 @@ def fit_to_target(
     misses: Reading | None = None  # the smallest plan measured over it
     for t in range(tries + 1):
         m = measure(keep, t, False)
-        if not met(target, m["ms"], m["ratio"]) and _over(target, m) <= recheck:
-            m = measure(keep, t, True)
+        if not met(target, m["ms"], m["ratio"]) and _value(target, m) <= (1.0 + recheck) * target.value:
+            m = measure(keep, t, True)  # a near miss: judged on both readings
         ok = met(target, m["ms"], m["ratio"])
-        value = float(m["ratio"] if target.kind == "ratio" else m["ms"])
+        value = _value(target, m)
         if ok:
             if fits is None or sum(keep) > sum(fits[1]):
                 fits = (scale, list(keep), value)
