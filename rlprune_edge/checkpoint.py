@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlprune_edge.blocks import drop_blocks, removed_blocks
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_path, probe_writable
 from rlprune_edge.layers import handler_for
@@ -49,6 +50,7 @@ class ModelInfo:
     class_names: list[str]
     layer_shapes: dict[str, dict[str, int]] | None = None
     meta: dict = field(default_factory=dict)
+    removed_blocks: list[str] | None = None  # residual blocks replaced by identity (rlprune_edge.blocks)
 
     def to_dict(self) -> dict:
         """Plain-type dict (lists instead of tuples) for the checkpoint file."""
@@ -71,6 +73,7 @@ class ModelInfo:
             class_names=[str(c) for c in d["class_names"]],
             layer_shapes=d.get("layer_shapes"),
             meta=dict(d.get("meta") or {}),
+            removed_blocks=[str(b) for b in d["removed_blocks"]] if d.get("removed_blocks") else None,
         )
 
 
@@ -148,8 +151,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo) 
     """Write model + info atomically; records layer_shapes when they differ from the dense build."""
     from rlprune_edge.models import build_model
 
+    reference = build_model(info.model, info.width, info.num_classes)
+    info.removed_blocks = removed_blocks(model, reference) or None
     shapes = module_shapes(model)
-    dense = module_shapes(build_model(info.model, info.width, info.num_classes))
+    dense = module_shapes(reference)
     info.layer_shapes = shapes if shapes != dense else None
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "info": info.to_dict(), "state_dict": state}
@@ -242,6 +247,9 @@ def check_header(payload: dict, path: str | os.PathLike) -> tuple[ModelInfo, dic
             if not (isinstance(name, str) and isinstance(record, dict) and record
                     and all(isinstance(k, str) and _is_int(v) and v >= 1 for k, v in record.items())):
                 raise bad(f"info.layer_shapes[{name!r}]", "a dict of argument name -> positive integer", record)
+    blocks = raw.get("removed_blocks")
+    if blocks is not None and not (isinstance(blocks, (list, tuple)) and all(isinstance(b, str) and b for b in blocks)):
+        raise bad("info.removed_blocks", "a list of block names", blocks)
     meta = raw.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise bad("info.meta", "a dict", meta)
@@ -277,6 +285,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     info, state = check_header(payload, path)
     try:
         model = build_model(info.model, info.width, info.num_classes)
+        try:
+            drop_blocks(model, info.removed_blocks or [])
+        except ValueError as exc:
+            raise UserError(f"{exc}") from None
         if info.layer_shapes:
             apply_module_shapes(model, info.layer_shapes)
     except UserError as exc:

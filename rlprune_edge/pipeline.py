@@ -60,6 +60,7 @@ class CompressConfig:
     probe_batches: int = 200
     ramps: str | None = None  # depth-ramp slopes of the plan search, "-0.75,-1.5,-2.25" by default; "" = none
     final_batches: int = 100
+    depth_plans: int = 4  # plan search: round-0 plans removing 1, 2, ... residual blocks whole; 0 = width only
     select_size: int = 2000
     confirm_size: int = 4000
     steps: int = 60
@@ -111,6 +112,7 @@ class CompressConfig:
             raise UserError(f"{n('reward')} {self.reward!r} is not one of {', '.join(REWARDS)}.")
         for opt, lo in (("steps", 1), ("candidates", 1), ("rounds", 1), ("val_size", 10), ("kd_epochs", 0),
                         ("kd_images", 0), ("per_round", 1), ("probe_top", 0), ("probe_batches", 0), ("final_batches", 0),
+                        ("depth_plans", 0),
                         ("screen_batches", 0), ("select_size", 10), ("confirm_size", 10), ("latency_variants", 2),
                         ("pareto_test_size", 0), ("test_images", 0), ("stop_after", 1), ("threads", 1)):
             value = getattr(self, opt)

@@ -112,7 +112,8 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     t0 = time.perf_counter()
     proxy = PlanProxy(job.dense, job.info, job.data, job.groups, job.profile, job.backend, job.latency_model,
                       job.dense_artifact, job.scratch,
-                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed),
+                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed,
+                                  depth=a.depth_plans > 0 and a.search == "plan"),
                       device=job.device, gate=job.gate)
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
@@ -121,6 +122,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
                               per_round=a.per_round, ramps=ramps if ramps is not None else PlanSearchConfig.ramps,
                               screen_batches=a.screen_batches, probe_batches=a.probe_batches, final_batches=a.final_batches,
                               probe_top=a.probe_top if a.probe_batches > 0 else 0, uniform_only=a.search == "uniform",
+                              depth_plans=a.depth_plans,
                               seed=a.seed)
     base = Baseline(job.dense_ms, float(proxy.flops(job.dense)), float(proxy.params(job.dense)))
     fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
@@ -141,7 +143,9 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
              for r in result.rounds]
     dense_eval = proxy.evaluate(job.dense)
     info = {"method": job.args.search, "candidates": config.candidates, "per_round": config.per_round,
-            "ramps": list(config.ramps),
+            "ramps": list(config.ramps), "depth_plans": config.depth_plans,
+            "removable_blocks": {b: proxy.block_influence.get(b) for b in proxy.blocks},
+            "removed_blocks": result.removed_blocks,
             "probe_top": config.probe_top, "probe_batches": a.probe_batches, "final_batches": config.final_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
             "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
             "channel_multiple": job.space.multiple, "search_s": result.wall_s,

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parent.parent / "rlprune_edge"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fsutil", "paths", "sshopts"),
     ("board",),  # runs on the board: stdlib + numpy + the runtime only
-    ("flops", "models", "data", "layers", "checkpoint", "profiles", "compute", "onnx_io"),
+    ("flops", "models", "data", "layers", "blocks", "checkpoint", "profiles", "compute", "onnx_io"),
     ("graph_rules", "graph"),
     ("importance", "pruning"),
     ("latency",),

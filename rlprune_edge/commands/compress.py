@@ -41,27 +41,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="plan: whole plans one-shot from the dense model, judged at equal predicted latency "
                         "(default); uniform: the uniform plan alone through the same pipeline (baseline); "
                         "paper: the step-wise RL-Pruner loop")
-    p.add_argument("--min-keep", type=float, default=0.1,
-                   help="plan/uniform search: every group keeps at least this fraction of its channels "
-                        "(and at least the channel multiple); default 0.1")
-    p.add_argument("--per-round", type=int, default=8, help="plan search: plans per round (default 8)")
-    p.add_argument("--screen-batches", type=int, default=100,
-                   help="plan/uniform search: KD batches (of 64 images, the same for every plan) before a plan is "
-                        "scored (0 = BatchNorm recalibration only); default 100")
-    p.add_argument("--ramps", default=None, metavar="SLOPES", help="plan search: first-round plans whose log keep "
-                   "fractions fall (<0) with depth, comma-separated; default -0.75,-1.5,-2.25; '' = none")
-    p.add_argument("--probe-top", type=int, default=3,
-                   help="plan search: best plans that get a longer KD probe beside the uniform plan (default 3)")
-    p.add_argument("--probe-batches", type=int, default=200,
-                   help="plan search: KD batches (of 64 images) of that longer probe (0 = none); default 200")
-    p.add_argument("--final-batches", type=int, default=100,
-                   help="plan search: more KD batches (other ones) for the re-ranked best plan and the uniform plan "
-                        "before they are compared on the confirmation split (0 = none); default 100")
-    p.add_argument("--select-size", type=int, default=2000,
-                   help="plan search: validation images that rank plans (default 2000)")
-    p.add_argument("--confirm-size", type=int, default=4000,
-                   help="plan search: other validation images on which the winner must beat uniform (default 4000, "
-                        "at most what the selection split leaves of the validation split)")
+    _add_plan_flags(p)
     p.add_argument("--steps", type=int, default=60, help="paper search: maximum search steps")
     p.add_argument("--step-ratio", type=float, default=0.05,
                    help="paper search: fraction of the dense model's prunable channels removed per step (paper: 0.01)")
@@ -94,6 +74,34 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
+
+
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    """The plan search's options."""
+    p.add_argument("--min-keep", type=float, default=0.1,
+                   help="plan/uniform search: every group keeps at least this fraction of its channels "
+                        "(and at least the channel multiple); default 0.1")
+    p.add_argument("--per-round", type=int, default=8, help="plan search: plans per round (default 8)")
+    p.add_argument("--screen-batches", type=int, default=100,
+                   help="plan/uniform search: KD batches (of 64 images, the same for every plan) before a plan is "
+                        "scored (0 = BatchNorm recalibration only); default 100")
+    p.add_argument("--ramps", default=None, metavar="SLOPES", help="plan search: first-round plans whose log keep "
+                   "fractions fall (<0) with depth, comma-separated; default -0.75,-1.5,-2.25; '' = none")
+    p.add_argument("--probe-top", type=int, default=3,
+                   help="plan search: best plans that get a longer KD probe beside the uniform plan (default 3)")
+    p.add_argument("--probe-batches", type=int, default=200,
+                   help="plan search: KD batches (of 64 images) of that longer probe (0 = none); default 200")
+    p.add_argument("--final-batches", type=int, default=100,
+                   help="plan search: more KD batches (other ones) for the re-ranked best plan and the uniform plan "
+                        "before they are compared on the confirmation split (0 = none); default 100")
+    p.add_argument("--depth-plans", type=int, default=4,
+                   help="plan search: first-round plans that remove the 1, 2, ... least influential residual blocks "
+                        "whole (identity shortcuts only), widths sized to the same latency (0 = width only); default 4")
+    p.add_argument("--select-size", type=int, default=2000,
+                   help="plan search: validation images that rank plans (default 2000)")
+    p.add_argument("--confirm-size", type=int, default=4000,
+                   help="plan search: other validation images on which the winner must beat uniform (default 4000, "
+                        "at most what the selection split leaves of the validation split)")
 
 
 def _say(msg: str) -> None:

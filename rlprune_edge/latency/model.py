@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from rlprune_edge.blocks import block_of_slot
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
 from rlprune_edge.latency.slots import DimMap, Slot, fit_dim_map, fit_slots, slot_feature
@@ -122,35 +123,38 @@ class LatencyModel:
                             "refit it for this architecture.")
         return {g: float(keep.get(g, c)) for g, c in self.channels.items()}
 
-    def kernel_ms(self, keep: dict[str, int]) -> float:
-        """Sum of the slots' predicted per-layer times."""
+    def kernel_ms(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:
+        """Sum of the slots' predicted per-layer times; the slots of `removed` residual blocks
+        (``rlprune_edge.blocks``, replaced by identity) count zero."""
         k = self._full(keep)
-        return float(sum(s.predict(k) for s in self.slots.values()))
+        return float(sum(s.predict(k) for n, s in self.slots.items()
+                         if not removed or block_of_slot(n, removed) is None))
 
-    def predict_raw(self, keep: dict[str, int]) -> float:
+    def predict_raw(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:
         """End-to-end prediction without the measurement correction:
         ``dense_ms * (u + (1 - u) * kernel(keep) / kernel(dense))`` with u the fixed fraction."""
-        kern = self.kernel_ms(keep)
+        kern = self.kernel_ms(keep, removed)
         if self.kernel_dense_ms <= 0:
             return kern
         u = self.fixed_fraction
         return self.dense_ms * max(u + (1.0 - u) * kern / self.kernel_dense_ms, MIN_PREDICTED_RATIO)
 
-    def predict_scaled(self, keep: dict[str, int]) -> float:
+    def predict_scaled(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:
         """`predict_raw` with the savings scale applied (the dense model's prediction unchanged)."""
-        raw = self.predict_raw(keep)
+        raw = self.predict_raw(keep, removed)
         if self.savings_scale == 1.0:
             return raw
         dense = self.predict_raw({})
         return dense * max(1.0 - self.savings_scale * (1.0 - raw / dense), MIN_PREDICTED_RATIO)
 
-    def predict(self, keep: dict[str, int]) -> float:
-        """Predicted end-to-end latency in ms for a candidate with these keep counts."""
-        return self.predict_scaled(keep) * self.correction
+    def predict(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:
+        """Predicted end-to-end latency in ms for a candidate with these keep counts (and these
+        residual blocks removed)."""
+        return self.predict_scaled(keep, removed) * self.correction
 
-    def predict_ratio(self, keep: dict[str, int]) -> float:
+    def predict_ratio(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:
         """Predicted latency relative to the dense model."""
-        return self.predict_scaled(keep) / self.predict_scaled({})
+        return self.predict_scaled(keep, removed) / self.predict_scaled({})
 
     def rescale(self, keep: dict[str, int], measured_ratio: float) -> float:
         """Fit the savings scale so that `keep` predicts `measured_ratio` of the dense latency; returns it.
@@ -165,11 +169,12 @@ class LatencyModel:
         self.savings_scale = float(min(max((1.0 - measured_ratio) / (1.0 - rho), lo), hi))
         return self.savings_scale
 
-    def correct(self, keep: dict[str, int], measured_ms: float, alpha: float = 0.5) -> float:
+    def correct(self, keep: dict[str, int], measured_ms: float, alpha: float = 0.5,
+                removed: Sequence[str] = ()) -> float:
         """Fold a real measurement into the multiplicative correction (EMA in log space); returns it."""
         if not (measured_ms > 0 and math.isfinite(measured_ms)):
             raise ValueError(f"measured latency must be a positive number, got {measured_ms}")
-        raw = self.predict_scaled(keep)
+        raw = self.predict_scaled(keep, removed)
         target = measured_ms / raw
         a = 1.0 if self.n_corrections == 0 else alpha
         self.correction = float(math.exp((1 - a) * math.log(self.correction) + a * math.log(target)))

@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,14 @@ import numpy as np
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
+from rlprune_edge.search.depth import depth_plans, plan_key, removed_kwargs
 from rlprune_edge.search.measured_fit import fit_to_target
 from rlprune_edge.search.plan import PlanSpace
-from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain
+from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_summary
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 6  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps
+STATE_VERSION = 7  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans
 STATE_FILE = "plan_state.json"
 
 
@@ -58,6 +59,7 @@ class PlanSearchConfig:
     candidates: int = 15  # plans besides the uniform one: the structured ramps, then sampled ones
     per_round: int = 8  # plans per round (the distribution moves after each round)
     ramps: tuple[float, ...] = (-0.75, -1.5, -2.25)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs)
+    depth_plans: int = 4  # round-0 plans that remove 1, 2, ... residual blocks whole (search.depth); 0 = none
     screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
     probe_batches: int = 200  # KD batches of the longer probe (afresh) of the best plans and the uniform one
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
@@ -94,7 +96,8 @@ class _Search:
         self.calibration: list[dict[str, Any]] = []
         self.wall_before = 0.0
         self.start = time.perf_counter()
-        self._cache: dict[tuple[int, ...], int] = {}
+        self._cache: dict[tuple, int] = {}
+        self.depth: list[tuple[str, ...]] | None = None  # removal sets of round 0 (after the calibration)
         self._measured = 0  # measurements taken (or replayed) in this run so far
         self.uniform_fit: tuple[list[int], float, bool | None] | None = None  # (keep, scale, reached)
 
@@ -123,20 +126,36 @@ class _Search:
         self.wall_before = float(state["wall_s"])
         self.base = Baseline(**state["base"])  # the first run's dense measurement: the same goal again
         self.goal_ms = self.target.latency_goal_ms(self.base.latency_ms)
-        self._cache = {tuple(r["keep"]): i for i, r in enumerate(self.records) if not r.get("duplicate_of")}
+        self._cache = {plan_key(r["keep"], r.get("removed", ())): i for i, r in enumerate(self.records)
+                       if not r.get("duplicate_of")}
 
     # --- candidates --------------------------------------------------------------------------------
-    def predict(self, keep: list[int]) -> float:
-        return float(self.env.predict_ms(self.space.as_dict(keep)))
+    def predict(self, keep: list[int], removed: Sequence[str] = ()) -> float:
+        return float(self.env.predict_ms(self.space.as_dict(keep), **removed_kwargs(removed)))
 
-    def size(self, prefs: np.ndarray) -> tuple[list[int], float]:
+    def build(self, keep: list[int], removed: Sequence[str] = ()) -> Any:
+        return self.env.build(self.space.as_dict(keep), **removed_kwargs(removed))
+
+    def depth_sets(self) -> list[tuple[str, ...]]:
+        """Round 0's removal sets (search.depth), fixed once the latency model is calibrated."""
+        if self.depth is None:
+            blocks = list(getattr(self.env, "blocks", []) or [])
+            goal = None if self.target.kind == "sparsity" else self.size_goal()
+            self.depth = depth_plans(blocks, getattr(self.env, "block_influence", {}) or {},
+                                     lambda rm: self.predict(self.space.full_keep(), rm), goal,
+                                     0 if self.config.uniform_only else self.config.depth_plans)
+        return self.depth
+
+    def size_goal(self) -> float:
+        return self.predict(self.uniform_fit[0]) if self.uniform_fit is not None else float(self.goal_ms)
+
+    def size(self, prefs: np.ndarray, removed: Sequence[str] = ()) -> tuple[list[int], float]:
         """Size a plan to the goal: the same predicted latency as the measured-fit uniform plan once it
         exists (savings equal to its, whatever the model's calibration), else the target's goal."""
         if self.target.kind == "sparsity":
             total = sum(c for c, p in zip(self.space.channels, self.space.prunable, strict=True) if p)
             return self.space.size_to_channels(prefs, int(round((1.0 - self.target.value) * total)))
-        goal = self.predict(self.uniform_fit[0]) if self.uniform_fit is not None else float(self.goal_ms)
-        return self.space.size_to_latency(prefs, self.predict, goal)
+        return self.space.size_to_latency(prefs, lambda k: self.predict(k, removed), self.size_goal())
 
     def score(self, acc: float, pred: float, flops: float, params: float) -> float:
         """Accuracy alone for a latency target: every plan is sized to the same predicted latency, and
@@ -148,23 +167,25 @@ class _Search:
         return float(reward(acc, pred, flops, params, self.base, self.weights))
 
     def evaluate(self, prefs: np.ndarray, round_: int, sized: tuple[list[int], float] | None = None,
-                 kind: str = "sampled") -> dict[str, Any]:
-        keep, scale = sized or self.size(prefs)
+                 kind: str = "sampled", removed: Sequence[str] = ()) -> dict[str, Any]:
+        keep, scale = sized or self.size(prefs, removed)
         rec: dict[str, Any] = {"round": round_, "kind": kind, "prefs": [float(v) for v in prefs], "scale": scale,
                                "keep": keep}
-        hit = self._cache.get(tuple(keep))
+        if removed:
+            rec["removed"] = list(removed)
+        hit = self._cache.get(plan_key(keep, removed))
         if hit is not None:
             src = self.records[hit]
             rec.update({k: src[k] for k in ("acc", "kl", "pred_ms", "flops", "params", "q")}, duplicate_of=hit)
         else:
-            model = self.env.build(self.space.as_dict(keep))
+            model = self.build(keep, removed)
             if self.config.screen_batches > 0:
                 self.env.probe(model, self.config.screen_batches)
             ev = self.env.evaluate(model)
-            pred = self.predict(keep)
+            pred = self.predict(keep, removed)
             fl, pa = int(self.env.flops(model)), int(self.env.params(model))
             rec.update(acc=ev.acc, kl=ev.kl, pred_ms=pred, flops=fl, params=pa, q=self.score(ev.acc, pred, fl, pa))
-            self._cache[tuple(keep)] = len(self.records)
+            self._cache[plan_key(keep, removed)] = len(self.records)
         self.records.append(rec)
         return rec
 
@@ -221,8 +242,8 @@ class _Search:
             r = self.policy.round
             k = min(cfg.per_round, cfg.candidates - r * cfg.per_round)
             t0 = time.perf_counter()
-            for prefs, kind in self.proposals(r, k):
-                self.evaluate(prefs, r, kind=kind)
+            for prefs, kind, removed in self.proposals(r, k):
+                self.evaluate(prefs, r, kind=kind, removed=removed)
                 if bar is not None:
                     bar.update(1)
             best = self.best()
@@ -235,14 +256,18 @@ class _Search:
             self.save()
         return True
 
-    def proposals(self, round_: int, k: int) -> list[tuple[np.ndarray, str]]:
+    def proposals(self, round_: int, k: int) -> list[tuple[np.ndarray, str, tuple[str, ...]]]:
         """Round `round_`'s `k` plans: the structured depth ramps first (their slots of the candidate
-        budget), then plans sampled from the distribution. Why ramps: docs/compress.md ("Structured
-        candidates")."""
+        budget), then plans sampled from the distribution, removing the blocks the best plan so far
+        removes; round 0 also proposes the depth plans (beyond the budget). Why ramps:
+        docs/compress.md ("Structured candidates"); depth plans: ("Depth plans")."""
         structured = [(self.space.ramp_prefs(a), f"ramp {a:+g}") for a in self.config.ramps] if self.space.dim > 1 else []
         start = round_ * self.config.per_round
-        mine = structured[start : start + k]
-        return mine + [(p, "sampled") for p in self.policy.sample(k - len(mine))]
+        mine = [(p, kind, ()) for p, kind in structured[start : start + k]]
+        if round_ == 0:
+            mine += [(self.space.uniform_prefs(), f"depth -{len(rm)}", rm) for rm in self.depth_sets()]
+        removed = tuple(self.best().get("removed", ()))
+        return mine + [(p, "sampled", removed) for p in self.policy.sample(k - len(structured[start : start + k]))]
 
     def probe_and_decide(self) -> None:
         """KD-probe the uniform plan and the best few, re-rank, confirm against uniform on held-out data."""
@@ -250,13 +275,14 @@ class _Search:
             return
         uniform = self.records[0]
         distinct = sorted((i for i, r in enumerate(self.records) if i and not r.get("duplicate_of")
-                           and r["keep"] != uniform["keep"]), key=lambda i: self.key(self.records[i]), reverse=True)
+                           and (r["keep"], r.get("removed")) != (uniform["keep"], None)),
+                          key=lambda i: self.key(self.records[i]), reverse=True)
         picks = [0] + distinct[: max(1, self.config.probe_top)]  # without probes: the screen's best vs uniform
         probes, models = [], {}
         probing = self.config.probe_top > 0 and self.config.probe_batches > 0
         for i in picks:
             rec = self.records[i]
-            model = models[i] = self.env.build(self.space.as_dict(rec["keep"]))
+            model = models[i] = self.build(rec["keep"], rec.get("removed", ()))
             if probing:
                 self.env.probe(model, self.config.probe_batches)
             elif self.config.screen_batches > 0:  # no longer probe: compare as they were scored
@@ -307,16 +333,19 @@ class _Search:
         before it is confirmed; re-sized, it is pruned afresh from the dense model and probed again.
         Why: docs/compress.md ("The winner is fitted before it is confirmed")."""
         rec = self.records[best["record"]]
+        removed = tuple(rec.get("removed", ()))
         keep, scale, reached = self._fit(list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"]),
-                                         list(self.uniform_fit[0]))  # type: ignore[index]
-        same = next((p for p in probes if self.records[p["record"]]["keep"] == keep), None)
+                                         list(self.uniform_fit[0]), removed)  # type: ignore[index]
+        same = next((p for p in probes if plan_key(self.records[p["record"]]["keep"],
+                                                    self.records[p["record"]].get("removed", ())) == plan_key(keep, removed)), None)
         if same is not None:  # as it was, or fitted onto a plan probed already (uniform: nothing to confirm)
             same["reached"] = reached
             return same if same["record"] else None
-        fitted = self.evaluate(np.asarray(rec["prefs"]), -2, (keep, scale), kind=rec.get("kind", "sampled"))
+        fitted = self.evaluate(np.asarray(rec["prefs"]), -2, (keep, scale), kind=rec.get("kind", "sampled"),
+                               removed=removed)
         fitted["fitted_from"] = best["record"]
         idx = len(self.records) - 1
-        model = models[idx] = self.env.build(self.space.as_dict(keep))
+        model = models[idx] = self.build(keep, removed)
         self.env.probe(model, self.config.probe_batches if probing else self.config.screen_batches)
         ev = self.env.evaluate(model)
         p = {"record": idx, "acc": ev.acc, "kl": ev.kl, "fitted_from": best["record"], "reached": reached,
@@ -326,22 +355,26 @@ class _Search:
                  f"{100 * ev.acc:.1f}%")
         return p
 
-    def _measurement(self, keep: list[int], ukeep: list[int] | None, t: int, repeat: bool) -> dict[str, Any]:
+    def _measurement(self, keep: list[int], ukeep: list[int] | None, t: int, repeat: bool,
+                     removed: Sequence[str] = ()) -> dict[str, Any]:
         """The run's next measurement (`ukeep` in the same windows): replayed when resuming, else measured."""
         idx, self._measured = self._measured, self._measured + 1
         if idx < len(self.measurements):  # resume: never re-measure
             return self.measurements[idx]
-        models = [self.env.build(self.space.as_dict(keep))]
-        if ukeep is not None and keep != ukeep:
-            models.append(self.env.build(self.space.as_dict(ukeep)))
+        models = [self.build(keep, removed)]
+        alone = ukeep is None or (keep == ukeep and not removed)
+        if not alone:
+            models.append(self.build(ukeep))  # type: ignore[arg-type]
         dense_ms, res = self.env.measure(models)
         m = {"try": t, "repeat": repeat, "keep": keep, "dense_ms": dense_ms, "ms": res[0][0], "ratio": res[0][1],
-             "uniform_ms": res[-1][0], "uniform_ratio": res[-1][1], "pred_ms": self.predict(keep)}
+             "uniform_ms": res[-1][0], "uniform_ratio": res[-1][1], "pred_ms": self.predict(keep, removed)}
+        if removed:
+            m["removed"] = list(removed)
         gate = getattr(self.env, "gate", None)  # which sessions ran at the machine's steady speed
         if gate is not None and gate.last:
             m["steady"] = {k: gate.last[k] for k in ("sessions", "steady", "used", "reference_ms")}
         first = self.measurements[-1] if repeat and self.measurements else None
-        if first is not None and first["keep"] == keep:
+        if first is not None and plan_key(first["keep"], first.get("removed", ())) == plan_key(keep, removed):
             # the decision reads both: their geometric mean (a plan read 0.458x then 0.449x for a 0.45x
             # target is over it, not within it because its second reading was lucky)
             m["single"] = {k: m[k] for k in ("ms", "ratio", "uniform_ms", "uniform_ratio")}
@@ -350,7 +383,7 @@ class _Search:
         self.measurements.append(m)
         self.save()
         again = f" again: {m['single']['ratio']:.3f}x; both readings" if "single" in m else ""
-        who = "uniform plan" if ukeep in (None, keep) else f"chosen {m['ratio']:.3f}x dense, uniform"
+        who = "uniform plan" if alone else f"chosen {m['ratio']:.3f}x dense, uniform"
         st = m.get("steady")
         speed = "" if st is None else f"; {st['steady']}/{st['sessions']} sessions at the steady speed"
         self.log(f"measured{again}: {who} {m['uniform_ratio']:.3f}x (same windows, {m['dense_ms']:.3f} ms dense{speed})")
@@ -370,24 +403,25 @@ class _Search:
         self.save()
 
     def _fit(self, keep: list[int], prefs: np.ndarray, scale: float,
-             ukeep: list[int] | None) -> tuple[list[int], float, bool]:
+             ukeep: list[int] | None, removed: Sequence[str] = ()) -> tuple[list[int], float, bool]:
         """Fit a plan to the target by measurement (`ukeep` in the same windows; None: alone)."""
         goal = None if self.target.kind == "ratio" else float(self.goal_ms)
         return fit_to_target(
             self.space, self.target, prefs, keep, scale, goal,
-            measure=lambda k, t, repeat: self._measurement(k, ukeep, t, repeat),
-            correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms), predict=self.predict,
+            measure=lambda k, t, repeat: self._measurement(k, ukeep, t, repeat, removed),
+            correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms, **removed_kwargs(removed)),
+            predict=lambda k: self.predict(k, removed),
             tries=self.config.shrink_tries, grow_slack=self.config.grow_slack)
 
-    def outcome(self) -> tuple[list[int], bool | None]:
-        """The returned plan and whether it measured within the target: the uniform plan and a chosen
-        challenger were both fitted by measurement before the decision."""
+    def outcome(self) -> tuple[list[int], list[str], bool | None]:
+        """The returned plan (keep, removed blocks) and whether it measured within the target: the
+        uniform plan and a chosen challenger were both fitted by measurement before the decision."""
         assert self.uniform_fit is not None and self.decision is not None
         idx = int(self.decision["chosen_record"])
-        keep = list(self.records[idx]["keep"])
+        keep, removed = list(self.records[idx]["keep"]), list(self.records[idx].get("removed", []))
         if self.target.kind == "sparsity":
-            return keep, None
-        return keep, (self.uniform_fit[2] if idx == 0 else self.decision.get("candidate_reached"))
+            return keep, removed, None
+        return keep, removed, (self.uniform_fit[2] if idx == 0 else self.decision.get("candidate_reached"))
 
 def run_plan_search(
     env: PlanEnv,
@@ -419,7 +453,8 @@ def run_plan_search(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=1 + (0 if config.uniform_only else config.candidates), initial=min(len(s.records), 1 + config.candidates),
+        total = 1 + (0 if config.uniform_only else config.candidates + len(s.depth_sets()))
+        bar = tqdm(total=total, initial=min(len(s.records), total),
                    desc="search plans", unit="plan", file=sys.stderr, dynamic_ncols=True, leave=False)
     try:
         if not s.search(bar, stop_after):
@@ -433,25 +468,18 @@ def run_plan_search(
         s.probes = s.probes or []
     else:
         s.probe_and_decide()
-    keep, reached = s.outcome()
+    keep, removed, reached = s.outcome()
     chosen_rec = s.records[int(s.decision["chosen_record"])]  # type: ignore[index]
-    model = env.build(space.as_dict(keep))
-    last = next((m for m in reversed(s.measurements) if m["keep"] == keep), {})  # the returned plan's
+    model = s.build(keep, removed)
+    last = next((m for m in reversed(s.measurements)  # the returned plan's
+                 if plan_key(m["keep"], m.get("removed", ())) == plan_key(keep, removed)), {})
     probe_of = {p["record"]: p for p in (s.probes or [])}
-
-    def summary(rec: dict[str, Any], idx: int, ms: float | None, ratio: float | None) -> dict[str, Any]:
-        p = probe_of.get(idx, {})
-        return {"keep": space.as_dict(rec["keep"]), "kind": rec.get("kind"), "shrunk_after_measuring": "fitted_from" in rec, "proxy_acc": rec["acc"], "proxy_kl": rec["kl"],
-                "predicted_ms": rec["pred_ms"], "probe_acc": p.get("acc"), "final_acc": p.get("final_acc"),
-                "confirm_acc": p.get("confirm_acc"),
-                "measured_ms": ms, "measured_ratio": ratio, "flops": rec["flops"], "params": rec["params"]}
-
     idx = int(s.decision["chosen_record"])  # type: ignore[index]
     s.save()
     return PlanResult(
-        keep=space.as_dict(keep), model=model,
-        chosen=summary(chosen_rec, idx, last.get("ms"), last.get("ratio")),
-        uniform=summary(s.records[0], 0, last.get("uniform_ms"), last.get("uniform_ratio")),
+        keep=space.as_dict(keep), model=model, removed_blocks=removed,
+        chosen=plan_summary(space, chosen_rec, probe_of.get(idx, {}), last.get("ms"), last.get("ratio")),
+        uniform=plan_summary(space, s.records[0], probe_of.get(0, {}), last.get("uniform_ms"), last.get("uniform_ratio")),
         fallback_to_uniform=bool(s.decision["fallback_to_uniform"]), reached=reached,  # type: ignore[index]
         records=[{k: v for k, v in r.items() if k != "prefs"} for r in s.records], rounds=s.rounds,
         probes=[{k: v for k, v in p.items() if k != "confirm"} for p in (s.probes or [])],

@@ -5,6 +5,7 @@ Every data subset is fixed once from the seed, so a plan's score depends only on
 
 * Taylor importance of the dense model, once, over ``calib_images`` training images (Molchanov's
   per-batch estimator, :mod:`rlprune_edge.importance`);
+* block influence of the removable residual blocks (:mod:`rlprune_edge.blocks`) on the same images;
 * BatchNorm recalibration (EagleEye's adaptive BN) on ``bn_images`` other training images;
 * a *selection* split (``select_size`` validation images) that ranks plans, with KL divergence to
   the dense model's outputs as the tie-break, and a disjoint *confirmation* split
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlprune_edge.blocks import block_influence, drop_blocks, skippable_blocks
 from rlprune_edge.search.env import recalibrate_bn, tensors
 from rlprune_edge.search.plan_env import Evaluation
 
@@ -42,6 +44,7 @@ class ProxyConfig:
     probe_batch_size: int = 64
     probe_lr: float = 0.01
     eval_batch: int = 500
+    depth: bool = True  # offer the removable residual blocks (and their influence) to the search
     seed: int = 0
 
 
@@ -99,15 +102,19 @@ class PlanProxy:
         bn_x = tx[n_cal:] if len(tx) > n_cal else tx
         self.bn_batches = [bn_x[i : i + c.bn_batch] for i in range(0, min(len(bn_x), c.bn_images), c.bn_batch)]
         self.scores = channel_scores(self.teacher, self.example_inputs, groups, method="taylor", calib=self.calib)
+        self.blocks = skippable_blocks(self.dense) if c.depth else []  # removable residual blocks
+        self.block_influence = block_influence(self.teacher, [x for x, _ in self.calib], self.blocks) if self.blocks else {}
         self._teacher_logits: dict[tuple[int, int], list[torch.Tensor]] = {}  # (stage, batches) -> per batch
 
     # --- models --------------------------------------------------------------------------------------
-    def build(self, keep: dict[str, int]) -> nn.Module:
-        """The plan pruned one-shot from the dense model, BatchNorm recalibrated."""
+    def build(self, keep: dict[str, int], removed: tuple[str, ...] = ()) -> nn.Module:
+        """The plan pruned one-shot from the dense model, `removed` blocks replaced by identity,
+        BatchNorm recalibrated."""
         from rlprune_edge.pruning import prune
 
         new = prune(self.dense, self.example_inputs, keep=keep, channel_multiple=1, scores=self.scores,
                     groups=self.groups)
+        drop_blocks(new, removed)
         return recalibrate_bn(new.to(self.device), self.bn_batches)
 
     def evaluate(self, model: nn.Module) -> Evaluation:
@@ -151,11 +158,16 @@ class PlanProxy:
         known = getattr(self.latency_model, "channels", None)
         return dict(keep) if known is None else {k: v for k, v in keep.items() if k in known}
 
-    def predict_ms(self, keep: dict[str, int]) -> float:
+    def predict_ms(self, keep: dict[str, int], removed: tuple[str, ...] = ()) -> float:
+        if removed:
+            return float(self.latency_model.predict(self._lm_keep(keep), removed))
         return float(self.latency_model.predict(self._lm_keep(keep)))
 
-    def correct(self, keep: dict[str, int], measured_ms: float) -> None:
-        self.latency_model.correct(self._lm_keep(keep), measured_ms)
+    def correct(self, keep: dict[str, int], measured_ms: float, removed: tuple[str, ...] = ()) -> None:
+        if removed:
+            self.latency_model.correct(self._lm_keep(keep), measured_ms, removed=removed)
+        else:
+            self.latency_model.correct(self._lm_keep(keep), measured_ms)
 
     def rescale(self, keep: dict[str, int], measured_ratio: float) -> None:
         """Fit the latency model's savings scale to one measured plan (ratio to dense, same windows)."""

@@ -1,0 +1,125 @@
+"""The plan search with depth plans (stub environment with two removable blocks)."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_plan_search import CHANNELS, NAMES, StubEnv, run, true_ms
+
+from rlprune_edge.search.loop import Target
+from rlprune_edge.search.plan_search import PlanSearchConfig
+
+BLOCK_MS = {"blk1": 0.05, "blk2": 0.08}  # what removing each block saves
+
+
+class DepthStub(StubEnv):
+    """StubEnv whose model also has two removable blocks; `gain(removed)` is their accuracy effect."""
+
+    blocks = ["blk1", "blk2"]
+    block_influence = {"blk1": 0.2, "blk2": 0.1}  # blk2 goes first
+
+    def __init__(self, accuracy, gain) -> None:
+        super().__init__(accuracy)
+        self.gain = gain
+        self.predicted_removed: set[tuple[str, ...]] = set()
+
+    def _ms(self, keep, removed=()):
+        return true_ms(keep) - sum(BLOCK_MS[b] for b in removed)
+
+    def predict_ms(self, keep, removed=()):
+        self.predicted_removed.add(tuple(removed))
+        return self._ms(keep, removed) * self.correction
+
+    def correct(self, keep, measured_ms, removed=()):
+        self.correction = measured_ms / self._ms(keep, removed)
+
+    def build(self, keep, removed=()):
+        self.builds += 1
+        return {"keep": dict(keep), "removed": tuple(removed), "bonus": 0.0}
+
+    def _correct(self, model):
+        acc = min(1.0, max(0.0, self.accuracy(model["keep"]) + self.gain(model["removed"]) + model["bonus"]))
+        v = np.zeros(self.n_images, dtype=bool)
+        v[: int(round(acc * self.n_images))] = True
+        return v
+
+    def measure(self, models):
+        self.measured.append([(m["keep"], m["removed"]) for m in models])
+        dense = true_ms({})
+        return dense, [(self._ms(m["keep"], m["removed"]), self._ms(m["keep"], m["removed"]) / dense) for m in models]
+
+
+def kept_fraction(keep):
+    return sum(keep.get(n, c) / c for n, c in zip(NAMES[:4], CHANNELS[:4], strict=True)) / 4
+
+
+def test_depth_plans_are_proposed_sized_to_the_goal_and_can_win(tmp_path):
+    # accuracy grows with the widths kept; removing blk2 costs little, blk1 a lot
+    env = DepthStub(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: -0.02 * ("blk2" in rm) - 0.3 * ("blk1" in rm))
+    cfg = PlanSearchConfig(candidates=12, per_round=6, probe_top=3, depth_plans=4, ramps=(), seed=0)
+    res = run(env, tmp_path, config=cfg)
+    depth = [r for r in res.records if r.get("kind", "").startswith("depth")]
+    assert [r["removed"] for r in depth] == [["blk2"], ["blk1", "blk2"]]  # least influential first
+    goal = res.records[0]["pred_ms"]
+    for r in depth:  # wider than the uniform plan at the same predicted latency
+        assert r["pred_ms"] <= goal + 1e-9 and sum(r["keep"]) > sum(res.records[0]["keep"])
+    assert res.removed_blocks == ["blk2"] and not res.fallback_to_uniform
+    assert res.chosen["removed_blocks"] == ["blk2"] and res.reached
+    assert all(rm in (("blk2",),) for group in env.measured[len(res.calibration):] for _, rm in group if rm)
+    # sampled plans of later rounds inherit the best plan's removed blocks
+    assert any(r["kind"] == "sampled" and r.get("removed") == ["blk2"] for r in res.records)
+
+
+def test_depth_plans_that_cost_accuracy_lose_to_uniform_and_none_when_disabled(tmp_path):
+    env = DepthStub(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: -0.3 * len(rm))
+    res = run(env, tmp_path, config=PlanSearchConfig(candidates=6, per_round=6, probe_top=3, ramps=(), seed=0))
+    assert res.removed_blocks == [] and not any(r.get("removed") for r in [res.chosen, res.uniform] if r.get("removed"))
+    off = DepthStub(lambda k: 0.5, lambda rm: 0.0)
+    res = run(off, tmp_path / "off", config=PlanSearchConfig(candidates=4, per_round=4, depth_plans=0, seed=0))
+    assert not any("removed" in r for r in res.records) and off.predicted_removed == {()}
+
+
+def test_depth_search_resumes_to_the_uninterrupted_result(tmp_path):
+    def make():
+        return DepthStub(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: -0.01 * len(rm))
+
+    cfg = PlanSearchConfig(candidates=12, per_round=6, probe_top=2, seed=3)
+    whole = run(make(), tmp_path / "a", config=cfg)
+    assert run(make(), tmp_path / "b", config=cfg, stop_after=1) is None
+    resumed = run(make(), tmp_path / "b", config=cfg, resume=True)
+    assert resumed.keep == whole.keep and resumed.removed_blocks == whole.removed_blocks
+    assert [r["keep"] for r in resumed.records] == [r["keep"] for r in whole.records]
+
+
+def test_target_kinds_without_latency_still_offer_depth_plans(tmp_path):
+    env = DepthStub(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: 0.0)
+    cfg = PlanSearchConfig(candidates=4, per_round=4, depth_plans=1, ramps=(), seed=0)
+    res = run(env, tmp_path, target=Target("sparsity", 0.5), config=cfg)
+    assert [r.get("removed") for r in res.records if r["kind"].startswith("depth")] == [["blk2"]]
+
+
+def test_compress_with_depth_plans_end_to_end(tmp_path, monkeypatch):
+    """A real (tiny) ResNet run: depth plans are screened beside the width plans, the report names
+    the removable blocks and what was removed, and model.pt rebuilds with exactly those blocks gone."""
+    import json
+
+    from helpers import tiny_profile
+
+    from rlprune_edge.checkpoint import load_checkpoint
+    from rlprune_edge.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(tiny_profile("tiny-cpu"))
+    out = tmp_path / "out"
+    args = ["compress", "--model", "resnet20", "--width", "0.25", "--latency-variants", "2", "--kd-images", "128",
+            "--pareto-test-size", "64", "--test-images", "200", "--no-bundle", "--quiet", "--probe-batches", "2",
+            "--screen-batches", "1", "--select-size", "64", "--confirm-size", "64", "--per-round", "2",
+            "--candidates", "2", "--ramps", "", "--depth-plans", "2", "--profile", str(prof),
+            "--sparsity", "0.3", "--reward", "accuracy", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    s = json.loads((out / "report.json").read_text())["search"]
+    assert set(s["removable_blocks"]) >= {"layer1.1", "layer3.2"} and s["depth_plans"] == 2
+    depth = [r for r in s["plans"] if r["kind"].startswith("depth") and r["round"] == 0]
+    assert [len(r["removed"]) for r in depth] == [1, 2]  # a sparsity target: `--depth-plans` sets
+    model, info = load_checkpoint(out / "model.pt")
+    assert (info.removed_blocks or []) == s["removed_blocks"] == s["chosen"]["removed_blocks"]
