@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from test_plan_search import CHANNELS, NAMES, StubEnv, run, true_ms
 
@@ -17,9 +19,10 @@ class DepthStub(StubEnv):
     blocks = ["blk1", "blk2"]
     block_influence = {"blk1": 0.2, "blk2": 0.1}  # blk2 goes first
 
-    def __init__(self, accuracy, gain) -> None:
+    def __init__(self, accuracy, gain, share: float = 1.0) -> None:
         super().__init__(accuracy)
         self.gain = gain
+        self.share = share  # the part of a removal's predicted saving the "device" shows
         self.predicted_removed: set[tuple[str, ...]] = set()
 
     def _ms(self, keep, removed=()):
@@ -42,10 +45,13 @@ class DepthStub(StubEnv):
         v[: int(round(acc * self.n_images))] = True
         return v
 
+    def device_ms(self, model):
+        return true_ms(model["keep"]) - self.share * sum(BLOCK_MS[b] for b in model["removed"])
+
     def measure(self, models):
         self.measured.append([(m["keep"], m["removed"]) for m in models])
         dense = true_ms({})
-        return dense, [(self._ms(m["keep"], m["removed"]), self._ms(m["keep"], m["removed"]) / dense) for m in models]
+        return dense, [(self.device_ms(m), self.device_ms(m) / dense) for m in models]
 
 
 def kept_fraction(keep):
@@ -64,7 +70,7 @@ def test_depth_plans_are_proposed_sized_to_the_goal_and_can_win(tmp_path):
         assert r["pred_ms"] <= goal + 1e-9 and sum(r["keep"]) > sum(res.records[0]["keep"])
     assert res.removed_blocks == ["blk2"] and not res.fallback_to_uniform
     assert res.chosen["removed_blocks"] == ["blk2"] and res.reached
-    assert all(rm in (("blk2",),) for group in env.measured[len(res.calibration):] for _, rm in group if rm)
+    assert {tuple(m.get("removed", ())) for m in res.measurements} == {(), ("blk2",)}  # the fit measured the winner
     # sampled plans of later rounds inherit the best plan's removed blocks
     assert any(r["kind"] == "sampled" and r.get("removed") == ["blk2"] for r in res.records)
 
@@ -123,3 +129,41 @@ def test_compress_with_depth_plans_end_to_end(tmp_path, monkeypatch):
     assert [len(r["removed"]) for r in depth] == [1, 2]  # a sparsity target: `--depth-plans` sets
     model, info = load_checkpoint(out / "model.pt")
     assert (info.removed_blocks or []) == s["removed_blocks"] == s["chosen"]["removed_blocks"]
+
+
+def test_depth_plans_are_calibrated_by_measurement_when_removal_saves_less_than_predicted(tmp_path):
+    """The latency model credits a removal with twice what the device shows: the depth plans are
+    measured beside uniform, re-sized with the measured share, and a depth plan that wins is
+    within the target when measured (never over it)."""
+    env = DepthStub(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: -0.3 * ("blk1" in rm), share=0.5)
+    cfg = PlanSearchConfig(candidates=6, per_round=6, probe_top=3, ramps=(), seed=0)
+    res = run(env, tmp_path, config=cfg)
+    state = json.loads((tmp_path / "state" / "plan_state.json").read_text())
+    cal = state["depth_calibration"]
+    assert len(cal) == 2 and [p["removed"] for p in cal[0]["plans"]] == [["blk2"], ["blk1", "blk2"]]
+    first, second = (c["plans"][0]["ratio"] / c["uniform_ratio"] for c in cal)
+    assert first > 1.01 and abs(second - 1.0) < abs(first - 1.0)  # re-sized toward the uniform plan's latency
+    depth = [r for r in res.records if r["kind"] == "depth -1" and r["round"] == 0]
+    assert env.device_ms({"keep": NAMES_KEEP(depth[0]["keep"]), "removed": ("blk2",)}) <= 0.5 * true_ms({}) * 1.02
+    assert res.removed_blocks == ["blk2"] and res.reached
+    assert res.chosen["measured_ratio"] <= 0.5
+
+
+def test_a_challenger_still_over_the_target_never_wins(tmp_path):
+    """A device on which any removal costs a fixed extra 30% (no calibration can size that away):
+    the depth plan wins the probes but measures over the target, so the uniform plan is kept."""
+
+    class Penalised(DepthStub):
+        def device_ms(self, model):
+            return super().device_ms(model) + (0.3 * true_ms({}) if model["removed"] else 0.0)
+
+    env = Penalised(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: 0.05 * len(rm))
+    cfg = PlanSearchConfig(candidates=2, per_round=2, probe_top=2, ramps=(), shrink_tries=0, seed=0)
+    res = run(env, tmp_path, config=cfg)
+    state = json.loads((tmp_path / "state" / "plan_state.json").read_text())
+    assert state["decision"]["candidate_reached"] is False and "over the target" in state["decision"]["why"]
+    assert res.fallback_to_uniform and res.removed_blocks == [] and res.reached
+
+
+def NAMES_KEEP(keep):  # noqa: N802 - record keep list -> keep dict
+    return dict(zip(NAMES, keep, strict=True))

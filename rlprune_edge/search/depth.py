@@ -49,3 +49,63 @@ def plan_key(keep: Sequence[int], removed: Sequence[str] | None) -> tuple:
 def removed_kwargs(removed: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """``removed=`` for the environment only when blocks are removed (width-only environments need not know)."""
     return {"removed": tuple(removed)} if removed else {}
+
+
+def removal_scale(width_ms: float, removed_ms: float, measured_ms: float, low: float = 0.0, high: float = 2.0) -> float:
+    """How much of the predicted saving of removing blocks a measurement showed: the scale ``s`` with
+    ``measured = width_ms - s * (width_ms - removed_ms)`` (``width_ms``: the same widths with every
+    block kept; ``removed_ms``: the latency model's prediction with the blocks gone), clamped to
+    [low, high]; 1 when the model predicts no saving.
+
+    Why: the latency model predicts a removal by leaving out the blocks' profiled node times, and on
+    a runtime whose profile overcounts small nodes (ONNX Runtime on MobileNetV3: the profiled
+    kernels sum to ~1.5x the end-to-end time) that credits a removal with far more than it saves:
+    a MobileNetV3 plan removing four blocks, predicted at 0.56x, measured 0.81x dense."""
+    saving = width_ms - removed_ms
+    if saving <= 1e-12:
+        return 1.0
+    return float(min(max((width_ms - measured_ms) / saving, low), high))
+
+
+class DepthPhase:
+    """The plan search's depth-plan steps (mixed into ``plan_search._Search``, whose state they use:
+    ``env``, ``space``, ``target``, ``config``, ``uniform_fit``, ``depth``, ``depth_calibration``,
+    ``removal_scales``, ``predict``, ``size``, ``build``, ``save``, ``log``)."""
+
+    def depth_sets(self) -> list[tuple[str, ...]]:
+        """Round 0's removal sets (search.depth), fixed once the latency model is calibrated."""
+        if self.depth is None:
+            blocks = list(getattr(self.env, "blocks", []) or [])
+            goal = None if self.target.kind == "sparsity" else self.size_goal()
+            self.depth = depth_plans(blocks, getattr(self.env, "block_influence", {}) or {},
+                                     lambda rm: self.predict(self.space.full_keep(), rm), goal,
+                                     0 if self.config.uniform_only else self.config.depth_plans)
+        return self.depth
+
+    def calibrate_depth(self) -> None:
+        """Measure the depth plans, sized to the goal, beside the fitted uniform plan in the same
+        windows and fit each removal set's savings scale (``depth.removal_scale``); twice, re-sized."""
+        sets = self.depth_sets()
+        if self.target.kind == "sparsity" or not sets or self.uniform_fit is None:
+            return
+        ukeep = list(self.uniform_fit[0])
+        for t in range(2):
+            plans = [(self.size(self.space.uniform_prefs(), rm)[0], rm) for rm in sets]
+            if t < len(self.depth_calibration):
+                c = self.depth_calibration[t]
+            else:
+                _, res = self.env.measure([self.build(ukeep)] + [self.build(k, rm) for k, rm in plans])
+                c = {"uniform_ratio": res[0][1], "plans": [
+                    {"removed": list(rm), "keep": k, "pred_ms": self.predict(k, rm), "ratio": r[1]}
+                    for (k, rm), r in zip(plans, res[1:], strict=True)]}
+                self.depth_calibration.append(c)
+                self.save()
+                self.log("depth calibration: " + "; ".join(f"-{len(p['removed'])} blocks predicted "
+                         f"{p['pred_ms'] / self.predict(ukeep):.3f}x uniform, measured {p['ratio'] / c['uniform_ratio']:.3f}x"
+                         for p in c["plans"]))
+            for p in c["plans"]:
+                k, rm = p["keep"], tuple(sorted(p["removed"]))
+                target_ms = p["ratio"] / c["uniform_ratio"] * self.predict(ukeep)
+                self.removal_scales[rm] = removal_scale(self.predict(k), float(self.env.predict_ms(
+                    self.space.as_dict(k), **removed_kwargs(rm))), target_ms)
+

@@ -41,7 +41,7 @@ import numpy as np
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
-from rlprune_edge.search.depth import depth_plans, plan_key, removed_kwargs
+from rlprune_edge.search.depth import DepthPhase, plan_key, removed_kwargs
 from rlprune_edge.search.measured_fit import fit_to_target
 from rlprune_edge.search.plan import PlanSpace
 from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_summary
@@ -76,7 +76,7 @@ class PlanSearchConfig:
         return 0 if self.uniform_only else math.ceil(max(0, self.candidates) / max(1, self.per_round))
 
 
-class _Search:
+class _Search(DepthPhase):
     """One run of the plan search (holds the state that is checkpointed)."""
 
     def __init__(self, env: PlanEnv, space: PlanSpace, target: Any, weights: RewardWeights, base: Baseline,
@@ -98,6 +98,8 @@ class _Search:
         self.start = time.perf_counter()
         self._cache: dict[tuple, int] = {}
         self.depth: list[tuple[str, ...]] | None = None  # removal sets of round 0 (after the calibration)
+        self.depth_calibration: list[dict[str, Any]] = []  # the depth plans measured beside uniform
+        self.removal_scales: dict[tuple[str, ...], float] = {}  # removal set -> measured share of its saving
         self._measured = 0  # measurements taken (or replayed) in this run so far
         self.uniform_fit: tuple[list[int], float, bool | None] | None = None  # (keep, scale, reached)
 
@@ -106,7 +108,8 @@ class _Search:
         atomic_write_json(self.state_dir / STATE_FILE, {
             "fingerprint": self.fp, "policy": self.policy.state_dict(), "records": self.records,
             "rounds": self.rounds, "probes": self.probes, "decision": self.decision,
-            "measurements": self.measurements, "calibration": self.calibration, "wall_s": self.wall_before + time.perf_counter() - self.start,
+            "measurements": self.measurements, "calibration": self.calibration, "depth_calibration": self.depth_calibration,
+            "wall_s": self.wall_before + time.perf_counter() - self.start,
             "base": asdict(self.base),
         })
 
@@ -123,6 +126,7 @@ class _Search:
         self.probes, self.decision = state["probes"], state["decision"]
         self.measurements = state["measurements"]
         self.calibration = state.get("calibration", [])
+        self.depth_calibration = state.get("depth_calibration", [])
         self.wall_before = float(state["wall_s"])
         self.base = Baseline(**state["base"])  # the first run's dense measurement: the same goal again
         self.goal_ms = self.target.latency_goal_ms(self.base.latency_ms)
@@ -131,20 +135,15 @@ class _Search:
 
     # --- candidates --------------------------------------------------------------------------------
     def predict(self, keep: list[int], removed: Sequence[str] = ()) -> float:
-        return float(self.env.predict_ms(self.space.as_dict(keep), **removed_kwargs(removed)))
+        """Predicted ms; with blocks removed, only the measured share of the removal's predicted saving counts."""
+        width = float(self.env.predict_ms(self.space.as_dict(keep)))
+        if not removed:
+            return width
+        scale = self.removal_scales.get(tuple(sorted(removed)), 1.0)
+        return width - scale * (width - float(self.env.predict_ms(self.space.as_dict(keep), **removed_kwargs(removed))))
 
     def build(self, keep: list[int], removed: Sequence[str] = ()) -> Any:
         return self.env.build(self.space.as_dict(keep), **removed_kwargs(removed))
-
-    def depth_sets(self) -> list[tuple[str, ...]]:
-        """Round 0's removal sets (search.depth), fixed once the latency model is calibrated."""
-        if self.depth is None:
-            blocks = list(getattr(self.env, "blocks", []) or [])
-            goal = None if self.target.kind == "sparsity" else self.size_goal()
-            self.depth = depth_plans(blocks, getattr(self.env, "block_influence", {}) or {},
-                                     lambda rm: self.predict(self.space.full_keep(), rm), goal,
-                                     0 if self.config.uniform_only else self.config.depth_plans)
-        return self.depth
 
     def size_goal(self) -> float:
         return self.predict(self.uniform_fit[0]) if self.uniform_fit is not None else float(self.goal_ms)
@@ -316,11 +315,13 @@ class _Search:
                      - self.score(0.0, ur["pred_ms"], ur["flops"], ur["params"]))  # non-accuracy reward terms
             gain, se = paired_gain(np.asarray(best["confirm"]), np.asarray(u["confirm"]))
             gain += extra
-            wins = gain > 0 and gain > se
+            wins = gain > 0 and gain > se and best.get("reached") is not False  # a plan over the target never wins
             decision = {"chosen_record": best["record"] if wins else 0, "fallback_to_uniform": not wins,
                         "gain": gain, "se": se, "candidate_record": best["record"], "candidate_reached": best.get("reached"),
                         "why": (f"best plan beats uniform on the confirmation split by {100 * gain:+.2f} points "
                                 f"(paired SE {100 * se:.2f})" if wins else
+                                "the best plan still measured over the target: uniform plan kept"
+                                if best.get("reached") is False else
                                 f"best plan's confirmation gain over uniform {100 * gain:+.2f} points is within one "
                                 f"paired SE ({100 * se:.2f}): uniform plan kept")}
         self.decision = decision
@@ -449,6 +450,7 @@ def run_plan_search(
     env.anchor(dense_keep, s.base.latency_ms)  # anchor the latency model to the dense measurement
     s.calibrate_at_goal()  # and to the uniform plan measured near the goal
     s.fit_uniform()  # the uniform plan fitted to the target by measurement: candidate 0
+    s.calibrate_depth()  # and the depth plans measured beside it
     bar = None
     if progress:
         from tqdm import tqdm
