@@ -139,3 +139,12 @@ def test_depth_plans_remove_least_influential_first_and_stop_when_full_width_fit
     assert depth_plans(blocks, influence, full_ms, goal_ms=None, limit=2) == [("b3",), ("b1", "b3")]
     assert depth_plans([], influence, full_ms, 5.0, 4) == [] and depth_plans(blocks, influence, full_ms, 5.0, 0) == []
     assert plan_key([1, 2], ["b", "a"]) == plan_key([1, 2], ["a", "b"]) != plan_key([1, 2], None)
+
+
+def test_removal_scale_is_the_measured_share_of_the_predicted_saving():
+    from rlprune_edge.search.depth import removal_scale
+
+    assert removal_scale(1.0, 0.6, 0.8) == pytest.approx(0.5)  # half of the predicted 0.4 ms saving
+    assert removal_scale(1.0, 0.6, 0.6) == pytest.approx(1.0)
+    assert removal_scale(1.0, 0.6, 1.2) == 0.0 and removal_scale(1.0, 0.9, 0.1) == 2.0  # clamped
+    assert removal_scale(1.0, 1.0, 0.5) == 1.0  # no predicted saving: nothing to scale
