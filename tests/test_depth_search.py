@@ -32,8 +32,8 @@ class DepthStub(StubEnv):
         self.predicted_removed.add(tuple(removed))
         return self._ms(keep, removed) * self.correction
 
-    def correct(self, keep, measured_ms, removed=()):
-        self.correction = measured_ms / self._ms(keep, removed)
+    def correct(self, keep, measured_ms):
+        self.correction = measured_ms / true_ms(keep)
 
     def build(self, keep, removed=()):
         self.builds += 1

@@ -169,12 +169,11 @@ class LatencyModel:
         self.savings_scale = float(min(max((1.0 - measured_ratio) / (1.0 - rho), lo), hi))
         return self.savings_scale
 
-    def correct(self, keep: dict[str, int], measured_ms: float, alpha: float = 0.5,
-                removed: Sequence[str] = ()) -> float:
+    def correct(self, keep: dict[str, int], measured_ms: float, alpha: float = 0.5) -> float:
         """Fold a real measurement into the multiplicative correction (EMA in log space); returns it."""
         if not (measured_ms > 0 and math.isfinite(measured_ms)):
             raise ValueError(f"measured latency must be a positive number, got {measured_ms}")
-        raw = self.predict_scaled(keep, removed)
+        raw = self.predict_scaled(keep)
         target = measured_ms / raw
         a = 1.0 if self.n_corrections == 0 else alpha
         self.correction = float(math.exp((1 - a) * math.log(self.correction) + a * math.log(target)))

@@ -410,7 +410,9 @@ class _Search(DepthPhase):
         return fit_to_target(
             self.space, self.target, prefs, keep, scale, goal,
             measure=lambda k, t, repeat: self._measurement(k, ukeep, t, repeat, removed),
-            correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms, **removed_kwargs(removed)),
+            # the model learns the error of the search's own (removal-calibrated) prediction, stated
+            # for the same widths with every block kept
+            correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms * self.predict(k) / self.predict(k, removed)),
             predict=lambda k: self.predict(k, removed),
             tries=self.config.shrink_tries, grow_slack=self.config.grow_slack)
 

@@ -163,11 +163,8 @@ class PlanProxy:
             return float(self.latency_model.predict(self._lm_keep(keep), removed))
         return float(self.latency_model.predict(self._lm_keep(keep)))
 
-    def correct(self, keep: dict[str, int], measured_ms: float, removed: tuple[str, ...] = ()) -> None:
-        if removed:
-            self.latency_model.correct(self._lm_keep(keep), measured_ms, removed=removed)
-        else:
-            self.latency_model.correct(self._lm_keep(keep), measured_ms)
+    def correct(self, keep: dict[str, int], measured_ms: float) -> None:
+        self.latency_model.correct(self._lm_keep(keep), measured_ms)
 
     def rescale(self, keep: dict[str, int], measured_ratio: float) -> None:
         """Fit the latency model's savings scale to one measured plan (ratio to dense, same windows)."""
