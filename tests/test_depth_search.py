@@ -167,3 +167,42 @@ def test_a_challenger_still_over_the_target_never_wins(tmp_path):
 
 def NAMES_KEEP(keep):  # noqa: N802 - record keep list -> keep dict
     return dict(zip(NAMES, keep, strict=True))
+
+
+class ThreeBlockStub(DepthStub):
+    """Three removable blocks that each save 0.3 ms as predicted; the device shows half of it."""
+
+    blocks = ["blk1", "blk2", "blk3"]
+    block_influence = {"blk1": 0.3, "blk2": 0.1, "blk3": 0.2}  # blk2, then blk3, then blk1
+
+    def _ms(self, keep, removed=()):
+        return true_ms(keep) - 0.3 * len(removed)
+
+    def device_ms(self, model):
+        return true_ms(model["keep"]) - self.share * 0.3 * len(model["removed"])
+
+
+def test_depth_sets_grow_when_the_measured_saving_is_smaller_than_predicted(tmp_path):
+    """Uncalibrated, removing two blocks at full width is predicted within the 0.5x goal, so the sets
+    stop there; measured, a removal saves half, so a third set is proposed, calibrated the same way
+    and screened; a resumed run replays the same growth."""
+
+    def make():
+        return ThreeBlockStub(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: -0.01 * len(rm), share=0.5)
+
+    cfg = PlanSearchConfig(candidates=12, per_round=6, probe_top=2, ramps=(), depth_plans=4, seed=0)
+    res = run(make(), tmp_path / "a", config=cfg)
+    cal = json.loads((tmp_path / "a" / "state" / "plan_state.json").read_text())["depth_calibration"]
+    assert [[p["removed"] for p in c["plans"]] for c in cal] == [
+        [["blk2"], ["blk2", "blk3"]], [["blk2"], ["blk2", "blk3"]], [["blk1", "blk2", "blk3"]], [["blk1", "blk2", "blk3"]]]
+    third = cal[3]["plans"][0]["ratio"] / cal[3]["uniform_ratio"]
+    assert abs(third - 1.0) < 0.05  # the grown set, re-sized with its measured share, sits at uniform's latency
+    depth = [r["removed"] for r in res.records if r.get("kind", "").startswith("depth")]
+    assert depth == [["blk2"], ["blk2", "blk3"], ["blk1", "blk2", "blk3"]]
+    capped = run(make(), tmp_path / "c", config=PlanSearchConfig(candidates=6, per_round=6, probe_top=2, ramps=(),
+                                                                 depth_plans=2, seed=0))
+    assert max(len(r.get("removed") or ()) for r in capped.records) == 2  # `--depth-plans` still caps the sets
+    assert run(make(), tmp_path / "b", config=cfg, stop_after=1) is None
+    resumed = run(make(), tmp_path / "b", config=cfg, resume=True)
+    assert [r["keep"] for r in resumed.records] == [r["keep"] for r in res.records]
+    assert resumed.removed_blocks == res.removed_blocks

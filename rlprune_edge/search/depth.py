@@ -7,7 +7,9 @@ therefore also proposes plans that remove the ``d`` least influential blocks (bl
 ShortGPT) for ``d = 1, 2, ...``, each with its widths sized to the same predicted latency as every
 other candidate; the KD screen, the probes and the confirmation against the uniform plan judge them
 like any other plan. ``d`` stops at the first count whose full-width model is predicted within the
-goal (removing more could only leave budget unused) or at ``limit``.
+goal (removing more could only leave budget unused) or at ``limit``. That prediction is re-checked
+once the removals are measured: where the device shows less saving than predicted (ONNX Runtime on
+MobileNetV3), the sets go on growing, each new one measured the same way (``DepthPhase.grow_depth``).
 """
 
 from __future__ import annotations
@@ -25,15 +27,20 @@ def depth_plans(blocks: Sequence[str], influence: Mapping[str, float],
     dense widths with `removed` gone; `goal_ms`: None for a sparsity target (then ``limit`` sets)."""
     if limit <= 0 or not blocks:
         return []
-    pos = {b: i for i, b in enumerate(blocks)}
-    order = sorted(blocks, key=lambda b: (float(influence.get(b, 0.0)), -pos[b]))
     out: list[tuple[str, ...]] = []
-    for d in range(1, len(order) + 1):
-        removed = tuple(sorted(order[:d], key=pos.__getitem__))
+    for d in range(1, len(blocks) + 1):
+        removed = removal_set(blocks, influence, d)
         out.append(removed)
         if len(out) >= limit or (goal_ms is not None and full_width_ms(removed) <= goal_ms):
             break
     return out
+
+
+def removal_set(blocks: Sequence[str], influence: Mapping[str, float], count: int) -> tuple[str, ...]:
+    """The `count` least influential blocks (ties: later first), in module order."""
+    pos = {b: i for i, b in enumerate(blocks)}
+    order = sorted(blocks, key=lambda b: (float(influence.get(b, 0.0)), -pos[b]))
+    return tuple(sorted(order[:count], key=pos.__getitem__))
 
 
 def describe(removed: Sequence[str]) -> str:
@@ -84,28 +91,54 @@ class DepthPhase:
 
     def calibrate_depth(self) -> None:
         """Measure the depth plans, sized to the goal, beside the fitted uniform plan in the same
-        windows and fit each removal set's savings scale (``depth.removal_scale``); twice, re-sized."""
+        windows and fit each removal set's savings scale (``depth.removal_scale``); twice, re-sized.
+        Then, while the largest set's calibrated full-width prediction is still over the goal, one
+        more block is removed and that set calibrated the same way (``grow_depth``)."""
         sets = self.depth_sets()
         if self.target.kind == "sparsity" or not sets or self.uniform_fit is None:
             return
-        ukeep = list(self.uniform_fit[0])
-        for t in range(2):
-            plans = [(self.size(self.space.uniform_prefs(), rm)[0], rm) for rm in sets]
-            if t < len(self.depth_calibration):
-                c = self.depth_calibration[t]
-            else:
-                _, res = self.env.measure([self.build(ukeep)] + [self.build(k, rm) for k, rm in plans])
-                c = {"uniform_ratio": res[0][1], "plans": [
-                    {"removed": list(rm), "keep": k, "pred_ms": self.predict(k, rm), "ratio": r[1]}
-                    for (k, rm), r in zip(plans, res[1:], strict=True)]}
-                self.depth_calibration.append(c)
-                self.save()
-                self.log("depth calibration: " + "; ".join(f"-{len(p['removed'])} blocks predicted "
-                         f"{p['pred_ms'] / self.predict(ukeep):.3f}x uniform, measured {p['ratio'] / c['uniform_ratio']:.3f}x"
-                         for p in c["plans"]))
-            for p in c["plans"]:
-                k, rm = p["keep"], tuple(sorted(p["removed"]))
-                target_ms = p["ratio"] / c["uniform_ratio"] * self.predict(ukeep)
-                self.removal_scales[rm] = removal_scale(self.predict(k), float(self.env.predict_ms(
-                    self.space.as_dict(k), **removed_kwargs(rm))), target_ms)
+        done = 0  # calibration entries used (measured now or replayed on resume)
+        pending = list(sets)
+        while pending:
+            for _ in range(2):
+                self._calibrate_round(pending, done)
+                done += 1
+            pending = self.grow_depth()
 
+    def grow_depth(self) -> list[tuple[str, ...]]:
+        """One more removal set when the calibrated prediction says the largest one's dense widths are
+        still over the goal and ``config.depth_plans`` allows it; its scale starts at the largest
+        set's measured one. Returns the new set(s) (empty: none)."""
+        blocks = list(getattr(self.env, "blocks", []) or [])
+        last = self.depth[-1]
+        limit = 0 if self.config.uniform_only else self.config.depth_plans
+        if len(self.depth) >= min(limit, len(blocks)) or self.predict(self.space.full_keep(), last) <= self.size_goal():
+            return []
+        new = removal_set(blocks, getattr(self.env, "block_influence", {}) or {}, len(last) + 1)
+        self.removal_scales[tuple(sorted(new))] = self.removal_scales.get(tuple(sorted(last)), 1.0)  # keyed as predict() looks up
+        self.depth.append(new)
+        self.log(f"depth: {len(last)} blocks removed at full width still predicted over the goal after "
+                 f"calibration; also proposing {describe(new)}")
+        return [new]
+
+    def _calibrate_round(self, sets: list[tuple[str, ...]], index: int) -> None:
+        """Calibration entry `index` (measured unless replayed): `sets` sized to the goal, measured with the uniform plan."""
+        ukeep = list(self.uniform_fit[0])
+        plans = [(self.size(self.space.uniform_prefs(), rm)[0], rm) for rm in sets]
+        if index < len(self.depth_calibration):
+            c = self.depth_calibration[index]
+        else:
+            _, res = self.env.measure([self.build(ukeep)] + [self.build(k, rm) for k, rm in plans])
+            c = {"uniform_ratio": res[0][1], "plans": [
+                {"removed": list(rm), "keep": k, "pred_ms": self.predict(k, rm), "ratio": r[1]}
+                for (k, rm), r in zip(plans, res[1:], strict=True)]}
+            self.depth_calibration.append(c)
+            self.save()
+            self.log("depth calibration: " + "; ".join(f"-{len(p['removed'])} blocks predicted "
+                     f"{p['pred_ms'] / self.predict(ukeep):.3f}x uniform, measured {p['ratio'] / c['uniform_ratio']:.3f}x"
+                     for p in c["plans"]))
+        for p in c["plans"]:
+            k, rm = p["keep"], tuple(sorted(p["removed"]))
+            target_ms = p["ratio"] / c["uniform_ratio"] * self.predict(ukeep)
+            self.removal_scales[rm] = removal_scale(self.predict(k), float(self.env.predict_ms(
+                self.space.as_dict(k), **removed_kwargs(rm))), target_ms)
