@@ -573,3 +573,37 @@ def test_a_near_miss_is_measured_again_and_a_clear_miss_is_not():
         fit_to_target(sp, Target("ratio", 0.6), prefs, k0, s0, None, measure=measure, correct=lambda k, ms: None,
                       predict=lambda k, k0=k0: sum(k) / sum(k0), tries=1, grow_slack=0.05)
         assert calls[:1 + repeats] == [False] + [True] * repeats and calls[1 + repeats] is False
+
+
+def test_a_challenger_is_judged_against_the_uniform_plan_in_the_same_windows():
+    """A window that flatters every model (the uniform plan, fitted at 0.597x, reads 0.508x) must not
+    let a challenger that reads 0.553x there fit a 0.6x target: relative to the uniform plan it is
+    at 0.65x. A window that reads both as they were fitted leaves the reading as it is."""
+    from rlprune_edge.search.measured_fit import judged
+
+    ref = {"ms": 0.597, "ratio": 0.597}
+    flattering = {"ms": 0.553, "ratio": 0.553, "uniform_ms": 0.508, "uniform_ratio": 0.508, "dense_ms": 1.0}
+    j = judged(flattering, ref)
+    assert j["ratio"] == pytest.approx(0.553 / 0.508 * 0.597) and j["ratio"] > 0.6 and j["ms"] > 0.6
+    assert flattering["ratio"] == 0.553  # the stored measurement is unchanged
+    slow = {"ms": 0.62, "ratio": 0.62, "uniform_ms": 0.65, "uniform_ratio": 0.65, "dense_ms": 1.0}
+    assert judged(slow, ref)["ratio"] == 0.62  # its own reading when that is the larger
+    assert judged(flattering, None) is flattering  # fitting the uniform plan itself: its own reading
+
+
+def test_the_search_fits_a_challenger_relative_to_the_uniform_plan(tmp_path):
+    """The device reads every plan 12% fast whenever a challenger is measured beside the uniform plan:
+    a winner fitted on its raw reading would end over the target; judged against uniform it does not."""
+    sens = {"a": 0.02, "b": 0.02, "c": 0.4, "d": 0.2, "se": 0.0}
+
+    class Flattering(StubEnv):
+        def measure(self, models):
+            dense, res = super().measure(models)
+            if len(models) > 1:
+                res = [(ms, r * 0.88) for ms, r in res]
+            return dense, res
+
+    env = Flattering(lambda k: 0.95 - sum(sens[n] * (1 - fractions(k)[n]) ** 2 for n in sens))
+    res = run(env, tmp_path)
+    assert not res.fallback_to_uniform
+    assert true_ms(res.keep) / true_ms({}) <= 0.5 + 1e-9  # the true latency is within the 0.5x target

@@ -42,13 +42,13 @@ import numpy as np
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
 from rlprune_edge.search.depth import DepthPhase, plan_key, removed_kwargs
-from rlprune_edge.search.measured_fit import fit_to_target
+from rlprune_edge.search.measured_fit import fit_to_target, judged
 from rlprune_edge.search.plan import PlanSpace
 from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_summary
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 7  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans
+STATE_VERSION = 8  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform
 STATE_FILE = "plan_state.json"
 
 
@@ -407,14 +407,20 @@ class _Search(DepthPhase):
              ukeep: list[int] | None, removed: Sequence[str] = ()) -> tuple[list[int], float, bool]:
         """Fit a plan to the target by measurement (`ukeep` in the same windows; None: alone)."""
         goal = None if self.target.kind == "ratio" else float(self.goal_ms)
+        ref = None if ukeep is None else self._uniform_reading(ukeep)
         return fit_to_target(
             self.space, self.target, prefs, keep, scale, goal,
-            measure=lambda k, t, repeat: self._measurement(k, ukeep, t, repeat, removed),
+            measure=lambda k, t, repeat: judged(self._measurement(k, ukeep, t, repeat, removed), ref),
             # the model learns the error of the search's own (removal-calibrated) prediction, stated
             # for the same widths with every block kept
             correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms * self.predict(k) / self.predict(k, removed)),
             predict=lambda k: self.predict(k, removed),
             tries=self.config.shrink_tries, grow_slack=self.config.grow_slack)
+
+    def _uniform_reading(self, ukeep: list[int]) -> dict[str, Any] | None:
+        """The uniform plan's own reading when it was fitted (the last one of those widths measured alone)."""
+        return next((m for m in reversed(self.measurements) if m["keep"] == ukeep and not m.get("removed")
+                     and m["ms"] == m["uniform_ms"]), None)
 
     def outcome(self) -> tuple[list[int], list[str], bool | None]:
         """The returned plan (keep, removed blocks) and whether it measured within the target: the
