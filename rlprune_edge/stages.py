@@ -151,7 +151,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
             "removed_blocks": result.removed_blocks,
             "probe_top": config.probe_top, "probe_batches": a.probe_batches, "final_batches": config.final_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
             "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
-            "channel_multiple": job.space.multiple, "search_s": result.wall_s,
+            "channel_multiple": job.space.multiple, "search_s": result.wall_s, "phase_s": result.phase_s,
             "dense_val_acc": dense_eval.acc, "distinct_plans": sum(1 for r in result.records if "duplicate_of" not in r),
             "chosen": result.chosen, "uniform": result.uniform, "fallback_to_uniform": result.fallback_to_uniform,
             "probes": result.probes, "measurements": result.measurements, "calibration": result.calibration,

@@ -250,6 +250,10 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     # own measured fit, round -2, may be larger: it measured within the target)
     u_pred = res.records[0]["pred_ms"]
     assert all(r["pred_ms"] <= u_pred + 1e-12 for r in res.records if r["round"] != -2)
+    # the report says where the search's time went, measuring counted within its phases
+    phases = ("calibrate", "fit uniform", "depth", "screen", "probe and decide")
+    assert set(phases) <= set(res.phase_s) and all(res.phase_s[k] >= 0 for k in res.phase_s)
+    assert res.phase_s["measuring"] <= sum(res.phase_s[k] for k in phases) <= res.wall_s + 1e-6
 
 
 def test_the_uniform_candidate_is_what_the_uniform_search_returns(tmp_path):
@@ -489,6 +493,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     resumed = run(StubEnv(acc, slow=1.3), tmp_path / "part", resume=True)
     assert resumed.keep == whole.keep and resumed.records == whole.records
     assert resumed.measurements == whole.measurements and resumed.fallback_to_uniform == whole.fallback_to_uniform
+    assert set(resumed.phase_s) == set(whole.phase_s)  # the phase times of both sessions add up
     done = run(StubEnv(acc, slow=1.3), tmp_path / "part", resume=True)  # resuming a finished search: same answer
     assert done.keep == whole.keep
 

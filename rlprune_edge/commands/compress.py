@@ -210,6 +210,8 @@ def _print_summary(report: dict, out: Path) -> None:
         print(f"search: {'uniform plan kept' if s['fallback_to_uniform'] else 'searched plan chosen'}; "
               f"proxy accuracy chosen {100 * c['proxy_acc']:.2f}% vs uniform {100 * u['proxy_acc']:.2f}% "
               f"({s['distinct_plans']} distinct plans, {s['search_s']:.0f}s)")
+        if s.get("phase_s"):
+            print("search time: " + ", ".join(f"{k} {v:.0f}s" for k, v in s["phase_s"].items()))
     bundle = report.get("bundle")
     print(f"wrote {out / 'model.pt'}, {out / 'model.onnx'}, {out / 'report.json'}, {out / 'pareto.png'}"
           + (f", {bundle}" if bundle else ""))

@@ -128,7 +128,8 @@ class DepthPhase:
         if index < len(self.depth_calibration):
             c = self.depth_calibration[index]
         else:
-            _, res = self.env.measure([self.build(ukeep)] + [self.build(k, rm) for k, rm in plans])
+            with self.timed("measuring"):
+                _, res = self.env.measure([self.build(ukeep)] + [self.build(k, rm) for k, rm in plans])
             c = {"uniform_ratio": res[0][1], "plans": [
                 {"removed": list(rm), "keep": k, "pred_ms": self.predict(k, rm), "ratio": r[1]}
                 for (k, rm), r in zip(plans, res[1:], strict=True)]}

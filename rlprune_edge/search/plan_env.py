@@ -5,7 +5,7 @@ its guarantee uses."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +54,7 @@ class PlanResult:
     measurements: list[dict[str, Any]]
     calibration: list[dict[str, Any]]
     wall_s: float
+    phase_s: dict[str, float] = field(default_factory=dict)  # seconds per search phase ("measuring": within them)
 
 
 def paired_gain(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -32,7 +32,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,16 @@ class _Search(DepthPhase):
         self.removal_scales: dict[tuple[str, ...], float] = {}  # removal set -> measured share of its saving
         self._measured = 0  # measurements taken (or replayed) in this run so far
         self.uniform_fit: tuple[list[int], float, bool | None] | None = None  # (keep, scale, reached)
+        self.phase_s: dict[str, float] = {}  # seconds per phase (resumed runs add to them)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall seconds to `phase` (the report's per-phase search time)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_s[phase] = self.phase_s.get(phase, 0.0) + time.perf_counter() - t0
 
     # --- state -------------------------------------------------------------------------------------
     def save(self) -> None:
@@ -109,7 +120,7 @@ class _Search(DepthPhase):
             "fingerprint": self.fp, "policy": self.policy.state_dict(), "records": self.records,
             "rounds": self.rounds, "probes": self.probes, "decision": self.decision,
             "measurements": self.measurements, "calibration": self.calibration, "depth_calibration": self.depth_calibration,
-            "wall_s": self.wall_before + time.perf_counter() - self.start,
+            "wall_s": self.wall_before + time.perf_counter() - self.start, "phase_s": self.phase_s,
             "base": asdict(self.base),
         })
 
@@ -128,6 +139,7 @@ class _Search(DepthPhase):
         self.calibration = state.get("calibration", [])
         self.depth_calibration = state.get("depth_calibration", [])
         self.wall_before = float(state["wall_s"])
+        self.phase_s = {k: float(v) for k, v in state.get("phase_s", {}).items()}
         self.base = Baseline(**state["base"])  # the first run's dense measurement: the same goal again
         self.goal_ms = self.target.latency_goal_ms(self.base.latency_ms)
         self._cache = {plan_key(r["keep"], r.get("removed", ())): i for i, r in enumerate(self.records)
@@ -216,7 +228,8 @@ class _Search(DepthPhase):
             if t < len(self.calibration):
                 c = self.calibration[t]
             else:
-                dense_ms, res = self.env.measure([self.env.build(self.space.as_dict(keep))])
+                with self.timed("measuring"):
+                    dense_ms, res = self.env.measure([self.env.build(self.space.as_dict(keep))])
                 c = {"keep": keep, "pred_ms": self.predict(keep), "dense_ms": dense_ms, "ms": res[0][0],
                      "ratio": res[0][1]}
                 self.calibration.append(c)
@@ -366,7 +379,8 @@ class _Search(DepthPhase):
         alone = ukeep is None or (keep == ukeep and not removed)
         if not alone:
             models.append(self.build(ukeep))  # type: ignore[arg-type]
-        dense_ms, res = self.env.measure(models)
+        with self.timed("measuring"):
+            dense_ms, res = self.env.measure(models)
         m = {"try": t, "repeat": repeat, "keep": keep, "dense_ms": dense_ms, "ms": res[0][0], "ratio": res[0][1],
              "uniform_ms": res[-1][0], "uniform_ratio": res[-1][1], "pred_ms": self.predict(keep, removed)}
         if removed:
@@ -456,9 +470,12 @@ def run_plan_search(
         s.load()
         say(f"resuming the plan search after {len(s.records)} plans")
     env.anchor(dense_keep, s.base.latency_ms)  # anchor the latency model to the dense measurement
-    s.calibrate_at_goal()  # and to the uniform plan measured near the goal
-    s.fit_uniform()  # the uniform plan fitted to the target by measurement: candidate 0
-    s.calibrate_depth()  # and the depth plans measured beside it
+    with s.timed("calibrate"):
+        s.calibrate_at_goal()  # and to the uniform plan measured near the goal
+    with s.timed("fit uniform"):
+        s.fit_uniform()  # the uniform plan fitted to the target by measurement: candidate 0
+    with s.timed("depth"):
+        s.calibrate_depth()  # and the depth plans measured beside it
     bar = None
     if progress:
         from tqdm import tqdm
@@ -467,7 +484,9 @@ def run_plan_search(
         bar = tqdm(total=total, initial=min(len(s.records), total),
                    desc="search plans", unit="plan", file=sys.stderr, dynamic_ncols=True, leave=False)
     try:
-        if not s.search(bar, stop_after):
+        with s.timed("screen"):
+            done = s.search(bar, stop_after)
+        if not done:
             return None
     finally:
         if bar is not None:
@@ -477,7 +496,8 @@ def run_plan_search(
                                     "why": "uniform plan asked for (--search uniform)"}
         s.probes = s.probes or []
     else:
-        s.probe_and_decide()
+        with s.timed("probe and decide"):
+            s.probe_and_decide()
     keep, removed, reached = s.outcome()
     chosen_rec = s.records[int(s.decision["chosen_record"])]  # type: ignore[index]
     model = s.build(keep, removed)
@@ -494,4 +514,5 @@ def run_plan_search(
         records=[{k: v for k, v in r.items() if k != "prefs"} for r in s.records], rounds=s.rounds,
         probes=[{k: v for k, v in p.items() if k != "confirm"} for p in (s.probes or [])],
         measurements=s.measurements, calibration=s.calibration, wall_s=s.wall_before + time.perf_counter() - s.start,
+        phase_s=dict(s.phase_s),
     )
