@@ -13,6 +13,7 @@ Also runnable as ``torchrun --nproc_per_node N -m rlprune_edge.distill STUDENT.p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import os
@@ -105,10 +106,11 @@ def _place(student: nn.Module, teacher: nn.Module, device: torch.device, world: 
 
 
 def _kd_epoch(module: nn.Module, teacher: nn.Module, batches: Iterable, opt: Any, sched: Any, config: DistillConfig,
-              device: torch.device, rank_world: tuple[int, int], bar: Any) -> tuple[float, int]:
+              device: torch.device, rank_world: tuple[int, int], bar: Any,
+              fmt: torch.memory_format = torch.contiguous_format) -> tuple[float, int]:
     """One pass of KD over `batches` (under DDP each rank takes its slice of the global batch);
     returns (summed loss, samples). A batch may carry the teacher's logits as a third element (then
-    the teacher is not run on it)."""
+    the teacher is not run on it). Image batches are passed in memory format `fmt`."""
     rank, world = rank_world
     total, n = 0.0, 0
     for batch in batches:
@@ -118,6 +120,8 @@ def _kd_epoch(module: nn.Module, teacher: nn.Module, batches: Iterable, opt: Any
             if len(x) == 0:
                 continue
         x, y = x.to(device), y.to(device)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=fmt)
         if len(batch) > 2:
             t_logits = batch[2].to(device)
         else:
@@ -157,7 +161,7 @@ def distill(
     epoch, one process): the teacher's logits of each batch (:func:`teacher_logits_of`), reused."""
     import torch.distributed as dist
 
-    from rlprune_edge.compute import module_device, rank_device
+    from rlprune_edge.compute import channels_last, module_device, rank_device
 
     config = config or DistillConfig()
     if config.epochs <= 0:
@@ -177,6 +181,13 @@ def distill(
     per_epoch = _num_batches(first) or 1
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs * per_epoch))
     show = progress and rank == 0
+    # channels-last convolutions on the CPU: KD steps measured here 1.2x (VGG-19 w0.25), 1.3x (ResNet-20)
+    # and 1.7x (MobileNetV3-Large w0.5) faster; one process only (DDP buckets assume the default layout)
+    formats = contextlib.ExitStack()
+    fmt = torch.channels_last if world <= 1 and device.type == "cpu" else torch.contiguous_format
+    if fmt == torch.channels_last:
+        for m in {id(student): student, id(teacher): teacher}.values():
+            formats.enter_context(channels_last(m))
     try:
         for epoch in range(config.epochs):
             loader = first if epoch == 0 else data.loader(
@@ -194,7 +205,7 @@ def distill(
                 batches = bar
             if teacher_logits is not None:
                 batches = _with_logits(batches, teacher_logits)
-            total, n = _kd_epoch(module, teacher, batches, opt, sched, config, device, (rank, world), bar)
+            total, n = _kd_epoch(module, teacher, batches, opt, sched, config, device, (rank, world), bar, fmt)
             if bar is not None:
                 bar.close()
                 print(f"distill epoch {epoch + 1}/{config.epochs}: loss {total / max(1, n):.4f} "
@@ -204,6 +215,7 @@ def distill(
                 for buf in student.buffers():
                     dist.broadcast(buf, src=0)
     finally:
+        formats.close()  # back to the contiguous layout
         if world > 1:
             # the DDP wrapper's reducer holds the process group: release it before the group goes, or
             # its C++ threads may be torn down after the group ("terminate called without an active

@@ -559,6 +559,13 @@ def test_a_fit_close_under_the_target_still_measures_one_step_larger_on_a_platea
         predict=lambda k: 0.585 * sum(k) / sum(k0), tries=5, grow_slack=0.05)
     assert reached and keep == k1  # not k0, where a fit within the slack used to stop
     assert any(sum(k) > sum(k1) for k in seen)  # stopped only after a larger plan measured over the target
+    # a challenger (sized to the fitted uniform plan's prediction) stops at its first fit within the slack
+    seen.clear()
+    keep, _, reached = fit_to_target(
+        sp, Target("ratio", 0.6), prefs, k0, s0, None,
+        measure=lambda k, t, r: seen.append(list(k)) or measure(k, t, r), correct=lambda k, ms: None,
+        predict=lambda k: 0.585 * sum(k) / sum(k0), tries=5, grow_slack=0.05, grow_past_slack=False)
+    assert reached and keep == k0 and seen == [k0]
 
 
 def test_a_near_miss_is_measured_again_and_a_clear_miss_is_not():
@@ -594,6 +601,11 @@ def test_a_challenger_is_judged_against_the_uniform_plan_in_the_same_windows():
     slow = {"ms": 0.62, "ratio": 0.62, "uniform_ms": 0.65, "uniform_ratio": 0.65, "dense_ms": 1.0}
     assert judged(slow, ref)["ratio"] == 0.62  # its own reading when that is the larger
     assert judged(flattering, None) is flattering  # fitting the uniform plan itself: its own reading
+    # a ratio target: the judged ms sits on this window's dense time (the scale the fit corrects the
+    # latency model on), not on the uniform plan's fitting window
+    faster = {"ms": 0.2765, "ratio": 0.553, "uniform_ms": 0.254, "uniform_ratio": 0.508, "dense_ms": 0.5}
+    jr = judged(faster, {"ms": 0.4179, "ratio": 0.597}, "ratio")
+    assert jr["ratio"] == pytest.approx(0.553 / 0.508 * 0.597) and jr["ms"] == pytest.approx(jr["ratio"] * 0.5)
 
 
 def test_the_search_fits_a_challenger_relative_to_the_uniform_plan(tmp_path):

@@ -29,16 +29,18 @@ def _value(target: Any, m: dict[str, Any]) -> float:
     return float(m["ratio"] if target.kind == "ratio" else m["ms"])
 
 
-def judged(m: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, Any]:
+def judged(m: dict[str, Any], ref: dict[str, Any] | None, kind: str = "ms") -> dict[str, Any]:
     """A challenger's reading as the fit judges it: the larger of its own and its reading relative to
     the uniform plan in the same windows times the uniform plan's fitted reading (`ref`), so a
     window that flatters both (one read the uniform plan at 0.508x, fitted at 0.597x, and passed a
-    MobileNetV3 depth plan at 0.553x that read 0.617x in common windows) fits nothing. The stored
-    measurement is unchanged."""
+    MobileNetV3 depth plan at 0.553x that read 0.617x in common windows) fits nothing. For a ratio
+    target (`kind`) the judged ms is the judged ratio times this window's dense time, the scale on
+    which the fit corrects the latency model and sets the next goal. The stored measurement is unchanged."""
     if ref is None or m["uniform_ms"] <= 0 or m["uniform_ratio"] <= 0:
         return m
-    return {**m, "ms": max(m["ms"], m["ms"] / m["uniform_ms"] * ref["ms"]),
-            "ratio": max(m["ratio"], m["ratio"] / m["uniform_ratio"] * ref["ratio"])}
+    ratio = max(m["ratio"], m["ratio"] / m["uniform_ratio"] * ref["ratio"])
+    ms = ratio * m["dense_ms"] if kind == "ratio" else m["ms"] / m["uniform_ms"] * ref["ms"]
+    return {**m, "ms": max(m["ms"], ms), "ratio": ratio}
 
 
 def fit_to_target(
@@ -46,7 +48,7 @@ def fit_to_target(
     measure: Callable[[list[int], int, bool], dict[str, Any]],
     correct: Callable[[list[int], float], None],
     predict: Callable[[list[int]], float],
-    tries: int, grow_slack: float, recheck: float = 0.10,
+    tries: int, grow_slack: float, recheck: float = 0.10, grow_past_slack: bool = True,
 ) -> tuple[list[int], float, bool]:
     """Measure the plan `keep` (at `scale` along `prefs`) and fit it to the target → (keep, scale, reached).
 
@@ -65,7 +67,10 @@ def fit_to_target(
     A near miss (at most `recheck` over the target, relative) is measured again and judged on both
     readings (one read 0.49–0.52× for a plan that read 0.34–0.43× a minute later, on the shipped
     VGG-19, before readings were taken at the steady speed); a clear miss is not, since steady
-    readings of one plan vary by a few percent.
+    readings of one plan vary by a few percent. With ``grow_past_slack=False`` (a challenger, sized
+    to the fitted uniform plan's predicted latency) a fit within `grow_slack` ends the fit at once:
+    growing it further would buy it budget the uniform plan did not get, at ~10 s a measurement
+    (on the shipped VGG-19 a challenger read 0.489x for 0.5x, then took five more readings).
     """
     fits: Reading | None = None  # the largest plan measured within the target
     misses: Reading | None = None  # the smallest plan measured over it
@@ -78,8 +83,8 @@ def fit_to_target(
         if ok:
             if fits is None or sum(keep) > sum(fits[1]):
                 fits = (scale, list(keep), value)
-            if 1.0 - value / target.value <= grow_slack and misses is not None:
-                break  # close under the target, and the next larger plan measured over it
+            if 1.0 - value / target.value <= grow_slack and (misses is not None or not grow_past_slack):
+                break  # close under the target, and the next larger plan measured over it (or not needed)
         elif misses is None or sum(keep) < sum(misses[1]):
             misses = (scale, list(keep), value)
         if t == tries:

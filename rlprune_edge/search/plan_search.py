@@ -424,12 +424,12 @@ class _Search(DepthPhase):
         ref = None if ukeep is None else self._uniform_reading(ukeep)
         return fit_to_target(
             self.space, self.target, prefs, keep, scale, goal,
-            measure=lambda k, t, repeat: judged(self._measurement(k, ukeep, t, repeat, removed), ref),
+            measure=lambda k, t, repeat: judged(self._measurement(k, ukeep, t, repeat, removed), ref, self.target.kind),
             # the model learns the error of the search's own (removal-calibrated) prediction, stated
             # for the same widths with every block kept
             correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms * self.predict(k) / self.predict(k, removed)),
             predict=lambda k: self.predict(k, removed),
-            tries=self.config.shrink_tries, grow_slack=self.config.grow_slack)
+            tries=self.config.shrink_tries, grow_slack=self.config.grow_slack, grow_past_slack=ukeep is None)
 
     def _uniform_reading(self, ukeep: list[int]) -> dict[str, Any] | None:
         """The uniform plan's own reading when it was fitted (the last one of those widths measured alone)."""
