@@ -158,7 +158,7 @@ def test_a_challenger_still_over_the_target_never_wins(tmp_path):
             return super().device_ms(model) + (0.3 * true_ms({}) if model["removed"] else 0.0)
 
     env = Penalised(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: 0.05 * len(rm))
-    cfg = PlanSearchConfig(candidates=2, per_round=2, probe_top=2, ramps=(), shrink_tries=0, seed=0)
+    cfg = PlanSearchConfig(candidates=2, per_round=2, probe_top=2, ramps=(), shrink_tries=0, challenger_tries=0, seed=0)
     res = run(env, tmp_path, config=cfg)
     state = json.loads((tmp_path / "state" / "plan_state.json").read_text())
     assert state["decision"]["candidate_reached"] is False and "over the target" in state["decision"]["why"]

@@ -240,9 +240,13 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     assert [r for _, r in env.rescaled] == [c["ratio"] for c in res.calibration]  # each one fitted the model
     # the uniform plan was fitted by measurement (alone) before the search and is candidate 0; the
     # chosen plan is measured beside it in the same windows
+    # (its first reading is the last calibration's when that measured the same widths)
     later = env.measured[len(res.calibration):]
     fit_u = [ms for ms in later if len(ms) == 1]
-    assert fit_u and later[: len(fit_u)] == fit_u and res.uniform["keep"] in [ms[0] for ms in fit_u]
+    reused = [m for m in res.measurements if m.get("from_calibration")]
+    assert len(reused) <= 1 and all(m is res.measurements[0] and m["keep"] == res.calibration[-1]["keep"] for m in reused)
+    assert later[: len(fit_u)] == fit_u and len(fit_u) + len(reused) >= 1
+    assert res.uniform["keep"] in [ms[0] for ms in fit_u] or res.records[0]["keep"] in [m["keep"] for m in reused]
     together = later[len(fit_u):]
     assert together and all(len(ms) == 2 and ms[1] == res.uniform["keep"] for ms in together)
     assert res.chosen["measured_ratio"] <= 0.5 and res.uniform["measured_ratio"] is not None
@@ -254,6 +258,41 @@ def test_a_better_plan_wins_and_is_measured_with_uniform_in_the_same_window(tmp_
     phases = ("calibrate", "fit uniform", "depth", "screen", "probe and decide")
     assert set(phases) <= set(res.phase_s) and all(res.phase_s[k] >= 0 for k in res.phase_s)
     assert res.phase_s["measuring"] <= sum(res.phase_s[k] for k in phases) <= res.wall_s + 1e-6
+
+
+def test_the_uniform_fit_reuses_the_last_calibration_reading_and_a_challenger_fit_is_short(tmp_path):
+    """The uniform fit's first plan is the last one calibrated (same widths): its reading is reused,
+    not taken again; the re-ranked best plan gets at most ``challenger_tries`` re-sizings."""
+    sens = {"a": 0.02, "b": 0.02, "c": 0.4, "d": 0.2, "se": 0.0}
+
+    def acc(keep):
+        f = fractions(keep)
+        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+
+    class Roomy(StubEnv):  # every challenger measures 20% under its prediction: its fit wants to grow it
+        def measure(self, models):
+            dense, res = super().measure(models)
+            if len(models) == 2:
+                res[0] = (0.8 * res[0][0], 0.8 * res[0][1])
+            return dense, res
+
+        def correct(self, keep, measured_ms):  # and the latency model does not learn it: one step at a time
+            pass
+
+    def beside_uniform(tries):
+        env = Roomy(acc)
+        res = run(env, tmp_path / str(tries), config=PlanSearchConfig(candidates=8, per_round=4, probe_top=2,
+                                                                        challenger_tries=tries, seed=0))
+        return env, res, len([ms for ms in env.measured if len(ms) == 2])
+
+    assert beside_uniform(4)[2] > 2  # left to grow, it takes more readings
+    env, res, readings = beside_uniform(1)
+    assert 1 <= readings <= 2  # challenger_tries=1: two readings at most
+    first = res.measurements[0]
+    assert first["from_calibration"] and first["keep"] == res.calibration[-1]["keep"]
+    assert first["ratio"] == res.calibration[-1]["ratio"]
+    calibrated = space().as_dict(first["keep"])
+    assert sum(1 for ms in env.measured if ms == [calibrated]) == 1  # measured once, in the calibration
 
 
 def test_the_uniform_candidate_is_what_the_uniform_search_returns(tmp_path):
