@@ -1,5 +1,5 @@
 """tools/bench_search.py --quick end to end in a temp dir: every method runs, finals are re-measured
-together, --redo re-runs one method and re-measures all, the generated section has a row per method. Asserts that figures exist, never their values."""
+together, --redo re-runs one method and re-measures all (refused when a kept final's model is gone), the generated section has a row per method. Asserts that figures exist, never their values."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ def test_quick_run_fills_every_method_and_the_section(tmp_path, monkeypatch):
         assert mod.main(args) == 0
         first = json.loads((tmp_path / "benchmarks" / "search_results.json").read_text())
         assert mod.main([*args, "--redo", "/plan$"]) == 0  # the plan search alone again
+        results = tmp_path / "benchmarks" / "search_results.json"
+        before = results.read_text()
+        Path(json.loads(before)["models"]["vgg11-w0.125"]["cells"]["moderate/seed0"]["uniform"]["onnx"]).unlink()
+        with pytest.raises(mod.UserError, match="add them to --redo"):  # a kept final that cannot be re-measured
+            mod.main([*args, "--redo", "/plan$"])
+        assert results.read_text() == before  # refused before anything moved
     finally:
         sys.modules.pop(spec.name, None)
     doc = json.loads((tmp_path / "benchmarks" / "search_results.json").read_text())

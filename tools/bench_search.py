@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlprune_edge.errors import UserError
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -330,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                 cell = m["cells"].setdefault(key, {})
                 if args.redo:
                     old = {k: v for k, v in cell.items() if re.search(args.redo, f"{label}/{key}/{k}")}
+                    gone = [k for k, v in cell.items() if k not in old and not Path(v.get("onnx", "")).is_file()]
+                    if old and gone:  # they could not be re-measured beside the new run
+                        raise UserError(f"{label}/{key} keeps {', '.join(gone)} whose model files are gone "
+                                        f"({cell[gone[0]].get('onnx')}); add them to --redo to run the whole cell again.")
                     if old:
                         # the matched methods move and run again; every final of the cell (kept ones
                         # too) is then re-measured together in common windows
@@ -364,4 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserError as e:  # bad input (or a cell that cannot be completed): one sentence, exit 2
+        print(f"bench_search: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
