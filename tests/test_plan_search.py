@@ -276,8 +276,8 @@ def test_the_uniform_fit_reuses_the_last_calibration_reading_and_a_challenger_fi
                 res[0] = (0.8 * res[0][0], 0.8 * res[0][1])
             return dense, res
 
-        def correct(self, keep, measured_ms):  # and the latency model does not learn it: one step at a time
-            pass
+        def correct(self, keep, measured_ms):
+            """The latency model learns nothing from it, so the fit grows one step at a time."""
 
     def beside_uniform(tries):
         env = Roomy(acc)
