@@ -269,9 +269,19 @@ def test_the_uniform_fit_reuses_the_last_calibration_reading_and_a_challenger_fi
         f = fractions(keep)
         return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
 
+    class Gate:  # which sessions ran at the steady speed: a different record for each measurement
+        def __init__(self) -> None:
+            self.last: dict = {}
+
     class Roomy(StubEnv):  # every challenger measures 20% under its prediction: its fit wants to grow it
+        def __init__(self, acc_fn) -> None:
+            super().__init__(acc_fn)
+            self.gate = Gate()
+
         def measure(self, models):
             dense, res = super().measure(models)
+            n = len(self.measured)
+            self.gate.last = {"sessions": 3 + n, "steady": 3, "used": 3, "reference_ms": 1.0}
             if len(models) == 2:
                 res[0] = (0.8 * res[0][0], 0.8 * res[0][1])
             return dense, res
@@ -291,6 +301,8 @@ def test_the_uniform_fit_reuses_the_last_calibration_reading_and_a_challenger_fi
     first = res.measurements[0]
     assert first["from_calibration"] and first["keep"] == res.calibration[-1]["keep"]
     assert first["ratio"] == res.calibration[-1]["ratio"]
+    # the reused reading keeps its steady-speed record (the report says it for every latency decision)
+    assert first["steady"] == res.calibration[-1]["steady"] and all("steady" in m for m in res.measurements)
     calibrated = space().as_dict(first["keep"])
     assert sum(1 for ms in env.measured if ms == [calibrated]) == 1  # measured once, in the calibration
 

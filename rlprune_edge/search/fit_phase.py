@@ -46,12 +46,22 @@ class FitPhase:
                     dense_ms, res = self.env.measure([self.env.build(self.space.as_dict(keep))])
                 c = {"keep": keep, "pred_ms": self.predict(keep), "dense_ms": dense_ms, "ms": res[0][0],
                      "ratio": res[0][1]}
+                steady = self._steady()
+                if steady is not None:
+                    c["steady"] = steady
                 self.calibration.append(c)
                 self.save()
                 self.log(f"latency calibration: uniform plan predicted {c['pred_ms'] / self.base.latency_ms:.3f}x, "
                          f"measured {c['ratio']:.3f}x dense (same windows)")
             self.env.rescale(self.space.as_dict(c["keep"]), float(c["ratio"]))
             prev = keep
+
+    def _steady(self) -> dict[str, Any] | None:
+        """How many sessions of the last measurement ran at the machine's steady speed (None: no gate)."""
+        gate = getattr(self.env, "gate", None)
+        if gate is None or not gate.last:
+            return None
+        return {k: gate.last[k] for k in ("sessions", "steady", "used", "reference_ms")}
 
     def _measurement(self, keep: list[int], ukeep: list[int] | None, t: int, repeat: bool,
                      removed: Sequence[str] = ()) -> dict[str, Any]:
@@ -65,6 +75,8 @@ class FitPhase:
             # dense, the same protocol) is its first
             m = {"try": t, "repeat": repeat, "keep": keep, "dense_ms": c["dense_ms"], "ms": c["ms"], "ratio": c["ratio"],
                  "uniform_ms": c["ms"], "uniform_ratio": c["ratio"], "pred_ms": self.predict(keep), "from_calibration": True}
+            if "steady" in c:
+                m["steady"] = c["steady"]
             self.measurements.append(m)
             self.save()
             return m
@@ -78,9 +90,9 @@ class FitPhase:
              "uniform_ms": res[-1][0], "uniform_ratio": res[-1][1], "pred_ms": self.predict(keep, removed)}
         if removed:
             m["removed"] = list(removed)
-        gate = getattr(self.env, "gate", None)  # which sessions ran at the machine's steady speed
-        if gate is not None and gate.last:
-            m["steady"] = {k: gate.last[k] for k in ("sessions", "steady", "used", "reference_ms")}
+        steady = self._steady()
+        if steady is not None:
+            m["steady"] = steady
         first = self.measurements[-1] if repeat and self.measurements else None
         if first is not None and plan_key(first["keep"], first.get("removed", ())) == plan_key(keep, removed):
             # the decision reads both: their geometric mean (a plan read 0.458x then 0.449x for a 0.45x
