@@ -58,3 +58,24 @@ def test_checkpoint_is_the_benchmarks_one(study):
     from rlprune_edge.checkpoint import default_checkpoint_path
 
     assert study._checkpoint("vgg19", 0.25) == str(default_checkpoint_path())
+
+
+def test_enumerate_plans_lists_every_width_combination_once():
+    """tools/enumerate_plans.py: every free group at every multiple from its floor to its width
+    (the width itself when it is not a multiple), followers at their producer's fraction."""
+    from rlprune_edge.search.plan import PlanSpace
+
+    spec = importlib.util.spec_from_file_location("rlprune_enumerate_plans", TOOL.parent / "enumerate_plans.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    space = PlanSpace.build(["stem", "a", "b", "se", "out"], [16, 32, 40, 40, 10], [True, True, True, True, False],
+                            multiple=16, followers={"se": "b"})
+    plans = mod.enumerate_space(space, max_plans=100)
+    # stem is at its floor (16 of 16); a: 16, 32; b: 16, 32, 40
+    assert len(plans) == 2 * 3 and len({tuple(p) for p in plans}) == 6
+    assert all(p[0] == 16 and p[4] == 10 for p in plans)
+    assert {(p[1], p[2]) for p in plans} == {(a, b) for a in (16, 32) for b in (16, 32, 40)}
+    assert all(p[3] == p[2] for p in plans)  # the follower keeps its producer's fraction (same width here)
+    assert space.floor_keep() in plans and space.full_keep() in plans
+    with pytest.raises(SystemExit, match="more than --max-plans"):
+        mod.enumerate_space(space, max_plans=5)

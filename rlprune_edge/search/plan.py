@@ -114,10 +114,15 @@ class PlanSpace:
             c = self.channels[i]
             frac = min(1.0, scale * math.exp(float(prefs[j])))
             keep[i] = int(min(c, max(self.min_keep[i], _round_to(frac * c, m))))
+        return self.with_followers(keep)
+
+    def with_followers(self, keep: Sequence[int]) -> list[int]:
+        """`keep` with every follower group at its producer's kept fraction (within its bounds)."""
+        keep = list(keep)
         for f, prod in self.followers.items():
             c = self.channels[f]
             frac = keep[prod] / self.channels[prod]
-            keep[f] = int(min(c, max(self.min_keep[f], _round_to(frac * c, m))))
+            keep[f] = int(min(c, max(self.min_keep[f], _round_to(frac * c, self.multiple))))
         return keep
 
     def _scale_range(self, prefs: np.ndarray) -> tuple[float, float]:
