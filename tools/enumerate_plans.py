@@ -11,13 +11,13 @@ listed. This tool lists it and answers, for one (model, target):
    lower bound): issue 15's "no final with fewer than 2× the floor's parameters";
 3. the ``--measure`` largest-parameter plans within ``--slack`` of the target by prediction,
    plus the fitted uniform plan, measured together with the dense model in common interleaved
-   windows (the benchmark's statistic), so the prediction is checked where it matters;
-4. with ``--finetune N``: the uniform plan and the N largest plans measured within the target get
-   the product's fine-tune (4 KD epochs) and their test accuracy is recorded.
+   windows (the benchmark's statistic), so the prediction is checked where it matters.
+
+It fine-tunes nothing: for accuracies, give chosen plans to tools/study_plans.py.
 
 Writes ``benchmarks/plan_study/NAME_space.json``. Refuses a space of more than ``--max-plans``.
 
-    .venv/bin/python tools/enumerate_plans.py --model resnet20:1 --target 0.6
+    .venv/bin/python tools/enumerate_plans.py --model resnet20:1 --target 0.7 --measure 5
 """
 
 from __future__ import annotations
@@ -60,21 +60,15 @@ def enumerate_space(space, max_plans: int) -> list[list[int]]:  # noqa: ANN001 -
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from study_plans import Study, _save, _say
+    from study_plans import Study, _save, _say, add_study_args
 
     from rlprune_edge.flops import count_params
     from rlprune_edge.pruning import prune
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet20:1", help="NAME:WIDTH (a bench_search checkpoint)")
-    p.add_argument("--target", type=float, required=True, help="latency target, fraction of dense")
-    p.add_argument("--profile", default="host-cpu")
-    p.add_argument("--seed", type=int, default=0)
+    add_study_args(p, "resnet20:1")
     p.add_argument("--measure", type=int, default=4, help="largest-parameter plans to measure")
     p.add_argument("--slack", type=float, default=0.03, help="also measure plans predicted up to this over the target")
-    p.add_argument("--finetune", type=int, default=0,
-                   help="also give the uniform plan and this many of the largest plans measured within the target "
-                        "the product's fine-tune (4 KD epochs each) and record their test accuracy")
     p.add_argument("--max-plans", type=int, default=20000)
     p.add_argument("--scratch", default="/tmp/plan_space")
     args = p.parse_args(argv)
@@ -123,17 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{'uniform ' if m['uniform'] else ''}{m['keep']} params {m['params']} ({m['params'] / floor_params:.2f}× floor) "
              f"predicted {m['pred_ratio']:.3f}x measured {m['measured_ratio']:.3f}x")
     doc["goal_ms"] = goal
-    _save(out, doc)
-    # the product's fine-tune (4 KD epochs) for the uniform plan and the largest plans measured within
-    tuned = [m for m in doc["measured"] if m["uniform"]]
-    tuned += [m for m in doc["measured"] if not m["uniform"] and m["measured_ratio"] <= args.target][: args.finetune]
-    for m in tuned if args.finetune else []:
-        keep = list(st.space.channels)
-        for i, k in zip(st.space.free, m["keep"], strict=True):
-            keep[i] = k
-        m["test_acc"], m["confirm_acc"], m["kd_s"] = st.finetune(st.space.with_followers(keep), args.seed)
-        _say(f"fine-tuned {m['keep']} ({m['params']} params, {m['measured_ratio']:.3f}x): test {100 * m['test_acc']:.2f}%")
-        _save(out, doc)
     doc["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     _save(out, doc)
     print(out)

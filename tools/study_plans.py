@@ -246,12 +246,17 @@ def _summarise(doc: dict) -> None:
                                 for k in ("acc_20", "acc_100", "acc_400", "params") if all(k in f for f in fin)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vgg19:0.25", help="NAME:WIDTH (a bench_search checkpoint)")
+def add_study_args(p: argparse.ArgumentParser, model: str) -> None:
+    """The arguments a `Study` is built from (tools/enumerate_plans.py shares them)."""
+    p.add_argument("--model", default=model, help="NAME:WIDTH (a bench_search checkpoint)")
     p.add_argument("--target", type=float, required=True, help="latency target, fraction of dense")
     p.add_argument("--profile", default="host-cpu")
     p.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_study_args(p, "vgg19:0.25")
     p.add_argument("--sample", type=int, default=32)
     p.add_argument("--top-screen", type=int, default=3)
     p.add_argument("--probe-pool", type=int, default=8)
