@@ -250,10 +250,14 @@ def _with_logits(batches: Iterable, logits: Sequence[torch.Tensor]) -> Iterable:
 
 @torch.no_grad()
 def teacher_logits_of(teacher: nn.Module, data: Any, config: DistillConfig, split: str = "train",
-                      device: str | torch.device | None = None) -> list[torch.Tensor]:
+                      device: str | torch.device | None = None, chunk: int = 512) -> list[torch.Tensor]:
     """The teacher's eval-mode logits (CPU) of every batch that `distill` with `config` draws in its
-    first epoch (same loader, same seed), for `distill(..., teacher_logits=...)`."""
-    from rlprune_edge.compute import module_device
+    first epoch (same loader, same seed), for `distill(..., teacher_logits=...)`.
+
+    The batches are drawn as `distill` draws them, then run through the teacher in chunks of
+    `chunk` images, channels-last (on the CPU the shipped VGG-19's pass took 3.9 s instead of 4.9 s
+    for 100 batches of 64), and split back per batch."""
+    from rlprune_edge.compute import channels_last, module_device
 
     dev = torch.device(device) if device is not None else module_device(teacher)
     was = teacher.training
@@ -261,7 +265,14 @@ def teacher_logits_of(teacher: nn.Module, data: Any, config: DistillConfig, spli
     try:
         loader = data.loader(split, batch_size=config.batch_size, shuffle=True, augment=config.augment,
                              limit=config.limit, seed=config.seed)
-        return [teacher(x.to(dev)).float().cpu() for x, _ in loader]
+        images = [x for x, _ in loader]
+        if not images:
+            return []
+        x = torch.cat(images)
+        with channels_last(teacher):
+            out = torch.cat([teacher(x[i : i + chunk].to(dev).contiguous(memory_format=torch.channels_last)).float().cpu()
+                             for i in range(0, len(x), chunk)])
+        return list(out.split([len(b) for b in images]))
     finally:
         teacher.train(was)
 

@@ -109,6 +109,8 @@ def test_cached_teacher_logits_train_exactly_like_the_teacher():
     distill(plain, teacher, data, cfg, progress=False, distributed=False)
     logits = teacher_logits_of(teacher, data, cfg)
     assert [t.shape for t in logits] == [(32, 2), (32, 2)]
+    for a, b in zip(logits, teacher_logits_of(teacher, data, cfg, chunk=40), strict=True):  # chunks across batches
+        torch.testing.assert_close(a, b)
     distill(cached, teacher, data, cfg, progress=False, distributed=False, teacher_logits=logits)
     for a, b in zip(plain.state_dict().values(), cached.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)

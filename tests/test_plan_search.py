@@ -549,6 +549,47 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     assert done.keep == whole.keep
 
 
+class TrainingLogEnv(StubEnv):
+    """Records each model's KD history and the histories of the models confirmed."""
+
+    def __init__(self, accuracy, slow: float = 1.0) -> None:
+        super().__init__(accuracy, slow)
+        self.confirmed: list[list[tuple[int, int]]] = []
+
+    def probe(self, model, batches, stage=0):
+        super().probe(model, batches, stage)
+        model.setdefault("trained", []).append((batches, stage))
+
+    def confirm(self, model):
+        self.confirmed.append(list(model.get("trained", [])))
+        return super().confirm(model)
+
+
+def test_the_probe_continues_the_screened_model_also_after_a_resume(tmp_path):
+    sens = {"a": 0.02, "b": 0.02, "c": 0.4, "d": 0.2, "se": 0.0}
+
+    def acc(keep):
+        f = fractions(keep)
+        return 0.95 - sum(sens[n] * (1 - f[n]) ** 2 for n in sens)
+
+    cfg = PlanSearchConfig(candidates=24, per_round=6, probe_top=2, screen_batches=100, probe_batches=250,
+                           final_batches=100)
+    env = TrainingLogEnv(acc)
+    whole = run(env, tmp_path / "whole", config=cfg)
+    # both finalists: the screen's 100 batches (stage 0), 150 more (stage 2), then the final 100 (stage 1)
+    assert len(env.confirmed) == 2 and env.confirmed == [[(100, 0), (150, 2), (100, 1)]] * 2
+    assert not whole.fallback_to_uniform
+    # the probe reused the screened models: one build per distinct plan screened, plus what was measured
+    distinct = sum(1 for r in whole.records if "duplicate_of" not in r)
+    measured = sum(len(ms) for ms in env.measured)
+    assert env.builds <= distinct + measured + 1
+    part = run(TrainingLogEnv(acc), tmp_path / "part", config=cfg, stop_after=2)
+    assert part is None
+    again = TrainingLogEnv(acc)  # a new process: nothing held, the probed plans are screened again
+    resumed = run(again, tmp_path / "part", config=cfg, resume=True)
+    assert again.confirmed == env.confirmed and resumed.records == whole.records and resumed.probes == whole.probes
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     from rlprune_edge.errors import UserError
 

@@ -46,7 +46,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--step-ratio", type=float, default=0.05,
                    help="paper search: fraction of the dense model's prunable channels removed per step (paper: 0.01)")
     p.add_argument("--candidates", type=int, default=None,
-                   help="plan search: plans besides the uniform one, the ramps included (default 15); paper search: actions "
+                   help="plan search: plans besides the uniform one, the ramps included (default 12); paper search: actions "
                         "per round, K (default 3; the paper: 10)")
     p.add_argument("--rounds", type=int, default=None, help="paper search: rounds per step, R (default 2; the paper: 10)")
     p.add_argument("--val-size", type=int, default=800, help="paper search: validation images scoring each candidate")

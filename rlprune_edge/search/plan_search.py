@@ -49,7 +49,7 @@ from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 8  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform
+STATE_VERSION = 9  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
 STATE_FILE = "plan_state.json"
 
 
@@ -57,12 +57,12 @@ STATE_FILE = "plan_state.json"
 class PlanSearchConfig:
     """Budget and rules of the default search (see docs/compress.md for what each bought)."""
 
-    candidates: int = 15  # plans besides the uniform one: the structured ramps, then sampled ones
+    candidates: int = 12  # plans besides the uniform one: the structured ramps, then sampled ones (15 until 2026-12-06)
     per_round: int = 8  # plans per round (the distribution moves after each round)
     ramps: tuple[float, ...] = (-0.75, -1.5, -2.25)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs)
     depth_plans: int = 6  # round-0 plans that remove 1, 2, ... residual blocks whole (search.depth); 0 = none
     screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
-    probe_batches: int = 200  # KD batches of the longer probe (afresh) of the best plans and the uniform one
+    probe_batches: int = 200  # KD batches of the longer probe of the best plans and the uniform one (the screen's included)
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
     final_batches: int = 100  # more KD batches (other ones) for the re-ranked best and uniform before confirming
     calibration_tries: int = 3  # measurements of the uniform plan at the goal before the search (0 = none)
@@ -99,6 +99,7 @@ class _Search(DepthPhase, FitPhase):
         self.wall_before = 0.0
         self.start = time.perf_counter()
         self._cache: dict[tuple, int] = {}
+        self._held: dict[int, Any] = {}  # record -> its screened model, kept for the probe (not checkpointed)
         self.depth: list[tuple[str, ...]] | None = None  # removal sets of round 0 (after the calibration)
         self.depth_calibration: list[dict[str, Any]] = []  # the depth plans measured beside uniform
         self.removal_scales: dict[tuple[str, ...], float] = {}  # removal set -> measured share of its saving
@@ -198,8 +199,36 @@ class _Search(DepthPhase, FitPhase):
             fl, pa = int(self.env.flops(model)), int(self.env.params(model))
             rec.update(acc=ev.acc, kl=ev.kl, pred_ms=pred, flops=fl, params=pa, q=self.score(ev.acc, pred, fl, pa))
             self._cache[plan_key(keep, removed)] = len(self.records)
+            self._held[len(self.records)] = model
         self.records.append(rec)
+        self._evict(keep=len(self.records) - 1)
         return rec
+
+    def _evict(self, keep: int) -> None:
+        """Hold only the screened models the probe can use: the uniform plan's, the `probe_top` best
+        others' and record `keep` (just screened)."""
+        others = sorted((i for i in self._held if i not in (0, keep)), key=lambda i: self.key(self.records[i]),
+                        reverse=True)
+        for i in others[max(0, self.config.probe_top):]:
+            del self._held[i]
+
+    def probed_model(self, i: int, probing: bool) -> Any:
+        """Record `i`'s model after the longer probe: its screened model (rebuilt and screened again
+        when not held, as after a resume) trained on ``probe_batches − screen_batches`` more batches
+        (stage 2, the same for every plan), so a probed plan has seen ``probe_batches`` in all. Without
+        a probe: the screened model, compared as it was scored. Why continue and not start afresh:
+        docs/compress.md ("The probe continues the screen")."""
+        rec, cfg = self.records[i], self.config
+        model = self._held.pop(i, None)
+        if model is None:
+            model = self.build(rec["keep"], rec.get("removed", ()))
+            if cfg.screen_batches > 0:
+                self.env.probe(model, cfg.screen_batches)
+        if probing:
+            more = cfg.probe_batches - cfg.screen_batches if cfg.screen_batches > 0 else cfg.probe_batches
+            if more > 0:
+                self.env.probe(model, more, stage=2 if cfg.screen_batches > 0 else 0)
+        return model
 
     @staticmethod
     def key(r: dict[str, Any]) -> tuple[float, float]:
@@ -264,11 +293,7 @@ class _Search(DepthPhase, FitPhase):
         probing = self.config.probe_top > 0 and self.config.probe_batches > 0
         for i in picks:
             rec = self.records[i]
-            model = models[i] = self.build(rec["keep"], rec.get("removed", ()))
-            if probing:
-                self.env.probe(model, self.config.probe_batches)
-            elif self.config.screen_batches > 0:  # no longer probe: compare as they were scored
-                self.env.probe(model, self.config.screen_batches)
+            model = models[i] = self.probed_model(i, probing)
             ev = self.env.evaluate(model)
             probes.append({"record": i, "acc": ev.acc, "kl": ev.kl, "q": self.score(ev.acc, rec["pred_ms"], rec["flops"],
                                                                                      rec["params"])})
@@ -329,8 +354,9 @@ class _Search(DepthPhase, FitPhase):
                                removed=removed)
         fitted["fitted_from"] = best["record"]
         idx = len(self.records) - 1
-        model = models[idx] = self.build(keep, removed)
-        self.env.probe(model, self.config.probe_batches if probing else self.config.screen_batches)
+        if fitted.get("duplicate_of") in self._held:  # re-sized onto a plan screened (and held) already
+            self._held[idx] = self._held.pop(fitted["duplicate_of"])
+        model = models[idx] = self.probed_model(idx, probing)
         ev = self.env.evaluate(model)
         p = {"record": idx, "acc": ev.acc, "kl": ev.kl, "fitted_from": best["record"], "reached": reached,
              "q": self.score(ev.acc, fitted["pred_ms"], fitted["flops"], fitted["params"])}
