@@ -660,6 +660,33 @@ def test_a_fit_close_under_the_target_still_measures_one_step_larger_on_a_platea
     assert reached and keep == k0 and seen == [k0]
 
 
+def test_a_challenger_at_the_uniform_plans_latency_stops_even_well_under_the_target():
+    """The uniform plan fitted at 0.555x for 0.6x (its next step missed); a challenger reading 0.56x is
+    at equal latency: it stops at once instead of being grown into budget uniform did not get."""
+    from rlprune_edge.search.measured_fit import fit_to_target
+
+    sp = space()
+    prefs = sp.uniform_prefs()
+    k0, s0 = sp.size_to_channels(prefs, sum(sp.full_keep()) // 2)
+
+    def measure(keep, t, repeat):
+        ratio = 0.56 * sum(keep) / sum(k0)
+        return {"ms": ratio, "ratio": ratio, "dense_ms": 1.0}
+
+    def fit(**kw):
+        seen = []
+        keep, _, reached = fit_to_target(
+            sp, Target("ratio", 0.6), prefs, k0, s0, None,
+            measure=lambda k, t, r: seen.append(list(k)) or measure(k, t, r), correct=lambda k, ms: None,
+            predict=lambda k: 0.56 * sum(k) / sum(k0), tries=2, grow_slack=0.05, grow_past_slack=False, **kw)
+        return keep, reached, seen
+
+    keep, reached, seen = fit(stop_level=0.555)
+    assert reached and keep == k0 and seen == [k0]
+    keep, reached, seen = fit()  # judged against the target alone, 0.56x is 6.7% under: it is grown
+    assert reached and len(seen) == 3 and sum(seen[1]) > sum(k0)  # a larger plan, a near miss read twice
+
+
 def test_a_near_miss_is_measured_again_and_a_clear_miss_is_not():
     from rlprune_edge.search.measured_fit import fit_to_target
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rlprune_edge.search.depth import plan_key
-from rlprune_edge.search.measured_fit import fit_to_target, judged
+from rlprune_edge.search.measured_fit import fit_to_target, judged, value_of
 
 
 class FitPhase:
@@ -135,7 +135,8 @@ class FitPhase:
             correct=lambda k, ms: self.env.correct(self.space.as_dict(k), ms * self.predict(k) / self.predict(k, removed)),
             predict=lambda k: self.predict(k, removed),
             tries=self.config.shrink_tries if ukeep is None else self.config.challenger_tries,
-            grow_slack=self.config.grow_slack, grow_past_slack=ukeep is None)
+            grow_slack=self.config.grow_slack, grow_past_slack=ukeep is None,
+            stop_level=None if ref is None else value_of(self.target, ref))
 
     def _uniform_reading(self, ukeep: list[int]) -> dict[str, Any] | None:
         """The uniform plan's own reading when it was fitted (the last one of those widths measured alone)."""

@@ -24,7 +24,7 @@ def met(target: Any, ms: float, ratio: float) -> bool:
     return ratio <= target.value if target.kind == "ratio" else ms <= target.value
 
 
-def _value(target: Any, m: dict[str, Any]) -> float:
+def value_of(target: Any, m: dict[str, Any]) -> float:
     """A reading in the target's unit (ratio to dense, or ms)."""
     return float(m["ratio"] if target.kind == "ratio" else m["ms"])
 
@@ -49,6 +49,7 @@ def fit_to_target(
     correct: Callable[[list[int], float], None],
     predict: Callable[[list[int]], float],
     tries: int, grow_slack: float, recheck: float = 0.10, grow_past_slack: bool = True,
+    stop_level: float | None = None,
 ) -> tuple[list[int], float, bool]:
     """Measure the plan `keep` (at `scale` along `prefs`) and fit it to the target → (keep, scale, reached).
 
@@ -71,19 +72,25 @@ def fit_to_target(
     to the fitted uniform plan's predicted latency) a fit within `grow_slack` ends the fit at once:
     growing it further would buy it budget the uniform plan did not get, at ~10 s a measurement
     (on the shipped VGG-19 a challenger read 0.489x for 0.5x, then took five more readings).
+    `stop_level` (a challenger: the uniform plan's fitted reading, in the target's unit) moves that
+    slack's reference from the target down to it when lower: a challenger within the slack of the
+    uniform plan's own latency is at equal latency and stops (a VGG-19 challenger read 0.473x where
+    the uniform plan had fitted at 0.468x for 0.5x, was grown, and took three more readings to end
+    at 0.488x, more budget than uniform got).
     """
+    level = target.value if stop_level is None else min(target.value, stop_level)
     fits: Reading | None = None  # the largest plan measured within the target
     misses: Reading | None = None  # the smallest plan measured over it
     for t in range(tries + 1):
         m = measure(keep, t, False)
-        if not met(target, m["ms"], m["ratio"]) and _value(target, m) <= (1.0 + recheck) * target.value:
+        if not met(target, m["ms"], m["ratio"]) and value_of(target, m) <= (1.0 + recheck) * target.value:
             m = measure(keep, t, True)  # a near miss: judged on both readings
         ok = met(target, m["ms"], m["ratio"])
-        value = _value(target, m)
+        value = value_of(target, m)
         if ok:
             if fits is None or sum(keep) > sum(fits[1]):
                 fits = (scale, list(keep), value)
-            if 1.0 - value / target.value <= grow_slack and (misses is not None or not grow_past_slack):
+            if 1.0 - value / level <= grow_slack and (misses is not None or not grow_past_slack):
                 break  # close under the target, and the next larger plan measured over it (or not needed)
         elif misses is None or sum(keep) < sum(misses[1]):
             misses = (scale, list(keep), value)
