@@ -149,3 +149,13 @@ def test_ddp_two_gloo_processes_end_identical(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert any(not torch.equal(a[k], init[k]) for k in a if a[k].is_floating_point())
+
+
+def test_channels_last_kd_is_kept_to_models_with_wide_convolutions():
+    """Channels-last KD deadlocked in backward on one CPU for a model pruned to 2-4 channels per
+    group: such models train in the default layout."""
+    from rlprune_edge.distill import _wide_enough
+
+    narrow = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 16, 3))
+    wide = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 16, 3))
+    assert not _wide_enough(narrow) and _wide_enough(wide)
