@@ -77,3 +77,20 @@ def channels_last(model: torch.nn.Module, enabled: bool = True) -> Iterator[torc
         yield model
     finally:
         model.to(memory_format=torch.contiguous_format)
+
+
+@torch.no_grad()
+def logits_of(model: torch.nn.Module, x: torch.Tensor, batch: int = 500,
+              device: str | torch.device | None = None) -> torch.Tensor:
+    """Eval-mode logits (on the CPU) of `model` on `x`, in chunks of `batch` on `device` (default: the
+    model's), channels-last (≈1.7× faster on CPU)."""
+    dev = torch.device(device) if device is not None else module_device(model)
+    was = model.training
+    model.eval()
+    try:
+        with channels_last(model):
+            outs = [model(x[i : i + batch].to(dev).contiguous(memory_format=torch.channels_last)).float().cpu()
+                    for i in range(0, len(x), batch)]
+    finally:
+        model.train(was)
+    return torch.cat(outs) if outs else torch.zeros(0)

@@ -201,13 +201,13 @@ class _Search(DepthPhase, FitPhase):
             self._cache[plan_key(keep, removed)] = len(self.records)
             self._held[len(self.records)] = model
         self.records.append(rec)
-        self._evict(keep=len(self.records) - 1)
+        self._evict(newest=len(self.records) - 1)
         return rec
 
-    def _evict(self, keep: int) -> None:
+    def _evict(self, newest: int) -> None:
         """Hold only the screened models the probe can use: the uniform plan's, the `probe_top` best
-        others' and record `keep` (just screened)."""
-        others = sorted((i for i in self._held if i not in (0, keep)), key=lambda i: self.key(self.records[i]),
+        others' and record `newest` (just screened)."""
+        others = sorted((i for i in self._held if i not in (0, newest)), key=lambda i: self.key(self.records[i]),
                         reverse=True)
         for i in others[max(0, self.config.probe_top):]:
             del self._held[i]
