@@ -194,7 +194,8 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
 
     profile = load_profile(c.profile)
     if c.channel_multiple is not None:
-        profile = replace(profile, pruning=replace(profile.pruning, channel_multiple=c.channel_multiple))
+        profile = replace(profile, pruning=replace(profile.pruning, channel_multiple=c.channel_multiple,
+                                                   basis=f"{c.name('channel_multiple')} {c.channel_multiple}"))
     model_spec = c.model or str(ensure_default_model(progress=not c.quiet))
     info_data = None
     if Path(model_spec).is_file():
@@ -237,7 +238,8 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
     weights = weights_for(c.reward, profile)
     groups = prunable_groups(dense, example_inputs)
     _say(f"compress: model {model_spec} ({info.model}, width {info.width}), data {data_spec}, "
-         f"profile {profile.name}, target {target.describe()}, reward {c.reward}")
+         f"profile {profile.name} (channel multiple {profile.pruning.channel_multiple}"
+         f"{'; ' + profile.pruning.basis if profile.pruning.basis else ''}), target {target.describe()}, reward {c.reward}")
     _say("groups:\n" + format_groups_table(groups))
     if not any(g.prunable for g in groups):
         raise UserError(f"model {model_spec} has no prunable channel group; nothing to compress.")

@@ -55,9 +55,11 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class PruningSpec:
-    """Channel counts are rounded to this multiple."""
+    """Channel counts are rounded to this multiple; ``basis`` says where it came from when it was not
+    written as a number (``channel_multiple = "auto"``, a command-line flag); never read from a file."""
 
     channel_multiple: int = 8
+    basis: str = field(default="", metadata={"profile_key": False})
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,7 @@ def _check_value(file: str, section: str, key: str, value: Any, default: Any) ->
 def _build_section(file: str, section: str, raw: Any, cls: type) -> Any:
     if not isinstance(raw, dict):
         raise UserError(f"{file}: [{section}] must be a table, got {_type_name(raw)}; fix the profile.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("profile_key", True)}
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
@@ -276,12 +278,40 @@ def parse_profile(data: dict[str, Any], file: str, path: Path | None = None) -> 
         raise UserError(
             f"{file}: [runtime] name is missing; add a [runtime] table with name = one of {', '.join(RUNTIMES)}."
         )
+    data, basis = _resolve_auto_multiple(file, data)
     built = {sec: _build_section(file, sec, data[sec], cls) for sec, cls in _SECTIONS.items() if sec in data}
+    if basis:
+        built["pruning"] = dataclasses.replace(built["pruning"], basis=basis)
     profile = Profile(name=name, description=description, path=path, **built)
     _check_numbers(file, profile)
     _check_remote_python(file, profile)
     _check_consistency(file, profile)
     return profile
+
+
+def _resolve_auto_multiple(file: str, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """`data` (and the reason) with ``[pruning] channel_multiple = "auto"`` replaced by this CPU's channel block.
+
+    "auto" reads the CPU this process runs on, so only a local CPU runtime may use it."""
+    from rlprune_edge.cpu_block import AUTO, host_channel_block
+
+    pruning = data.get("pruning")
+    if not isinstance(pruning, dict) or not isinstance(pruning.get("channel_multiple"), str):
+        return data, ""
+    where = _where(file, "pruning", "channel_multiple")
+    value = pruning["channel_multiple"]
+    if value != AUTO:
+        raise UserError(f"{where} must be an integer or \"{AUTO}\", got {value!r}; fix the profile.")
+    connection = data.get("connection") if isinstance(data.get("connection"), dict) else {}
+    runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+    on_cpu = (runtime.get("name") == "onnxruntime" and runtime.get("provider", "CPUExecutionProvider")
+              == "CPUExecutionProvider") or (runtime.get("name") == "torch" and runtime.get("device", "cpu") == "cpu")
+    if connection.get("kind", "local") != "local" or not on_cpu:
+        raise UserError(f"{where} = \"{AUTO}\" reads this machine's CPU, so it needs a local CPU runtime "
+                        "(onnxruntime with CPUExecutionProvider, or torch on cpu); set a number for this device "
+                        "(4 for ARM NEON, 8 for GPU fp16 tensor cores).")
+    block = host_channel_block()
+    return {**data, "pruning": {**pruning, "channel_multiple": block.multiple}}, block.basis
 
 
 def _check_consistency(file: str, p: Profile) -> None:

@@ -98,6 +98,7 @@ def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None
                      | {"test_acc": accuracy(step_model, pareto_x, pareto_y)})
     info = {"method": "paper", "step_ratio": config.step_ratio, "candidates": config.candidates,
             "rounds": config.rounds, "val_size": a.val_size, "channel_multiple": env.channel_multiple,
+            "channel_multiple_basis": job.profile.pruning.basis or "the profile",
             "search_s": result.wall_s, "dense_val_acc": result.dense["val_acc"]}
     return result.model, steps, info, bool(result.reached)
 
@@ -151,7 +152,8 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
             "removed_blocks": result.removed_blocks,
             "probe_top": config.probe_top, "probe_batches": a.probe_batches, "final_batches": config.final_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
             "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
-            "channel_multiple": job.space.multiple, "search_s": result.wall_s, "phase_s": result.phase_s,
+            "channel_multiple": job.space.multiple, "channel_multiple_basis": job.profile.pruning.basis or "the profile",
+            "search_s": result.wall_s, "phase_s": result.phase_s,
             "dense_val_acc": dense_eval.acc, "distinct_plans": sum(1 for r in result.records if "duplicate_of" not in r),
             "chosen": result.chosen, "uniform": result.uniform, "fallback_to_uniform": result.fallback_to_uniform,
             "probes": result.probes, "measurements": result.measurements, "calibration": result.calibration,

@@ -51,6 +51,7 @@ def test_compress_outputs_and_resume_matches_uninterrupted(env):
     assert rep["final"]["params"] < rep["base"]["params"] and rep["final"]["flops"] < rep["base"]["flops"]
     assert len(rep["steps"]) >= 2 and rep["steps"][-1]["sparsity"] >= 0.4 - 0.05
     assert rep["search"]["channel_multiple"] == 2  # the profile's, recorded
+    assert rep["search"]["channel_multiple_basis"] == "the profile"
     for s in rep["steps"]:
         assert s["measured_latency_ms"] > 0 and s["predicted_latency_ms"] > 0 and 0 <= s["val_acc"] <= 1
         assert 0 <= s["test_acc"] <= 1
@@ -157,10 +158,11 @@ def test_uniform_search_with_a_latency_target_measures_and_reports(env):
     tmp, prof = env
     out = tmp / "uniform"
     assert main(["compress", *TINY, *PLAN, "--profile", prof, "--target-latency", "0.9x", "--search", "uniform",
-                 "--out", str(out)]) == 0
+                 "--channel-multiple", "2", "--out", str(out)]) == 0
     rep = json.loads((out / "report.json").read_text())
     s = rep["search"]
     assert s["method"] == "uniform" and s["fallback_to_uniform"] and len(s["plans"]) == 1
+    assert (s["channel_multiple"], s["channel_multiple_basis"]) == (2, "--channel-multiple 2")
     assert s["measurements"] and s["uniform"]["measured_ratio"] is not None
     assert rep["measured_ratio"] > 0 and "windows" in rep["latency_statistic"]
     # every latency decision says how many of its sessions ran at the steady speed

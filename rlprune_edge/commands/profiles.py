@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
                 if isinstance(values, dict):
                     print(f"[{section}]")
                     for k, v in values.items():
-                        print(f"  {k} = {v!r}")
+                        if k != "basis":
+                            print(f"  {k} = {v!r}")
+                        elif v:  # where the channel multiple came from: a comment, not a profile key
+                            print(f"  # {v}")
                 else:
                     print(f"{section} = {values!r}")
         return 0

@@ -22,7 +22,8 @@ def profile_key(profile: Profile) -> str:
     """Name plus a hash of everything in the profile that changes latency (runtime, input, device address)."""
     d = profile.to_dict()
     relevant = {"runtime": d["runtime"], "input": d["input"], "destination": d["connection"]["destination"],
-                "kind": d["connection"]["kind"], "pruning": d.get("pruning")}  # the fit aligns to the multiple
+                "kind": d["connection"]["kind"],
+                "pruning": {"channel_multiple": profile.pruning.channel_multiple}}  # the fit aligns to the multiple
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
     return f"{profile.name}-{digest}"
 
