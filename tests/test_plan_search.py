@@ -24,9 +24,8 @@ COST = {"a": 0.010, "b": 0.008, "c": 0.004, "d": 0.004, "se": 0.0005}  # ms per 
 FIXED_MS = 0.1
 
 
-def space(min_fraction: float = 0.1, multiple: int = 4) -> PlanSpace:
-    return PlanSpace.build(NAMES, CHANNELS, PRUNABLE, multiple=multiple, min_fraction=min_fraction,
-                           followers={"se": "c"})
+def space(min_fraction: float = 0.1) -> PlanSpace:
+    return PlanSpace.build(NAMES, CHANNELS, PRUNABLE, multiple=4, min_fraction=min_fraction, followers={"se": "c"})
 
 
 def true_ms(keep: dict[str, int]) -> float:
@@ -97,7 +96,7 @@ def fractions(keep: dict[str, int]) -> dict[str, float]:
 
 
 def run(env, tmp_path, target=Target("ratio", 0.5), config=None, weights=RewardWeights(latency=1.0), **kw):
-    sp = space(multiple=kw.pop("multiple", 4))
+    sp = space()
     cfg = config or PlanSearchConfig(candidates=24, per_round=6, probe_top=2, seed=kw.pop("seed", 0))
     base = Baseline(true_ms({}), 1000.0, 1000.0)
     return run_plan_search(env, sp, target, weights, base, sp.as_dict(sp.full_keep()), cfg,
@@ -148,36 +147,6 @@ def test_ramp_plans_fall_or_rise_with_depth_and_are_centred():
     assert f["a"] > f["d"]  # later groups narrower than earlier ones at the same predicted latency
     one = PlanSpace.build(["a", "fc"], [16, 10], [True, False], multiple=4)
     assert one.ramp_prefs(-1.5).tolist() == [0.0]
-
-
-def test_the_narrow_whole_plan_keeps_groups_one_cut_would_halve_and_sizes_the_rest():
-    sp = space(multiple=8)  # "a" (16 channels) is two multiples wide: any cut halves it
-    prefs = sp.narrow_whole_prefs()
-    assert prefs is not None and prefs.tolist()[1:] == [0.0, 0.0, 0.0] and prefs[0] > 0
-    goal = 0.5 * true_ms({})
-    keep, _ = sp.size_to_latency(prefs, lambda k: true_ms(sp.as_dict(k)), goal)
-    uniform, _ = sp.size_to_latency(sp.uniform_prefs(), lambda k: true_ms(sp.as_dict(k)), goal)
-    f, u = fractions(sp.as_dict(keep)), fractions(sp.as_dict(uniform))
-    assert f["a"] == 1.0 > u["a"] and true_ms(sp.as_dict(keep)) <= goal
-    assert f["b"] < u["b"] and f["b"] == f["c"] == f["d"]  # the others pay for it, uniformly
-    assert space(multiple=4).narrow_whole_prefs() is None  # no free group that narrow
-    assert PlanSpace.build(["a", "fc"], [16, 10], [True, False], multiple=8).narrow_whole_prefs() is None  # all narrow
-
-
-def test_the_narrow_whole_plan_takes_the_first_slot_of_round_zero(tmp_path):
-    # A stub where halving "a" costs the most: the narrow-whole plan is scored first and wins.
-    def acc(keep):
-        f = fractions(keep)
-        return 0.70 + 0.2 * f["a"] + 0.02 * (f["b"] + f["c"] + f["d"])
-
-    cfg = dict(candidates=6, per_round=6, probe_top=2, calibration_tries=0, ramps=(-0.75,))
-    res = run(StubEnv(acc), tmp_path / "on", config=PlanSearchConfig(**cfg), multiple=8)
-    kinds = [r["kind"] for r in res.records]
-    assert kinds[:3] == ["uniform", "narrow whole", "ramp -0.75"] and set(kinds[3:]) == {"sampled"}
-    assert res.records[1]["keep"][0] == 16 > res.records[0]["keep"][0]
-    assert not res.fallback_to_uniform and res.chosen["keep"]["a"] == 16
-    off = run(StubEnv(acc), tmp_path / "off", config=PlanSearchConfig(**cfg, narrow_whole=False), multiple=8)
-    assert "narrow whole" not in {r["kind"] for r in off.records}
 
 
 def test_the_ramps_take_the_first_slots_of_round_zero(tmp_path):

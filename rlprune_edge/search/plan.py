@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_MIN_FRACTION = 0.1
-WHOLE_PREFERENCE = math.log(1e4)  # a log keep-preference that keeps a group whole at any scale a plan can take
 
 
 def _round_to(x: float, m: int) -> int:
@@ -94,17 +93,6 @@ class PlanSpace:
             return np.zeros(self.dim)
         v = float(slope) * np.linspace(-0.5, 0.5, self.dim)
         return v - v.mean()
-
-    def narrow_whole_prefs(self) -> np.ndarray | None:
-        """Preferences that keep whole every free group one cut would halve (at most two channel
-        multiples wide) and size the others uniformly; None when no free group is that narrow or
-        every one is. Why: docs/compress.md ("Structured candidates")."""
-        narrow = [j for j, i in enumerate(self.free) if self.channels[i] <= 2 * self.multiple]
-        if not narrow or len(narrow) == self.dim:
-            return None
-        v = np.zeros(self.dim)
-        v[narrow] = WHOLE_PREFERENCE
-        return v
 
     def full_keep(self) -> list[int]:
         return list(self.channels)

@@ -49,7 +49,7 @@ from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 10  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models; 10: the narrow-whole plan
+STATE_VERSION = 9  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
 STATE_FILE = "plan_state.json"
 
 
@@ -60,7 +60,6 @@ class PlanSearchConfig:
     candidates: int = 12  # plans besides the uniform one: the structured ramps, then sampled ones (15 until 2026-12-06)
     per_round: int = 8  # plans per round (the distribution moves after each round)
     ramps: tuple[float, ...] = (-0.75, -1.5, -2.25)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs)
-    narrow_whole: bool = True  # round 0's first plan keeps groups of <= 2 multiples whole (PlanSpace.narrow_whole_prefs)
     depth_plans: int = 6  # round-0 plans that remove 1, 2, ... residual blocks whole (search.depth); 0 = none
     screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
     probe_batches: int = 200  # KD batches of the longer probe of the best plans and the uniform one (the screen's included)
@@ -269,14 +268,11 @@ class _Search(DepthPhase, FitPhase):
         return True
 
     def proposals(self, round_: int, k: int) -> list[tuple[np.ndarray, str, tuple[str, ...]]]:
-        """Round `round_`'s `k` plans: the structured ones first (the narrow-whole plan, then the depth ramps; their slots of the candidate
+        """Round `round_`'s `k` plans: the structured depth ramps first (their slots of the candidate
         budget), then plans sampled from the distribution, removing the blocks the best plan so far
         removes; round 0 also proposes the depth plans (beyond the budget). Why ramps:
         docs/compress.md ("Structured candidates"); depth plans: ("Depth plans")."""
         structured = [(self.space.ramp_prefs(a), f"ramp {a:+g}") for a in self.config.ramps] if self.space.dim > 1 else []
-        narrow = self.space.narrow_whole_prefs() if self.config.narrow_whole else None
-        if narrow is not None:
-            structured.insert(0, (narrow, "narrow whole"))
         start = round_ * self.config.per_round
         mine = [(p, kind, ()) for p, kind in structured[start : start + k]]
         if round_ == 0:
