@@ -5,8 +5,9 @@ ONNX Runtime's CPU kernels (MLAS) compute convolutions in NCHWc blocks of 16 cha
 has AVX-512F and of 8 otherwise on x86-64 (``MLAS_PLATFORM::NchwcBlockSize``); oneDNN, behind
 PyTorch's CPU convolutions, blocks the same way (nChw16c / nChw8c). Measured on the shipped
 VGG-19 w0.25 (BENCHMARKS.md): on an AVX-512 EPYC, widths off a multiple of 16 ran no faster than
-the next multiple; on an AVX2-only EPYC, 24- and 40-channel stages ran faster than 32 and 48, so
-16 there throws away real plans. ARM NEON kernels work on 4-lane fp32 vectors.
+the next multiple; on an AVX2-only EPYC, a 24-channel stage ran faster than 32 (latency only: the
+shipped profiles stay at 16 for accuracy, host-cpu.toml says why). ARM NEON kernels work on 4-lane
+fp32 vectors.
 """
 
 from __future__ import annotations

@@ -278,40 +278,44 @@ def parse_profile(data: dict[str, Any], file: str, path: Path | None = None) -> 
         raise UserError(
             f"{file}: [runtime] name is missing; add a [runtime] table with name = one of {', '.join(RUNTIMES)}."
         )
-    data, basis = _resolve_auto_multiple(file, data)
+    data, auto_multiple = _take_auto_multiple(file, data)
     built = {sec: _build_section(file, sec, data[sec], cls) for sec, cls in _SECTIONS.items() if sec in data}
-    if basis:
-        built["pruning"] = dataclasses.replace(built["pruning"], basis=basis)
     profile = Profile(name=name, description=description, path=path, **built)
+    if auto_multiple:
+        profile = _with_host_multiple(file, profile)
     _check_numbers(file, profile)
     _check_remote_python(file, profile)
     _check_consistency(file, profile)
     return profile
 
 
-def _resolve_auto_multiple(file: str, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """`data` (and the reason) with ``[pruning] channel_multiple = "auto"`` replaced by this CPU's channel block.
-
-    "auto" reads the CPU this process runs on, so only a local CPU runtime may use it."""
-    from rlprune_edge.cpu_block import AUTO, host_channel_block
+def _take_auto_multiple(file: str, data: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """`data` without ``[pruning] channel_multiple = "auto"`` and whether it was there (any other string is refused)."""
+    from rlprune_edge.cpu_block import AUTO
 
     pruning = data.get("pruning")
     if not isinstance(pruning, dict) or not isinstance(pruning.get("channel_multiple"), str):
-        return data, ""
-    where = _where(file, "pruning", "channel_multiple")
-    value = pruning["channel_multiple"]
-    if value != AUTO:
-        raise UserError(f"{where} must be an integer or \"{AUTO}\", got {value!r}; fix the profile.")
-    connection = data.get("connection") if isinstance(data.get("connection"), dict) else {}
-    runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
-    on_cpu = (runtime.get("name") == "onnxruntime" and runtime.get("provider", "CPUExecutionProvider")
-              == "CPUExecutionProvider") or (runtime.get("name") == "torch" and runtime.get("device", "cpu") == "cpu")
-    if connection.get("kind", "local") != "local" or not on_cpu:
-        raise UserError(f"{where} = \"{AUTO}\" reads this machine's CPU, so it needs a local CPU runtime "
-                        "(onnxruntime with CPUExecutionProvider, or torch on cpu); set a number for this device "
-                        "(4 for ARM NEON, 8 for GPU fp16 tensor cores).")
+        return data, False
+    if pruning["channel_multiple"] != AUTO:
+        raise UserError(f"{_where(file, 'pruning', 'channel_multiple')} must be an integer or \"{AUTO}\", "
+                        f"got {pruning['channel_multiple']!r}; fix the profile.")
+    return {**data, "pruning": {k: v for k, v in pruning.items() if k != "channel_multiple"}}, True
+
+
+def _with_host_multiple(file: str, p: Profile) -> Profile:
+    """`p` with its channel multiple set to this CPU's block: "auto" reads the CPU this process runs
+    on, so only a local CPU runtime may use it."""
+    from rlprune_edge.cpu_block import AUTO, host_channel_block
+
+    rt = p.runtime
+    on_cpu = (rt.name == "onnxruntime" and rt.provider == "CPUExecutionProvider") or (rt.name == "torch" and rt.device == "cpu")
+    if p.is_remote or not on_cpu:
+        raise UserError(f"{_where(file, 'pruning', 'channel_multiple')} = \"{AUTO}\" reads this machine's CPU, so "
+                        "it needs a local CPU runtime (onnxruntime with CPUExecutionProvider, or torch on cpu); set "
+                        "a number for this device (4 for ARM NEON, 8 for GPU fp16 tensor cores).")
     block = host_channel_block()
-    return {**data, "pruning": {**pruning, "channel_multiple": block.multiple}}, block.basis
+    return dataclasses.replace(p, pruning=dataclasses.replace(p.pruning, channel_multiple=block.multiple,
+                                                                 basis=block.basis))
 
 
 def _check_consistency(file: str, p: Profile) -> None:
