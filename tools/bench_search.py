@@ -50,6 +50,7 @@ LABELS = {"plan": "plan search (ours, default)", "uniform": "uniform plan (proje
 START, END = "<!-- bench_search:start -->", "<!-- bench_search:end -->"
 COMMON_WINDOWS = 5
 COMMON_SESSIONS = 5
+QUICK_SESSIONS = (2, 0.5)  # --quick (a smoke run of the workflow): sessions and pause of the common measurements
 
 
 def _say(msg: str) -> None:
@@ -82,7 +83,7 @@ def base_checkpoint(work: Path, name: str, width: float, epochs: int, quick: boo
     return path
 
 
-def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
+def measure_floor(ckpt: Path, profile_name: str, sessions: int = COMMON_SESSIONS, pause_s: float = 5.0) -> dict[str, Any]:
     """The floor model (every group at its lower bound) vs dense in common windows."""
     import torch
 
@@ -108,9 +109,10 @@ def measure_floor(ckpt: Path, profile_name: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         d = export_onnx(copy.deepcopy(dense), Path(tmp) / "dense.onnx", tuple(info.input_shape), batch=1)
         f = export_onnx(floor, Path(tmp) / "floor.onnx", tuple(info.input_shape), batch=1)
-        ratios, dense_ms, sessions = robust_ratios(get_backend(profile), profile, d, [f], sessions=COMMON_SESSIONS,
-                                                   pause_s=5.0, gate=SteadyGate.for_artifact(profile, d))
-    return {"floor_ratio": ratios[0], "dense_ms": dense_ms, "channel_multiple": int(profile.pruning.channel_multiple), "sessions": [s[0] for s in sessions],
+        ratios, dense_ms, per_session = robust_ratios(get_backend(profile), profile, d, [f], sessions=sessions,
+                                                      pause_s=pause_s, gate=SteadyGate.for_artifact(profile, d))
+    return {"floor_ratio": ratios[0], "dense_ms": dense_ms, "channel_multiple": int(profile.pruning.channel_multiple),
+            "sessions": [s[0] for s in per_session],
             "floor_params": int(count_params(floor)), "dense_params": int(count_params(dense))}
 
 
@@ -136,7 +138,7 @@ def run_compress(ckpt: Path, target: float, seed: int, method: str, out: Path, e
 
 
 def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: int | None,
-                   kd_images: int | None = None) -> dict[str, Any]:
+                   kd_images: int | None = None, iterations: int = 6) -> dict[str, Any]:
     """Torch-Pruning's uniform Taylor pruning bisected on measured latency, then compress's default KD."""
     import torch
 
@@ -164,7 +166,7 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
     with tempfile.TemporaryDirectory(prefix="bench-tp-", dir=out) as tmp:
         d = export_onnx(copy.deepcopy(dense), Path(tmp) / "dense.onnx", shape, batch=1)
         res = bisect_uniform(dense, torch.zeros(1, *shape), target, calib, backend, profile, d, Path(tmp),
-                             round_to=int(profile.pruning.channel_multiple), repeats=3,
+                             round_to=int(profile.pruning.channel_multiple), repeats=3, iterations=iterations,
                              gate=SteadyGate.for_artifact(profile, d))  # compress's statistic and speed gate
     search_s = time.perf_counter() - t0
     student = res.model
@@ -184,7 +186,7 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
             "onnx": str(out / "model.onnx")}
 
 
-def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
+def remeasure(ckpt: Path, cells: dict[str, dict], sessions: int = COMMON_SESSIONS, pause_s: float = 5.0) -> dict[str, float]:
     """Every final of one (model, target, seed) with the dense model in the same common windows."""
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.latency.campaign import robust_ratios
@@ -199,7 +201,7 @@ def remeasure(ckpt: Path, cells: dict[str, dict]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-common-") as tmp:
         d = export_onnx(dense.eval(), Path(tmp) / "dense.onnx", tuple(info.input_shape), batch=1)
         ratios, _, _ = robust_ratios(get_backend(profile), profile, d, [Path(cells[n]["onnx"]) for n in names],
-                                     sessions=COMMON_SESSIONS, pause_s=5.0, gate=SteadyGate.for_artifact(profile, d))
+                                     sessions=sessions, pause_s=pause_s, gate=SteadyGate.for_artifact(profile, d))
     return dict(zip(names, ratios, strict=True))
 
 
@@ -302,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                         "list with their date and are run again; the cell's other finals stay and are re-measured "
                         "with them in common windows")
     p.add_argument("--render-only", action="store_true")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny training, short searches, 1 KD epoch of 512 images")
+    p.add_argument("--quick", action="store_true", help="smoke run of the workflow: tiny training, short searches, "
+                   "1 KD epoch of 512 images, a 4-variant latency model, 3 bisection steps for Torch-Pruning, "
+                   "common measurements in 2 sessions 0.5 s apart (its figures mean nothing)")
     p.add_argument("--work", default=str(ROOT), help="where benchmarks/ and BENCHMARKS.md are (default: the repository)")
     args = p.parse_args(argv)
     work = Path(args.work)
@@ -316,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         write_section(render(doc), work)
         return 0
     extra = ["--candidates", "4", "--per-round", "2", "--probe-batches", "4", "--screen-batches", "2",
-             "--kd-epochs", "1", "--kd-images", "512", "--select-size", "200", "--confirm-size", "200"] if args.quick else []
+             "--kd-epochs", "1", "--kd-images", "512", "--select-size", "200", "--confirm-size", "200", "--latency-variants", "4"] if args.quick else []
+    protocol = QUICK_SESSIONS if args.quick else (COMMON_SESSIONS, 5.0)
     for item in args.models.split(","):
         name, _, w = item.partition(":")
         width = float(w or 1.0)
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         m = doc["models"].setdefault(label, {"checkpoint": str(ckpt), "cells": {}})
         if "floor" not in m:
             _say(f"{label}: measuring the floor")
-            m["floor"] = measure_floor(ckpt, "host-cpu")
+            m["floor"] = measure_floor(ckpt, "host-cpu", *protocol)
             m["targets"] = targets_from_floor(m["floor"]["floor_ratio"])
             _save(path, doc)
         for lvl in args.levels.split(","):
@@ -356,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     out = work / "benchmarks" / "runs" / "search" / cid.replace("/", "_")
                     if meth == "tp-uniform":
                         cell[meth] = run_tp_uniform(ckpt, tgt, seed, out, 1 if args.quick else None,
-                                                    512 if args.quick else None)
+                                                    512 if args.quick else None, 3 if args.quick else 6)
                     else:
                         cell[meth] = run_compress(ckpt, tgt, seed, meth, out, extra)
                     cell[meth]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 done = [k for k in METHODS if k in cell]
                 if done and any("common_ratio" not in cell[k] for k in done):
                     _say(f"{label}/{key}: re-measuring {', '.join(done)} together")
-                    for k, r in remeasure(ckpt, {k: cell[k] for k in done}).items():
+                    for k, r in remeasure(ckpt, {k: cell[k] for k in done}, *protocol).items():
                         cell[k]["common_ratio"] = r
                     _save(path, doc)
     write_section(render(doc), work)
