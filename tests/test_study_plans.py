@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 TOOL = Path(__file__).resolve().parent.parent / "tools" / "study_plans.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import load_tool  # noqa: E402
 
 
 @pytest.fixture()
@@ -65,9 +67,7 @@ def test_enumerate_plans_lists_every_width_combination_once():
     (the width itself when it is not a multiple), followers at their producer's fraction."""
     from rlprune_edge.search.plan import PlanSpace
 
-    spec = importlib.util.spec_from_file_location("rlprune_enumerate_plans", TOOL.parent / "enumerate_plans.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool("enumerate_plans")
     space = PlanSpace.build(["stem", "a", "b", "se", "out"], [16, 32, 40, 40, 10], [True, True, True, True, False],
                             multiple=16, followers={"se": "b"})
     plans = mod.enumerate_space(space, max_plans=100)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,14 +11,12 @@ from torch import nn
 
 from rlprune_edge.models.vgg import build_vgg
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "study_vgg_layers.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import load_tool  # noqa: E402
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("rlprune_study_vgg_layers", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("study_vgg_layers")
 
 
 def test_removable_units_are_the_same_width_convs_after_a_relu():

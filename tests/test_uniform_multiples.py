@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 from rlprune_edge.search.plan import PlanSpace
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "uniform_multiples.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import load_tool  # noqa: E402
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("rlprune_uniform_multiples", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("uniform_multiples")
 
 
 def test_floor_first_then_distinct_uniform_plans_on_the_multiple():
