@@ -119,8 +119,8 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
     if proxy.blocks:
-        _say("removable residual blocks (block influence, lowest removed first): " + ", ".join(
-            f"{b} {proxy.block_influence[b]:.3f}" for b in sorted(proxy.blocks, key=proxy.block_influence.__getitem__)))
+        _say("removable blocks, in the order depth plans remove them (block influence): " + ", ".join(
+            f"{b} {proxy.block_influence[b]:.3f}" for b in sorted(proxy.blocks, key=proxy.removal_priority.__getitem__)))
     ramps = a.ramp_slopes()
     config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else PlanSearchConfig.candidates,
                               per_round=a.per_round, ramps=ramps if ramps is not None else PlanSearchConfig.ramps,

@@ -19,17 +19,20 @@ from collections.abc import Callable, Mapping, Sequence
 
 def depth_plans(blocks: Sequence[str], influence: Mapping[str, float],
                 full_width_ms: Callable[[tuple[str, ...]], float], goal_ms: float | None,
-                limit: int) -> list[tuple[str, ...]]:
+                limit: int, step: int = 1) -> list[tuple[str, ...]]:
     """Removal sets to propose, smallest first; each in module order.
 
-    `blocks`: the removable blocks in module order; `influence`: block influence (smaller: removed
-    first; ties by module order, later first); `full_width_ms(removed)`: predicted latency of the
-    dense widths with `removed` gone; `goal_ms`: None for a sparsity target (then ``limit`` sets)."""
+    `blocks`: the removable blocks in module order; `influence`: block influence or another removal
+    priority (smaller: removed first; ties by module order, later first); `full_width_ms(removed)`:
+    predicted latency of the dense widths with `removed` gone; `goal_ms`: None for a sparsity target
+    (then ``limit`` sets); `step`: blocks added per set (``step``, ``2 * step``, ...; the last set
+    may be all blocks)."""
     if limit <= 0 or not blocks:
         return []
     out: list[tuple[str, ...]] = []
-    for d in range(1, len(blocks) + 1):
-        removed = removal_set(blocks, influence, d)
+    step = max(1, int(step))
+    for d in range(step, len(blocks) + step, step):
+        removed = removal_set(blocks, influence, min(d, len(blocks)))
         out.append(removed)
         if len(out) >= limit or (goal_ms is not None and full_width_ms(removed) <= goal_ms):
             break
@@ -79,14 +82,37 @@ class DepthPhase:
     ``env``, ``space``, ``target``, ``config``, ``uniform_fit``, ``depth``, ``depth_calibration``,
     ``removal_scales``, ``predict``, ``size``, ``build``, ``save``, ``log``)."""
 
+    def depth_step(self) -> int:
+        """Blocks added per removal set: the environment's ``depth_step`` (1 when it has none)."""
+        return max(1, int(getattr(self.env, "depth_step", 1) or 1))
+
+    def canonical(self, keep: Sequence[int], removed: Sequence[str] = ()) -> list[int]:
+        """`keep` with the counts that `removed` makes meaningless set as the environment reads them
+        (``canonical_keep``: a removed plain unit's own group), so one model has one key."""
+        fix = getattr(self.env, "canonical_keep", None)
+        if not removed or fix is None:
+            return list(keep)
+        full = dict(zip(self.space.names, keep, strict=True))
+        full.update(fix(self.space.as_dict(keep), tuple(removed)))
+        return [int(full[n]) for n in self.space.names]
+
+    def key_of(self, keep: Sequence[int], removed: Sequence[str] | None = ()) -> tuple:
+        """``plan_key`` of the canonical keep counts."""
+        return plan_key(self.canonical(keep, removed or ()), removed)
+
+    def removal_order(self) -> dict[str, float]:
+        """The environment's order of removal (lower first): ``removal_priority`` where it has one
+        (``blocks.removal_priority``), else its block influence."""
+        return dict(getattr(self.env, "removal_priority", None) or getattr(self.env, "block_influence", {}) or {})
+
     def depth_sets(self) -> list[tuple[str, ...]]:
         """Round 0's removal sets (search.depth), fixed once the latency model is calibrated."""
         if self.depth is None:
             blocks = list(getattr(self.env, "blocks", []) or [])
             goal = None if self.target.kind == "sparsity" else self.size_goal()
-            self.depth = depth_plans(blocks, getattr(self.env, "block_influence", {}) or {},
+            self.depth = depth_plans(blocks, self.removal_order(),
                                      lambda rm: self.predict(self.space.full_keep(), rm), goal,
-                                     0 if self.config.uniform_only else self.config.depth_plans)
+                                     0 if self.config.uniform_only else self.config.depth_plans, self.depth_step())
         return self.depth
 
     def calibrate_depth(self) -> None:
@@ -114,7 +140,9 @@ class DepthPhase:
         limit = 0 if self.config.uniform_only else self.config.depth_plans
         if len(self.depth) >= min(limit, len(blocks)) or self.predict(self.space.full_keep(), last) <= self.size_goal():
             return []
-        new = removal_set(blocks, getattr(self.env, "block_influence", {}) or {}, len(last) + 1)
+        if len(last) >= len(blocks):
+            return []
+        new = removal_set(blocks, self.removal_order(), min(len(last) + self.depth_step(), len(blocks)))
         self.removal_scales[tuple(sorted(new))] = self.removal_scales.get(tuple(sorted(last)), 1.0)  # keyed as predict() looks up
         self.depth.append(new)
         self.log(f"depth: {len(last)} blocks removed at full width still predicted over the goal after "

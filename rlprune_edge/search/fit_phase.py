@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from rlprune_edge.search.depth import plan_key
 from rlprune_edge.search.measured_fit import fit_to_target, judged, value_of
 
 
@@ -94,7 +93,7 @@ class FitPhase:
         if steady is not None:
             m["steady"] = steady
         first = self.measurements[-1] if repeat and self.measurements else None
-        if first is not None and plan_key(first["keep"], first.get("removed", ())) == plan_key(keep, removed):
+        if first is not None and self.key_of(first["keep"], first.get("removed", ())) == self.key_of(keep, removed):
             # the decision reads both: their geometric mean (a plan read 0.458x then 0.449x for a 0.45x
             # target is over it, not within it because its second reading was lucky)
             m["single"] = {k: m[k] for k in ("ms", "ratio", "uniform_ms", "uniform_ratio")}

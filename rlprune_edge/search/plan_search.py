@@ -42,7 +42,7 @@ import numpy as np
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
-from rlprune_edge.search.depth import DepthPhase, plan_key, removed_kwargs
+from rlprune_edge.search.depth import DepthPhase, removed_kwargs
 from rlprune_edge.search.fit_phase import FitPhase
 from rlprune_edge.search.plan import PlanSpace
 from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_summary
@@ -144,7 +144,7 @@ class _Search(DepthPhase, FitPhase):
         self.phase_s = {k: float(v) for k, v in state.get("phase_s", {}).items()}
         self.base = Baseline(**state["base"])  # the first run's dense measurement: the same goal again
         self.goal_ms = self.target.latency_goal_ms(self.base.latency_ms)
-        self._cache = {plan_key(r["keep"], r.get("removed", ())): i for i, r in enumerate(self.records)
+        self._cache = {self.key_of(r["keep"], r.get("removed", ())): i for i, r in enumerate(self.records)
                        if not r.get("duplicate_of")}
 
     # --- candidates --------------------------------------------------------------------------------
@@ -182,11 +182,12 @@ class _Search(DepthPhase, FitPhase):
     def evaluate(self, prefs: np.ndarray, round_: int, sized: tuple[list[int], float] | None = None,
                  kind: str = "sampled", removed: Sequence[str] = ()) -> dict[str, Any]:
         keep, scale = sized or self.size(prefs, removed)
+        keep = self.canonical(keep, removed)
         rec: dict[str, Any] = {"round": round_, "kind": kind, "prefs": [float(v) for v in prefs], "scale": scale,
                                "keep": keep}
         if removed:
             rec["removed"] = list(removed)
-        hit = self._cache.get(plan_key(keep, removed))
+        hit = self._cache.get(self.key_of(keep, removed))
         if hit is not None:
             src = self.records[hit]
             rec.update({k: src[k] for k in ("acc", "kl", "pred_ms", "flops", "params", "q")}, duplicate_of=hit)
@@ -198,7 +199,7 @@ class _Search(DepthPhase, FitPhase):
             pred = self.predict(keep, removed)
             fl, pa = int(self.env.flops(model)), int(self.env.params(model))
             rec.update(acc=ev.acc, kl=ev.kl, pred_ms=pred, flops=fl, params=pa, q=self.score(ev.acc, pred, fl, pa))
-            self._cache[plan_key(keep, removed)] = len(self.records)
+            self._cache[self.key_of(keep, removed)] = len(self.records)
             self._held[len(self.records)] = model
         self.records.append(rec)
         self._evict(newest=len(self.records) - 1)
@@ -345,8 +346,8 @@ class _Search(DepthPhase, FitPhase):
         removed = tuple(rec.get("removed", ()))
         keep, scale, reached = self._fit(list(rec["keep"]), np.asarray(rec["prefs"]), float(rec["scale"]),
                                          list(self.uniform_fit[0]), removed)  # type: ignore[index]
-        same = next((p for p in probes if plan_key(self.records[p["record"]]["keep"],
-                                                    self.records[p["record"]].get("removed", ())) == plan_key(keep, removed)), None)
+        same = next((p for p in probes if self.key_of(self.records[p["record"]]["keep"],
+                                                       self.records[p["record"]].get("removed", ())) == self.key_of(keep, removed)), None)
         if same is not None:  # as it was, or fitted onto a plan probed already (uniform: nothing to confirm)
             same["reached"] = reached
             return same if same["record"] else None
@@ -431,7 +432,7 @@ def run_plan_search(
     chosen_rec = s.records[int(s.decision["chosen_record"])]  # type: ignore[index]
     model = s.build(keep, removed)
     last = next((m for m in reversed(s.measurements)  # the returned plan's
-                 if plan_key(m["keep"], m.get("removed", ())) == plan_key(keep, removed)), {})
+                 if s.key_of(m["keep"], m.get("removed", ())) == s.key_of(keep, removed)), {})
     probe_of = {p["record"]: p for p in (s.probes or [])}
     idx = int(s.decision["chosen_record"])  # type: ignore[index]
     s.save()

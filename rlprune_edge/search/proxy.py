@@ -5,7 +5,8 @@ Every data subset is fixed once from the seed, so a plan's score depends only on
 
 * Taylor importance of the dense model, once, over ``calib_images`` training images (Molchanov's
   per-batch estimator, :mod:`rlprune_edge.importance`);
-* block influence of the removable residual blocks (:mod:`rlprune_edge.blocks`) on the same images;
+* block influence of the removable blocks (:mod:`rlprune_edge.blocks`: residual blocks, plain
+  units) on the same images;
 * BatchNorm recalibration (EagleEye's adaptive BN) on ``bn_images`` other training images;
 * a *selection* split (``select_size`` validation images) that ranks plans, with KL divergence to
   the dense model's outputs as the tie-break, and a disjoint *confirmation* split
@@ -26,7 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlprune_edge.blocks import block_influence, drop_blocks, skippable_blocks
+from rlprune_edge.blocks import (
+    block_influence,
+    block_members,
+    drop_blocks,
+    keep_past_units,
+    plain_units,
+    removal_priority,
+    skippable_blocks,
+    unit_groups,
+)
 from rlprune_edge.compute import logits_of
 from rlprune_edge.search.env import recalibrate_bn, tensors
 from rlprune_edge.search.plan_env import Evaluation
@@ -45,7 +55,7 @@ class ProxyConfig:
     probe_batch_size: int = 64
     probe_lr: float = 0.01
     eval_batch: int = 500
-    depth: bool = True  # offer the removable residual blocks (and their influence) to the search
+    depth: bool = True  # offer the removable blocks (and their influence) to the search
     seed: int = 0
 
 
@@ -85,19 +95,46 @@ class PlanProxy:
         bn_x = tx[n_cal:] if len(tx) > n_cal else tx
         self.bn_batches = [bn_x[i : i + c.bn_batch] for i in range(0, min(len(bn_x), c.bn_images), c.bn_batch)]
         self.scores = channel_scores(self.teacher, self.example_inputs, groups, method="taylor", calib=self.calib)
-        self.blocks = skippable_blocks(self.dense) if c.depth else []  # removable residual blocks
+        blocks = skippable_blocks(self.dense) if c.depth else []
+        plain = [b for b in plain_units(self.dense) if b in blocks]
+        # depth plans grow by about a quarter of the plain units at a time (VGG-19: 3 of 12; a unit is
+        # one conv, often at a small map, where a residual block is two), one residual block at a time;
+        # the earliest quarter of the plain units is never offered (docs/compress.md, "Plain units")
+        self.depth_step = max(1, round(len(plain) / 4)) if plain else 1
+        self.plain = plain[self.depth_step :] if plain else []  # the plain units offered
+        self.blocks = [b for b in blocks if b not in plain or b in self.plain]  # removable blocks offered
         self.block_influence = block_influence(self.teacher, [x for x, _ in self.calib], self.blocks) if self.blocks else {}
+        self.removal_priority = removal_priority(self.dense, self.block_influence)  # lower: removed first
+        self._bases: dict[tuple[str, ...], tuple[nn.Module, list]] = {}  # plain units dropped -> (model, groups)
+        self._unit_io = unit_groups(self.groups, self.plain)  # unit -> (group it makes, group it reads)
+        self._members = {b: block_members(self.dense, [b]) for b in self.blocks}  # what removing b takes out
         self._teacher_logits: dict[tuple[int, int], list[torch.Tensor]] = {}  # (stage, batches) -> per batch
 
     # --- models --------------------------------------------------------------------------------------
+    def _base(self, units: tuple[str, ...]) -> tuple[nn.Module, list]:
+        """The dense model with the plain `units` dropped, and its groups (traced once per set)."""
+        from rlprune_edge.graph import prunable_groups
+
+        if not units:
+            return self.dense, self.groups
+        if units not in self._bases:
+            base = drop_blocks(self.dense, units, copy_model=True)
+            self._bases[units] = (base, prunable_groups(base, self.example_inputs))
+        return self._bases[units]
+
     def build(self, keep: dict[str, int], removed: tuple[str, ...] = ()) -> nn.Module:
         """The plan pruned one-shot from the dense model, `removed` blocks replaced by identity,
-        BatchNorm recalibrated."""
+        BatchNorm recalibrated. Plain units go before pruning (the groups around them merge: the
+        unit's input group then also feeds its consumer), residual blocks after it (their groups
+        stay as they are); channels are ranked by the dense model's scores either way."""
         from rlprune_edge.pruning import prune
 
-        new = prune(self.dense, self.example_inputs, keep=keep, channel_multiple=1, scores=self.scores,
-                    groups=self.groups)
-        drop_blocks(new, removed)
+        units = tuple(b for b in removed if b in self.plain)
+        base, groups = self._base(units)
+        names = {g.name for g in groups}
+        new = prune(base, self.example_inputs, keep={k: v for k, v in keep.items() if k in names}, channel_multiple=1,
+                    scores=self.scores, groups=groups)
+        drop_blocks(new, [b for b in removed if b not in units])
         return recalibrate_bn(new.to(self.device), self.bn_batches)
 
     def evaluate(self, model: nn.Module) -> Evaluation:
@@ -141,10 +178,18 @@ class PlanProxy:
         known = getattr(self.latency_model, "channels", None)
         return dict(keep) if known is None else {k: v for k, v in keep.items() if k in known}
 
+    def canonical_keep(self, keep: dict[str, int], removed: tuple[str, ...]) -> dict[str, int]:
+        """`keep` as the plan's model has it: a removed plain unit's own group takes the width of the
+        group that now passes through (two plans that differ only there build the same model)."""
+        return keep_past_units(keep, self._unit_io, removed, {g.name: g.channels for g in self.groups})
+
     def predict_ms(self, keep: dict[str, int], removed: tuple[str, ...] = ()) -> float:
-        if removed:
-            return float(self.latency_model.predict(self._lm_keep(keep), removed))
-        return float(self.latency_model.predict(self._lm_keep(keep)))
+        """Predicted ms of the plan. A removed block's layers count zero; past a removed plain unit
+        the consumer reads the unit's input group, so the unit's own group takes that group's width."""
+        if not removed:
+            return float(self.latency_model.predict(self._lm_keep(keep)))
+        keep = self.canonical_keep(keep, removed)
+        return float(self.latency_model.predict(self._lm_keep(keep), [p for b in removed for p in self._members.get(b, [b])]))
 
     def correct(self, keep: dict[str, int], measured_ms: float) -> None:
         self.latency_model.correct(self._lm_keep(keep), measured_ms)
