@@ -49,7 +49,7 @@ from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 9  # 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
+STATE_VERSION = 10  # 10: depth plans take round-0 slots; 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
 STATE_FILE = "plan_state.json"
 
 
@@ -269,17 +269,18 @@ class _Search(DepthPhase, FitPhase):
         return True
 
     def proposals(self, round_: int, k: int) -> list[tuple[np.ndarray, str, tuple[str, ...]]]:
-        """Round `round_`'s `k` plans: the structured depth ramps first (their slots of the candidate
-        budget), then plans sampled from the distribution, removing the blocks the best plan so far
-        removes; round 0 also proposes the depth plans (beyond the budget). Why ramps:
-        docs/compress.md ("Structured candidates"); depth plans: ("Depth plans")."""
+        """Round `round_`'s `k` plans: the structured depth ramps first, in round 0 the depth plans
+        (both take slots of the candidate budget; depth plans beyond it are still proposed), then
+        plans sampled from the distribution for the slots left, removing the blocks the best plan so
+        far removes. Why ramps: docs/compress.md ("Structured candidates"); depth plans: ("Depth
+        plans"; they took no slots until 2026-12-06, when plain VGG units made them 3 more plans)."""
         structured = [(self.space.ramp_prefs(a), f"ramp {a:+g}") for a in self.config.ramps] if self.space.dim > 1 else []
         start = round_ * self.config.per_round
         mine = [(p, kind, ()) for p, kind in structured[start : start + k]]
         if round_ == 0:
             mine += [(self.space.uniform_prefs(), f"depth -{len(rm)}", rm) for rm in self.depth_sets()]
         removed = tuple(self.best().get("removed", ()))
-        return mine + [(p, "sampled", removed) for p in self.policy.sample(k - len(structured[start : start + k]))]
+        return mine + [(p, "sampled", removed) for p in self.policy.sample(max(0, k - len(mine)))]
 
     def probe_and_decide(self) -> None:
         """KD-probe the uniform plan and the best few, re-rank, confirm against uniform on held-out data."""
@@ -410,7 +411,10 @@ def run_plan_search(
     if progress:
         from tqdm import tqdm
 
-        total = 1 + (0 if config.uniform_only else config.candidates + len(s.depth_sets()))
+        first = min(config.per_round, config.candidates)  # round 0's slots; depth plans beyond them are extra
+        ramps = min(len(config.ramps), first) if s.space.dim > 1 else 0
+        extra = max(0, ramps + len(s.depth_sets()) - first)
+        total = 1 + (0 if config.uniform_only else config.candidates + extra)
         bar = tqdm(total=total, initial=min(len(s.records), total),
                    desc="search plans", unit="plan", file=sys.stderr, dynamic_ncols=True, leave=False)
     try:
