@@ -50,7 +50,7 @@ class ModelInfo:
     class_names: list[str]
     layer_shapes: dict[str, dict[str, int]] | None = None
     meta: dict = field(default_factory=dict)
-    removed_blocks: list[str] | None = None  # residual blocks replaced by identity (rlprune_edge.blocks)
+    removed_blocks: list[str] | None = None  # residual blocks, plain units replaced by identity (rlprune_edge.blocks)
 
     def to_dict(self) -> dict:
         """Plain-type dict (lists instead of tuples) for the checkpoint file."""

@@ -95,8 +95,9 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
                    help="plan search: more KD batches (other ones) for the re-ranked best plan and the uniform plan "
                         "before they are compared on the confirmation split (0 = none); default 100")
     p.add_argument("--depth-plans", type=int, default=6,
-                   help="plan search: first-round plans that remove the 1, 2, ... least influential residual blocks "
-                        "whole (identity shortcuts only), widths sized to the same latency (0 = width only); default 6")
+                   help="plan search: at most this many first-round plans that remove blocks whole, widths sized "
+                        "to the same latency: the 1, 2, ... least influential residual blocks (identity shortcuts), "
+                        "or a plain VGG's conv units from the output end (0 = width only); default 6")
     p.add_argument("--select-size", type=int, default=2000,
                    help="plan search: validation images that rank plans (default 2000)")
     p.add_argument("--confirm-size", type=int, default=4000,

@@ -124,8 +124,8 @@ class LatencyModel:
         return {g: float(keep.get(g, c)) for g, c in self.channels.items()}
 
     def kernel_ms(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:
-        """Sum of the slots' predicted per-layer times; the slots of `removed` residual blocks
-        (``rlprune_edge.blocks``, replaced by identity) count zero."""
+        """Sum of the slots' predicted per-layer times; the slots under the module paths `removed`
+        (blocks replaced by identity, ``rlprune_edge.blocks.block_members``) count zero."""
         k = self._full(keep)
         return float(sum(s.predict(k) for n, s in self.slots.items()
                          if not removed or block_of_slot(n, removed) is None))
@@ -149,7 +149,7 @@ class LatencyModel:
 
     def predict(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:
         """Predicted end-to-end latency in ms for a candidate with these keep counts (and these
-        residual blocks removed)."""
+        blocks removed: module paths, ``blocks.block_members``)."""
         return self.predict_scaled(keep, removed) * self.correction
 
     def predict_ratio(self, keep: dict[str, int], removed: Sequence[str] = ()) -> float:

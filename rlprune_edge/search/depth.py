@@ -1,10 +1,12 @@
-"""Depth plans: which residual blocks a candidate removes whole (``rlprune_edge.blocks``).
+"""Depth plans: which blocks a candidate removes whole (``rlprune_edge.blocks``: residual blocks,
+plain VGG units).
 
 A width plan alone cannot go below the *floor* (every group at its narrowest), and near it every
 group is squeezed. On runtimes where a small CNN's time is mostly per-layer cost, removing a few
 residual blocks buys the same latency while the rest of the network keeps its width. The search
 therefore also proposes plans that remove the ``d`` least influential blocks (block influence,
-ShortGPT) for ``d = 1, 2, ...``, each with its widths sized to the same predicted latency as every
+ShortGPT; plain units from the output end, ``blocks.removal_priority``) for ``d = s, 2s, ...``
+(``s``: the environment's ``depth_step``, 1 for residual blocks), each with its widths sized to the same predicted latency as every
 other candidate; the KD screen, the probes and the confirmation against the uniform plan judge them
 like any other plan. ``d`` stops at the first count whose full-width model is predicted within the
 goal (removing more could only leave budget unused) or at ``limit``. That prediction is re-checked

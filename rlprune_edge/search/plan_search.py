@@ -60,7 +60,7 @@ class PlanSearchConfig:
     candidates: int = 12  # plans besides the uniform one: the structured ramps, then sampled ones (15 until 2026-12-06)
     per_round: int = 8  # plans per round (the distribution moves after each round)
     ramps: tuple[float, ...] = (-0.75, -1.5, -2.25)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs)
-    depth_plans: int = 6  # round-0 plans that remove 1, 2, ... residual blocks whole (search.depth); 0 = none
+    depth_plans: int = 6  # round-0 plans that remove blocks whole (search.depth: residual blocks, plain units); 0 = none
     screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
     probe_batches: int = 200  # KD batches of the longer probe of the best plans and the uniform one (the screen's included)
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
