@@ -40,3 +40,32 @@ def tiny_profile(name: str, runtime: str = 'name = "onnxruntime"\nprovider = "CP
     return (f'name = "{name}"\ndescription = "test profile: few runs"\n[runtime]\n{runtime}\nthreads = 1\n'
             "[pruning]\nchannel_multiple = 2\n[measure]\nwarmup = 2\nruns = 8\nblocks = 2\n")
 
+
+
+def tiny_depth_compress(tmp_path, monkeypatch, model: str, width: float) -> list[str]:
+    """`compress` arguments for a tiny plan search with two depth-plan sets (sparsity target, tiny
+    profile written under `tmp_path`, cache redirected there); the output is ``tmp_path / "out"``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(tiny_profile("tiny-cpu"))
+    return ["compress", "--model", model, "--width", str(width), "--latency-variants", "2", "--kd-images", "128",
+            "--pareto-test-size", "64", "--test-images", "200", "--no-bundle", "--quiet", "--probe-batches", "2",
+            "--screen-batches", "1", "--select-size", "64", "--confirm-size", "64", "--per-round", "2",
+            "--candidates", "2", "--ramps", "", "--depth-plans", "2", "--profile", str(prof),
+            "--sparsity", "0.3", "--reward", "accuracy", "--device", "cpu", "--out", str(tmp_path / "out")]
+
+
+def fake_latency_model(tmp_path, monkeypatch, model, x):
+    """(latency model fitted on `test_latency_model.FakeBackend`, whose per-node time is exactly linear
+    in work; that backend; the model's groups), cache under `tmp_path`."""
+    from test_latency_model import FakeBackend
+
+    from rlprune_edge.graph import prunable_groups
+    from rlprune_edge.latency import cache
+    from rlprune_edge.profiles import load_profile
+
+    monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "cache"))
+    groups = prunable_groups(model, x)
+    backend = FakeBackend()
+    lm = cache.get_or_fit(model, x, groups, backend, load_profile("host-cpu"), n_variants=3, seed=0, runs=2)
+    return lm, backend, groups

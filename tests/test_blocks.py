@@ -99,21 +99,15 @@ def test_block_of_slot_reads_onnx_scopes_and_module_paths():
 def test_latency_model_predicts_a_model_without_its_removed_blocks(tmp_path, monkeypatch):
     """On a fake runtime whose per-node time is exactly linear in work, the prediction with blocks
     removed equals what the runtime reports for the pruned-and-depth-reduced model."""
-    from test_latency_model import FakeBackend
+    from helpers import fake_latency_model
 
-    from rlprune_edge.graph import prunable_groups
-    from rlprune_edge.latency import cache
     from rlprune_edge.onnx_io import export_onnx
-    from rlprune_edge.profiles import load_profile
     from rlprune_edge.pruning import prune
 
-    monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     model = build_model("resnet20", 0.5).eval()
     x = torch.randn(1, *model.input_shape)
-    groups = prunable_groups(model, x)
-    backend = FakeBackend()
-    lm = cache.get_or_fit(model, x, groups, backend, load_profile("host-cpu"), n_variants=3, seed=0, runs=2)
+    lm, backend, groups = fake_latency_model(tmp_path, monkeypatch, model, x)
     keep = {g.name: max(8, g.channels // 2 // 8 * 8) for g in groups if g.prunable}
     removed = ("layer1.1", "layer2.2", "layer3.1")
     small = drop_blocks(prune(model, x, keep=keep, importance="l1", groups=groups), removed)

@@ -108,20 +108,13 @@ def test_compress_with_depth_plans_end_to_end(tmp_path, monkeypatch):
     the removable blocks and what was removed, and model.pt rebuilds with exactly those blocks gone."""
     import json
 
-    from helpers import tiny_profile
+    from helpers import tiny_depth_compress
 
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.cli import main
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    prof = tmp_path / "tiny.toml"
-    prof.write_text(tiny_profile("tiny-cpu"))
+    args = tiny_depth_compress(tmp_path, monkeypatch, "resnet20", 0.25)
     out = tmp_path / "out"
-    args = ["compress", "--model", "resnet20", "--width", "0.25", "--latency-variants", "2", "--kd-images", "128",
-            "--pareto-test-size", "64", "--test-images", "200", "--no-bundle", "--quiet", "--probe-batches", "2",
-            "--screen-batches", "1", "--select-size", "64", "--confirm-size", "64", "--per-round", "2",
-            "--candidates", "2", "--ramps", "", "--depth-plans", "2", "--profile", str(prof),
-            "--sparsity", "0.3", "--reward", "accuracy", "--device", "cpu", "--out", str(out)]
     assert main(args) == 0
     s = json.loads((out / "report.json").read_text())["search"]
     assert set(s["removable_blocks"]) >= {"layer1.1", "layer3.2"} and s["depth_plans"] == 2

@@ -88,20 +88,14 @@ def test_latency_model_predicts_a_vgg_without_its_removed_units(tmp_path, monkey
     """On a fake runtime whose per-node time is exactly linear in work, the dense model's latency
     model predicts the model with units removed and the rest pruned: the units' layers count zero and
     the layer after a removed unit (or chain of them) reads the first one's input width."""
-    from test_latency_model import FakeBackend
+    from helpers import fake_latency_model
 
-    from rlprune_edge.graph import prunable_groups
-    from rlprune_edge.latency import cache
     from rlprune_edge.onnx_io import export_onnx
-    from rlprune_edge.profiles import load_profile
 
-    monkeypatch.setenv("RLPRUNE_EDGE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     model = build_model("vgg11", 0.5).eval()
     x = torch.randn(1, *model.input_shape)
-    groups = prunable_groups(model, x)
-    backend = FakeBackend()
-    lm = cache.get_or_fit(model, x, groups, backend, load_profile("host-cpu"), n_variants=3, seed=0, runs=2)
+    lm, backend, groups = fake_latency_model(tmp_path, monkeypatch, model, x)
     units = ["features.18", "features.22", "features.25"]  # 22 and 25 in a chain
     small, keep = _units_removed_then_pruned(model, x, units)
     keep["features.22"] = keep["features.25"] = 8  # the removed units' own groups: must not matter
@@ -138,20 +132,13 @@ def test_compress_removes_vgg_units_end_to_end(tmp_path, monkeypatch):
     end), the plans are built with them gone before pruning, and model.pt rebuilds exactly that."""
     import json
 
-    from helpers import tiny_profile
+    from helpers import tiny_depth_compress
 
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.cli import main
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    prof = tmp_path / "tiny.toml"
-    prof.write_text(tiny_profile("tiny-cpu"))
+    args = tiny_depth_compress(tmp_path, monkeypatch, "vgg11", 0.25)
     out = tmp_path / "out"
-    args = ["compress", "--model", "vgg11", "--width", "0.25", "--latency-variants", "2", "--kd-images", "128",
-            "--pareto-test-size", "64", "--test-images", "200", "--no-bundle", "--quiet", "--probe-batches", "2",
-            "--screen-batches", "1", "--select-size", "64", "--confirm-size", "64", "--per-round", "2",
-            "--candidates", "2", "--ramps", "", "--depth-plans", "2", "--profile", str(prof),
-            "--sparsity", "0.3", "--reward", "accuracy", "--device", "cpu", "--out", str(out)]
     assert main(args) == 0
     s = json.loads((out / "report.json").read_text())["search"]
     assert list(s["removable_blocks"]) == ["features.18", "features.22", "features.25"]  # not the earliest quarter
