@@ -153,7 +153,7 @@ def removal_priority(model: nn.Module, influence: Mapping[str, float]) -> dict[s
 
     Why not block influence for plain units: on the shipped VGG-19 w0.25 it ordered them almost
     backwards. Each unit removed alone, BatchNorm recalibrated and fine-tuned for 100 KD batches (the
-    search's screen), the selection split's KL to the dense model fell with depth, 0.12-0.15 for
+    search's screen), the selection split's KL to the dense model fell with depth, 0.10-0.15 for
     stage 1-3 units, 0.03-0.06 for stage 4, 0.01-0.02 for stage 5 (accuracy 87-89% against
     91.5-92.2%), while influence ranked the first unit lowest (docs/compress.md, "Plain units")."""
     units = [b for b in plain_units(model) if b in influence]

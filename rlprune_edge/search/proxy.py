@@ -107,6 +107,7 @@ class PlanProxy:
         self.removal_priority = removal_priority(self.dense, self.block_influence)  # lower: removed first
         self._bases: dict[tuple[str, ...], tuple[nn.Module, list]] = {}  # plain units dropped -> (model, groups)
         self._unit_io = unit_groups(self.groups, self.plain)  # unit -> (group it makes, group it reads)
+        self._channels = {g.name: g.channels for g in self.groups}  # dense widths
         self._members = {b: block_members(self.dense, [b]) for b in self.blocks}  # what removing b takes out
         self._teacher_logits: dict[tuple[int, int], list[torch.Tensor]] = {}  # (stage, batches) -> per batch
 
@@ -181,7 +182,7 @@ class PlanProxy:
     def canonical_keep(self, keep: dict[str, int], removed: tuple[str, ...]) -> dict[str, int]:
         """`keep` as the plan's model has it: a removed plain unit's own group takes the width of the
         group that now passes through (two plans that differ only there build the same model)."""
-        return keep_past_units(keep, self._unit_io, removed, {g.name: g.channels for g in self.groups})
+        return keep_past_units(keep, self._unit_io, removed, self._channels)
 
     def predict_ms(self, keep: dict[str, int], removed: tuple[str, ...] = ()) -> float:
         """Predicted ms of the plan. A removed block's layers count zero; past a removed plain unit
