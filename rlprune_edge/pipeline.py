@@ -58,7 +58,7 @@ class CompressConfig:
     screen_batches: int = 100
     probe_top: int = 3
     probe_batches: int = 200
-    ramps: str | None = None  # depth-ramp slopes of the plan search, "-0.75,-1.5,-2.25" by default; "" = none
+    ramps: str | None = None  # depth-ramp slopes of the plan search, "-0.75,-1.5" by default; "" = none
     final_batches: int = 100
     depth_plans: int = 4  # plan search: round-0 plans removing blocks whole (residual, plain VGG units); 0 = width only
     select_size: int = 2000

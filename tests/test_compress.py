@@ -138,7 +138,7 @@ def test_plan_search_outputs_report_and_resume_matches_uninterrupted(env):
     assert s["method"] == "plan" and s["candidates"] == 4 and len(rep["steps"]) == 2
     depth = [r for r in s["plans"] if r["kind"].startswith("depth")]
     # VGG-11's last three conv units, one set per count (a sparsity target); two ramps fill round 0's
-    # two slots, so the depth plans come beyond the budget of 4 (round 1: the third ramp, one sampled)
+    # two slots, so the depth plans come beyond the budget of 4 (round 1: two sampled)
     assert [len(r["removed"]) for r in depth] == [1, 2, 3] and len(s["plans"]) == 1 + 4 + 3
     assert s["uniform"]["proxy_acc"] is not None and s["chosen"]["confirm_acc"] is not None
     assert isinstance(s["fallback_to_uniform"], bool) and len(s["probes"]) >= 1

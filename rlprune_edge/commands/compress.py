@@ -46,7 +46,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--step-ratio", type=float, default=0.05,
                    help="paper search: fraction of the dense model's prunable channels removed per step (paper: 0.01)")
     p.add_argument("--candidates", type=int, default=None,
-                   help="plan search: plans besides the uniform one, the ramps included (default 12); paper search: actions "
+                   help="plan search: plans besides the uniform one, the ramps included (default 11); paper search: actions "
                         "per round, K (default 3; the paper: 10)")
     p.add_argument("--rounds", type=int, default=None, help="paper search: rounds per step, R (default 2; the paper: 10)")
     p.add_argument("--val-size", type=int, default=800, help="paper search: validation images scoring each candidate")
@@ -86,7 +86,7 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
                    help="plan/uniform search: KD batches (of 64 images, the same for every plan) before a plan is "
                         "scored (0 = BatchNorm recalibration only); default 100")
     p.add_argument("--ramps", default=None, metavar="SLOPES", help="plan search: first-round plans whose log keep "
-                   "fractions fall (<0) with depth, comma-separated; default -0.75,-1.5,-2.25; '' = none")
+                   "fractions fall (<0) with depth, comma-separated; default -0.75,-1.5; '' = none")
     p.add_argument("--probe-top", type=int, default=3,
                    help="plan search: best plans that get a longer KD probe beside the uniform plan (default 3)")
     p.add_argument("--probe-batches", type=int, default=200,

@@ -79,6 +79,23 @@ def removal_scale(width_ms: float, removed_ms: float, measured_ms: float, low: f
     return float(min(max((width_ms - measured_ms) / saving, low), high))
 
 
+def off_prediction(entry: Mapping, tolerance: float) -> set[tuple[str, ...]]:
+    """The removal sets of one depth-calibration entry whose reading, relative to the uniform plan in
+    the same windows, is off their predicted latency relative to it by more than `tolerance`
+    (relative; 0: every set). Each was sized to the uniform plan's predicted latency, so the
+    prediction is close to 1; a set read within the noise keeps its one reading (on the shipped
+    VGG-19 the same depth plan read 0.995x and 0.950x of uniform a minute apart, so a second reading
+    within ~8% re-sizes nothing that matters and costs ~25 s)."""
+    u_pred = entry.get("uniform_pred_ms")
+    out = set()
+    for p in entry["plans"]:
+        predicted = p["pred_ms"] / u_pred if u_pred else 1.0
+        measured = p["ratio"] / entry["uniform_ratio"]
+        if tolerance <= 0 or abs(measured / predicted - 1.0) > tolerance:
+            out.add(tuple(sorted(p["removed"])))
+    return out
+
+
 class DepthPhase:
     """The plan search's depth-plan steps (mixed into ``plan_search._Search``, whose state they use:
     ``env``, ``space``, ``target``, ``config``, ``uniform_fit``, ``depth``, ``depth_calibration``,
@@ -119,17 +136,22 @@ class DepthPhase:
 
     def calibrate_depth(self) -> None:
         """Measure the depth plans, sized to the goal, beside the fitted uniform plan in the same
-        windows and fit each removal set's savings scale (``depth.removal_scale``); twice, re-sized.
-        Then, while the largest set's calibrated full-width prediction is still over the goal, one
-        more block is removed and that set calibrated the same way (``grow_depth``)."""
+        windows and fit each removal set's savings scale (``depth.removal_scale``); the sets whose
+        reading was off the prediction by more than ``config.depth_recheck`` are re-sized and
+        measured once more (``off_prediction``). Then, while the largest set's calibrated full-width
+        prediction is still over the goal, one more block is removed and that set calibrated the
+        same way (``grow_depth``)."""
         sets = self.depth_sets()
         if self.target.kind == "sparsity" or not sets or self.uniform_fit is None:
             return
         done = 0  # calibration entries used (measured now or replayed on resume)
         pending = list(sets)
         while pending:
-            for _ in range(2):
-                self._calibrate_round(pending, done)
+            self._calibrate_round(pending, done)
+            done += 1
+            off = off_prediction(self.depth_calibration[done - 1], float(getattr(self.config, "depth_recheck", 0.0)))
+            if off:
+                self._calibrate_round([s for s in pending if tuple(sorted(s)) in off], done)
                 done += 1
             pending = self.grow_depth()
 
@@ -160,7 +182,7 @@ class DepthPhase:
         else:
             with self.timed("measuring"):
                 _, res = self.env.measure([self.build(ukeep)] + [self.build(k, rm) for k, rm in plans])
-            c = {"uniform_ratio": res[0][1], "plans": [
+            c = {"uniform_ratio": res[0][1], "uniform_pred_ms": self.predict(ukeep), "plans": [
                 {"removed": list(rm), "keep": k, "pred_ms": self.predict(k, rm), "ratio": r[1]}
                 for (k, rm), r in zip(plans, res[1:], strict=True)]}
             self.depth_calibration.append(c)

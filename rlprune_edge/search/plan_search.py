@@ -49,7 +49,7 @@ from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 10  # 10: depth plans take round-0 slots; 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
+STATE_VERSION = 11  # 11: depth plans read again only when off their prediction; 10: depth plans take round-0 slots; 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
 STATE_FILE = "plan_state.json"
 
 
@@ -57,10 +57,11 @@ STATE_FILE = "plan_state.json"
 class PlanSearchConfig:
     """Budget and rules of the default search (see docs/compress.md for what each bought)."""
 
-    candidates: int = 12  # plans besides the uniform one: the structured ramps, then sampled ones (15 until 2026-12-06)
+    candidates: int = 11  # plans besides the uniform one: the structured ramps, then sampled ones (12 until the ramp -2.25 went, 2026-12-06)
     per_round: int = 8  # plans per round (the distribution moves after each round)
-    ramps: tuple[float, ...] = (-0.75, -1.5, -2.25)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs)
+    ramps: tuple[float, ...] = (-0.75, -1.5)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs; -2.25 until 2026-12-06)
     depth_plans: int = 6  # round-0 plans that remove blocks whole (search.depth: residual blocks, plain units); 0 = none
+    depth_recheck: float = 0.08  # a depth plan read further than this off its prediction is re-sized and read again (0: always)
     screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
     probe_batches: int = 200  # KD batches of the longer probe of the best plans and the uniform one (the screen's included)
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
