@@ -52,3 +52,22 @@ def test_quick_run_fills_every_method_and_the_section(tmp_path, monkeypatch):
     assert md.count(mod.START) == 1 and "older text" in md
     for meth in mod.METHODS:
         assert f"| {mod.LABELS[meth]} | 1 |" in md
+
+
+def test_fixed_levels_are_parsed_and_bad_ones_refused_before_any_run(tmp_path):
+    """`--level between=0.45` adds a named fixed target; a bad spec or an unknown `--levels` name is
+    refused with one sentence before anything is trained or measured."""
+    spec = importlib.util.spec_from_file_location("rlprune_bench_search_levels", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        assert mod.fixed_levels(["between=0.45", "low=0.3"]) == {"between": 0.45, "low": 0.3}
+        for bad in (["between"], ["between=1.5"], ["aggressive=0.4"], ["=0.4"], ["x=abc"]):
+            with pytest.raises(mod.UserError, match="NAME=RATIO"):
+                mod.fixed_levels(bad)
+        with pytest.raises(mod.UserError, match="neither aggressive"):
+            mod.main(["--levels", "between", "--work", str(tmp_path)])
+        assert not (tmp_path / "benchmarks").exists()
+    finally:
+        sys.modules.pop(spec.name, None)
