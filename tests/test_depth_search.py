@@ -214,4 +214,3 @@ def test_off_prediction_picks_the_sets_read_off_their_predicted_latency():
     ]}
     assert off_prediction(entry, 0.08) == {("a", "c")}
     assert off_prediction(entry, 0.0) == {("b",), ("a", "c")}
-    assert off_prediction({**entry, "uniform_pred_ms": None}, 0.08) == set()  # unknown: predicted at 1.0 (7% and 5% off)

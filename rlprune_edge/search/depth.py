@@ -86,10 +86,9 @@ def off_prediction(entry: Mapping, tolerance: float) -> set[tuple[str, ...]]:
     prediction is close to 1; a set read within the noise keeps its one reading (on the shipped
     VGG-19 the same depth plan read 0.995x and 0.950x of uniform a minute apart, so a second reading
     within ~8% re-sizes nothing that matters and costs ~25 s)."""
-    u_pred = entry.get("uniform_pred_ms")
     out = set()
     for p in entry["plans"]:
-        predicted = p["pred_ms"] / u_pred if u_pred else 1.0
+        predicted = p["pred_ms"] / entry["uniform_pred_ms"]
         measured = p["ratio"] / entry["uniform_ratio"]
         if tolerance <= 0 or abs(measured / predicted - 1.0) > tolerance:
             out.add(tuple(sorted(p["removed"])))
@@ -149,7 +148,7 @@ class DepthPhase:
         while pending:
             self._calibrate_round(pending, done)
             done += 1
-            off = off_prediction(self.depth_calibration[done - 1], float(getattr(self.config, "depth_recheck", 0.0)))
+            off = off_prediction(self.depth_calibration[done - 1], self.config.depth_recheck)
             if off:
                 self._calibrate_round([s for s in pending if tuple(sorted(s)) in off], done)
                 done += 1
