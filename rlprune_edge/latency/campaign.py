@@ -89,15 +89,17 @@ def robust_compare(backend: Any, paths: Sequence[Any], profile: Any, tries: int 
 
 
 def robust_ratios(backend: Any, profile: Any, dense_path: Any, paths: Sequence[Any], *,
-                  sessions: int = 3, pause_s: float = 1.0,
+                  sessions: int = 3, pause_s: float = 0.25,
                   gate: SteadyGate | None = None) -> tuple[list[float], float, list[list[float]]]:
     """Each model's latency ratio to dense: the median over `sessions` decision-protocol measurements.
 
     Measured here: one session (5 windows × 1,200 runs) read the same VGG plan at 0.486× dense and,
     a minute later, 0.380× (the dense model itself 0.416 vs 0.348 ms): when the machine slows, the
-    ratio of a small model to a large one moves too. Deciding on the median of three sessions a
-    second apart costs seconds on sub-millisecond models and stops a single slow spell from
-    shrinking a plan that already meets its target. With a `gate`
+    ratio of a small model to a large one moves too. Deciding on the median of three sessions costs
+    seconds on sub-millisecond models and stops a single slow session from shrinking a plan that
+    already meets its target. The sessions are `pause_s` apart (1 s until 2026-12-06: consecutive
+    session times kept by the gate correlate at 0.5–0.6 with 1-s pauses, so a pause shorter than a
+    session, ~2–4 s, changes little; it was 14% of a demo search). With a `gate`
     (:class:`~rlprune_edge.latency.steady.SteadyGate`) only sessions run at the machine's steady
     speed count: more are measured (up to ``gate.extra_sessions``) while fewer than `sessions` were
     steady, and ``gate.last`` records what was used. Returns (ratios, median dense ms of the sessions

@@ -36,7 +36,7 @@ class SteadyGate:
 
     tolerance: float = 0.25  # a session is steady when its dense time ≤ (1 + tolerance) × reference
     extra_sessions: int = 3  # sessions a decision may add while too few were steady
-    pause_s: float = 1.0  # between those extra sessions (3.0 until 2026-12-06: sleep was 29% of a demo search)
+    pause_s: float = 0.25  # between those extra sessions (3.0, then 1.0 until 2026-12-06: sleep was 29%, then 14% of a demo search)
     store: Path | None = None  # where the session times persist between runs (None: this run only)
     history: list[float] = field(default_factory=list)  # dense ms of the sessions seen, oldest first
     last: dict[str, Any] = field(default_factory=dict)  # what the latest decision used
