@@ -83,10 +83,10 @@ def off_prediction(entry: Mapping, tolerance: float) -> set[tuple[str, ...]]:
     """The removal sets of one depth-calibration entry whose reading, relative to the uniform plan in
     the same windows, is off their predicted latency relative to it by more than `tolerance`
     (relative; 0: every set). Each was sized to the uniform plan's predicted latency, so the
-    prediction is close to 1. One reading fits the set's removal scale; a second one, after
-    re-sizing, only pays where the first was far off (ONNX Runtime on MobileNetV3: 26–43%): on the
-    shipped VGG-19 second readings sat 0–14% from their calibrated predictions, the reading noise
-    (the same depth plan read 0.995x and 0.950x of uniform a minute apart), at ~20 s a reading."""
+    prediction is close to 1. One reading fits the set's removal scale; the plan re-sized with it
+    still reads slower than predicted (on the shipped VGG-19, 15 of 17 recorded second readings, by
+    +4% on average and up to +14% for the largest sets), so a set read off by more than the noise
+    (the same depth plan read 0.995x and 0.950x of uniform a minute apart) is read again."""
     out = set()
     for p in entry["plans"]:
         predicted = p["pred_ms"] / entry["uniform_pred_ms"]

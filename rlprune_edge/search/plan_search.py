@@ -61,7 +61,7 @@ class PlanSearchConfig:
     per_round: int = 8  # plans per round (the distribution moves after each round)
     ramps: tuple[float, ...] = (-0.75, -1.5)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs; -2.25 until 2026-12-06)
     depth_plans: int = 6  # round-0 plans that remove blocks whole (search.depth: residual blocks, plain units); 0 = none
-    depth_recheck: float = 0.30  # a depth plan read further than this off its prediction is re-sized and read again (0: always; 0.08 until 2026-12-06)
+    depth_recheck: float = 0.08  # a depth plan read further than this off its prediction is re-sized and read again (0: always; 0.30 lost a 0.45x win, docs/compress.md)
     screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
     probe_batches: int = 200  # KD batches of the longer probe of the best plans and the uniform one (the screen's included)
     probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
