@@ -709,7 +709,8 @@ def test_a_near_miss_is_measured_again_and_a_clear_miss_is_not():
 def test_a_challenger_is_judged_against_the_uniform_plan_in_the_same_windows():
     """A window that flatters every model (the uniform plan, fitted at 0.597x, reads 0.508x) must not
     let a challenger that reads 0.553x there fit a 0.6x target: relative to the uniform plan it is
-    at 0.65x. A window that reads both as they were fitted leaves the reading as it is."""
+    at 0.65x. A window that slows every model must not drop a challenger that is no slower than the
+    uniform plan there: the uniform plan fitted, and is returned otherwise."""
     from rlprune_edge.search.measured_fit import judged
 
     ref = {"ms": 0.597, "ratio": 0.597}
@@ -717,8 +718,12 @@ def test_a_challenger_is_judged_against_the_uniform_plan_in_the_same_windows():
     j = judged(flattering, ref)
     assert j["ratio"] == pytest.approx(0.553 / 0.508 * 0.597) and j["ratio"] > 0.6 and j["ms"] > 0.6
     assert flattering["ratio"] == 0.553  # the stored measurement is unchanged
-    slow = {"ms": 0.62, "ratio": 0.62, "uniform_ms": 0.65, "uniform_ratio": 0.65, "dense_ms": 1.0}
-    assert judged(slow, ref)["ratio"] == 0.62  # its own reading when that is the larger
+    slower = {"ms": 0.62, "ratio": 0.62, "uniform_ms": 0.61, "uniform_ratio": 0.61, "dense_ms": 1.0}
+    assert judged(slower, ref)["ratio"] == 0.62  # slower than uniform: its own reading when that is the larger
+    # a slow window that slows both: no slower than the uniform plan, it fits where the uniform plan did
+    slow = {"ms": 0.615, "ratio": 0.615, "uniform_ms": 0.616, "uniform_ratio": 0.616, "dense_ms": 1.0}
+    js = judged(slow, ref)
+    assert js["ratio"] == pytest.approx(0.615 / 0.616 * 0.597) and js["ratio"] <= 0.6 and js["ms"] <= 0.6
     assert judged(flattering, None) is flattering  # fitting the uniform plan itself: its own reading
     # a ratio target: the judged ms sits on this window's dense time (the scale the fit corrects the
     # latency model on), not on the uniform plan's fitting window

@@ -30,17 +30,24 @@ def value_of(target: Any, m: dict[str, Any]) -> float:
 
 
 def judged(m: dict[str, Any], ref: dict[str, Any] | None, kind: str = "ms") -> dict[str, Any]:
-    """A challenger's reading as the fit judges it: the larger of its own and its reading relative to
-    the uniform plan in the same windows times the uniform plan's fitted reading (`ref`), so a
-    window that flatters both (one read the uniform plan at 0.508x, fitted at 0.597x, and passed a
-    MobileNetV3 depth plan at 0.553x that read 0.617x in common windows) fits nothing. For a ratio
-    target (`kind`) the judged ms is the judged ratio times this window's dense time, the scale on
-    which the fit corrects the latency model and sets the next goal. The stored measurement is unchanged."""
+    """A challenger's reading as the fit judges it: its reading relative to the uniform plan in the
+    same windows times the uniform plan's fitted reading (`ref`), so a window that flatters both (one
+    read the uniform plan at 0.508x, fitted at 0.597x, and passed a MobileNetV3 depth plan at 0.553x
+    that read 0.617x in common windows) fits nothing; when the challenger read slower than the
+    uniform plan, its own reading too if that is larger. A challenger no slower than the uniform plan
+    in the same windows therefore fits wherever the uniform plan did: a slow window slows both, and
+    the uniform plan is what the search returns otherwise (a MobileNetV3 plan read 0.998x of uniform,
+    +1.65 points on the confirmation split, and was dropped because both read 0.615x for a 0.6x target).
+    For a ratio target (`kind`) the judged ms is the judged ratio times this window's dense time, the
+    scale on which the fit corrects the latency model and sets the next goal. The stored measurement
+    is unchanged."""
     if ref is None or m["uniform_ms"] <= 0 or m["uniform_ratio"] <= 0:
         return m
-    ratio = max(m["ratio"], m["ratio"] / m["uniform_ratio"] * ref["ratio"])
+    slower = m["ratio"] > m["uniform_ratio"]
+    relative = m["ratio"] / m["uniform_ratio"] * ref["ratio"]
+    ratio = max(m["ratio"], relative) if slower else relative
     ms = ratio * m["dense_ms"] if kind == "ratio" else m["ms"] / m["uniform_ms"] * ref["ms"]
-    return {**m, "ms": max(m["ms"], ms), "ratio": ratio}
+    return {**m, "ms": max(m["ms"], ms) if slower else ms, "ratio": ratio}
 
 
 def fit_to_target(
