@@ -129,9 +129,9 @@ def test_compress_with_depth_plans_end_to_end(tmp_path, monkeypatch):
 def test_depth_plans_are_calibrated_by_measurement_when_removal_saves_less_than_predicted(tmp_path, recheck):
     """The latency model credits a removal with twice what the device shows: the depth plans are
     measured beside uniform, re-sized with the measured share, and a depth plan that wins is
-    within the target when measured (never over it). Read within `depth_recheck` of its prediction
-    (the default), a set keeps its one reading; further off, it is re-sized and read again, nearer
-    the uniform plan's latency."""
+    within the target when measured (never over it). A set read within `depth_recheck` of its
+    prediction (0.30 here) keeps its one reading; further off (0.01), it is re-sized and read again,
+    nearer the uniform plan's latency."""
     env = DepthStub(lambda k: 0.5 + 0.4 * kept_fraction(k), lambda rm: -0.3 * ("blk1" in rm), share=0.5)
     cfg = PlanSearchConfig(candidates=6, per_round=6, probe_top=3, ramps=(), depth_recheck=recheck, seed=0)
     res = run(env, tmp_path, config=cfg)
