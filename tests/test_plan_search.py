@@ -292,7 +292,8 @@ def test_the_uniform_fit_reuses_the_last_calibration_reading_and_a_challenger_fi
     def beside_uniform(tries):
         env = Roomy(acc)
         res = run(env, tmp_path / str(tries), config=PlanSearchConfig(candidates=8, per_round=4, probe_top=2,
-                                                                        challenger_tries=tries, seed=0))
+                                                                        challenger_tries=tries, seed=0,
+                                                                        fit_recheck=0.0))  # one reading of a near fit
         return env, res, len([ms for ms in env.measured if len(ms) == 2])
 
     assert beside_uniform(4)[2] > 2  # left to grow, it takes more readings
@@ -704,6 +705,44 @@ def test_a_near_miss_is_measured_again_and_a_clear_miss_is_not():
         fit_to_target(sp, Target("ratio", 0.6), prefs, k0, s0, None, measure=measure, correct=lambda k, ms: None,
                       predict=lambda k, k0=k0: sum(k) / sum(k0), tries=1, grow_slack=0.05)
         assert calls[:1 + repeats] == [False] + [True] * repeats and calls[1 + repeats] is False
+
+
+def test_a_near_fit_is_measured_again_and_kept_only_if_both_readings_fit():
+    """A plan read 1.3% under a 0.6x target on one reading, then 4% over it, is over the target on
+    both readings (their geometric mean): the fit shrinks it. A plan read well under is read once,
+    and with ``fit_recheck=0`` (a challenger) a near fit is not read again."""
+    import math as _math
+
+    from rlprune_edge.search.measured_fit import fit_to_target
+
+    sp = space()
+    prefs = sp.uniform_prefs()
+    k0, s0 = sp.size_to_channels(prefs, sum(sp.full_keep()) // 2)
+
+    def fit(fit_recheck):
+        calls = []
+
+        def measure(keep, t, repeat):
+            calls.append((sum(keep), repeat))
+            if keep != k0:
+                ratio = 0.55 if sum(keep) < sum(k0) else 0.75
+            elif repeat:  # the caller combines the two readings: geometric mean of 0.592x and 0.624x
+                ratio = _math.sqrt(0.592 * 0.624)
+            else:
+                ratio = 0.592
+            return {"ms": ratio, "ratio": ratio, "dense_ms": 1.0}
+
+        keep, _, reached = fit_to_target(
+            sp, Target("ratio", 0.6), prefs, k0, s0, None, measure=measure, correct=lambda k, ms: None,
+            predict=lambda k: 0.592 * sum(k) / sum(k0), tries=2, grow_slack=0.05, fit_recheck=fit_recheck)
+        return keep, reached, calls
+
+    keep, reached, calls = fit(0.03)
+    assert calls[:2] == [(sum(k0), False), (sum(k0), True)]  # the near fit was read again
+    assert reached and sum(keep) < sum(k0)  # both readings are over: a smaller plan is kept
+    assert calls[2][0] < sum(k0) and all(not r for n, r in calls[2:])  # 0.55x is 8% under: one reading
+    keep, reached, calls = fit(0.0)
+    assert reached and keep == k0 and [c for c in calls if c[0] == sum(k0)] == [(sum(k0), False)]
 
 
 def test_a_challenger_is_judged_against_the_uniform_plan_in_the_same_windows():
