@@ -308,6 +308,29 @@ def test_the_uniform_fit_reuses_the_last_calibration_reading_and_a_challenger_fi
     assert sum(1 for ms in env.measured if ms == [calibrated]) == 1  # measured once, in the calibration
 
 
+def test_a_sampled_plan_that_sizes_onto_one_already_seen_is_drawn_again(tmp_path):
+    """Noise too narrow for the channel grid rounds every sample back to the uniform plan; redrawing
+    with the noise doubled gives distinct plans (the candidate budget is spent on plans, not on
+    duplicates), and a resumed search draws the same ones."""
+    from rlprune_edge.search.policy import PlanPolicyConfig
+
+    narrow = PlanPolicyConfig(sigma=0.005, sigma_min=0.005)
+
+    def dups(tries, path, **kw):
+        cfg = PlanSearchConfig(candidates=6, per_round=3, probe_top=1, ramps=(), depth_plans=0, seed=0,
+                               calibration_tries=0, policy=narrow, resample_tries=tries)
+        res = run(StubEnv(lambda keep: 0.9), path, config=cfg, **kw)
+        return res, None if res is None else sum(1 for r in res.records if r.get("duplicate_of") is not None)
+
+    res0, n0 = dups(0, tmp_path / "none")
+    assert n0 == 6  # every sample sized onto the uniform plan
+    res, n = dups(8, tmp_path / "redrawn")
+    assert n == 0 and len({tuple(r["keep"]) for r in res.records}) == len(res.records) == 7
+    assert dups(8, tmp_path / "resumed", stop_after=1)[0] is None
+    again, _ = dups(8, tmp_path / "resumed", resume=True)
+    assert [r["keep"] for r in again.records] == [r["keep"] for r in res.records]
+
+
 def test_the_uniform_candidate_is_what_the_uniform_search_returns(tmp_path):
     # A pessimistic latency model sizes the uniform plan under the target; the measured fit grows it.
     # Candidate 0 of the plan search is that fitted plan, the very one `--search uniform` returns,

@@ -70,6 +70,7 @@ class PlanSearchConfig:
     shrink_tries: int = 5  # re-sizings of the uniform plan after measuring it (shrink or grow)
     challenger_tries: int = 2  # re-sizings of the re-ranked best plan (sized like uniform already; ~10 s a reading)
     fit_recheck: float = 0.03  # a uniform-plan fit this close under the target is read again (both readings decide)
+    resample_tries: int = 3  # redraws (noise doubled each time) of a sampled plan that sizes onto one already seen
     grow_slack: float = 0.05  # a fit this close under the target stops once a larger plan measured over it
     uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
     seed: int = 0
@@ -282,7 +283,26 @@ class _Search(DepthPhase, FitPhase):
         if round_ == 0:
             mine += [(self.space.uniform_prefs(), f"depth -{len(rm)}", rm) for rm in self.depth_sets()]
         removed = tuple(self.best().get("removed", ()))
-        return mine + [(p, "sampled", removed) for p in self.policy.sample(max(0, k - len(mine)))]
+        return mine + [(p, "sampled", removed) for p in self.distinct_samples(max(0, k - len(mine)), removed)]
+
+    def distinct_samples(self, k: int, removed: tuple[str, ...]) -> list[np.ndarray]:
+        """`k` plans sampled from the distribution; one that sizes onto a plan already scored or drawn
+        this round is drawn again with the noise doubled, up to ``resample_tries`` times (then kept, a
+        free duplicate). Why: once the mean sits on the uniform plan, the last round's narrow noise
+        rounds back to it on a coarse channel grid (ResNet-20 at multiple 16: all three round-1 samples
+        were the uniform plan, so the search saw 8 plans, not 11)."""
+        taken = set(self._cache)
+        out = []
+        for _ in range(k):
+            for attempt in range(self.config.resample_tries + 1):
+                prefs = self.policy.sample(1, widen=2.0**attempt)[0]
+                keep, _ = self.size(prefs, removed)
+                key = self.key_of(self.canonical(keep, removed), removed)
+                if key not in taken:
+                    break
+            taken.add(key)
+            out.append(prefs)
+        return out
 
     def probe_and_decide(self) -> None:
         """KD-probe the uniform plan and the best few, re-rank, confirm against uniform on held-out data."""

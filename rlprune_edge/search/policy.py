@@ -162,9 +162,9 @@ class PlanDistribution:
         t = min(1.0, r / max(1, self.rounds - 1))
         return c.sigma_min + (c.sigma - c.sigma_min) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-    def sample(self, k: int) -> list[np.ndarray]:
-        """K centred preference vectors around the mean."""
-        s = self.sigma()
+    def sample(self, k: int, widen: float = 1.0) -> list[np.ndarray]:
+        """K centred preference vectors around the mean (noise σ_r × `widen`)."""
+        s = self.sigma() * widen
         out = []
         for _ in range(k):
             v = self.mean + s * self.rng.standard_normal(self.dim)
