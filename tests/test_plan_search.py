@@ -768,6 +768,48 @@ def test_a_near_fit_is_measured_again_and_kept_only_if_both_readings_fit():
     assert reached and keep == k0 and [c for c in calls if c[0] == sum(k0)] == [(sum(k0), False)]
 
 
+def test_a_challenger_the_latency_model_underrates_is_resized_by_its_own_reading():
+    """A challenger family that reads 7% slower than predicted: the secant re-sizing (its own
+    prediction scaled by its reading) lands within the target on the next reading; the shared
+    model's half-correction, sizing to the target, moves it one step at a time."""
+    from rlprune_edge.search.measured_fit import fit_to_target
+
+    sp = space()
+    prefs = sp.ramp_prefs(-0.75)
+    k0, s0 = sp.size_to_channels(prefs, sum(sp.full_keep()) * 3 // 4)
+
+    def predict(keep):
+        return true_ms(sp.as_dict(keep)) / true_ms({})
+
+    p0 = predict(k0)
+
+    def fit(secant):
+        seen, model = [], {"c": 1.0}
+
+        def measure(keep, t, repeat):
+            seen.append(list(keep))
+            ratio = 1.07 * predict(keep) * 0.6 / p0  # k0 reads 0.642x for a 0.6x target
+            return {"ms": ratio, "ratio": ratio, "dense_ms": 1.0}
+
+        def correct(keep, ms):  # the shared model, half-corrected (as LatencyModel.correct after the first)
+            model["c"] *= (ms / (model["c"] * predict(keep))) ** 0.5
+
+        keep, _, reached = fit_to_target(
+            sp, Target("ratio", 0.6), prefs, k0, s0, None, measure=measure, correct=correct,
+            predict=lambda k: model["c"] * predict(k) * 0.6 / p0, tries=2, grow_slack=0.05,
+            grow_past_slack=False, secant=secant)
+        return keep, reached, seen
+
+    def plans(seen):  # the plans measured, in order (a near miss is read twice)
+        return [k for i, k in enumerate(seen) if i == 0 or k != seen[i - 1]]
+
+    keep, reached, seen = fit(True)
+    assert reached and plans(seen) == [k0, keep]  # the next plan fits
+    assert 0.6 * 0.95 <= 1.07 * predict(keep) * 0.6 / p0 <= 0.6  # close under the target, not far below
+    keep, reached, seen = fit(False)
+    assert len(plans(seen)) == 3 and plans(seen)[1] != keep  # the shared model's step fell short
+
+
 def test_a_challenger_is_judged_against_the_uniform_plan_in_the_same_windows():
     """A window that flatters every model (the uniform plan, fitted at 0.597x, reads 0.508x) must not
     let a challenger that reads 0.553x there fit a 0.6x target: relative to the uniform plan it is
