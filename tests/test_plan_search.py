@@ -768,6 +768,39 @@ def test_a_near_fit_is_measured_again_and_kept_only_if_both_readings_fit():
     assert reached and keep == k0 and [c for c in calls if c[0] == sum(k0)] == [(sum(k0), False)]
 
 
+def test_a_challenger_fitted_on_its_relative_reading_while_its_own_is_over_is_read_again():
+    """A challenger read 0.614x beside the uniform plan's 0.621x (uniform fitted at 0.582x): judged
+    0.575x, 4% under a 0.6x target, but its own reading is over it, so it is read again; a second
+    reading at 0.66x beside uniform's 0.58x puts both readings over, and a smaller plan is tried."""
+    import math as _math
+
+    from rlprune_edge.search.measured_fit import fit_to_target, judged
+
+    sp = space()
+    prefs = sp.uniform_prefs()
+    k0, s0 = sp.size_to_channels(prefs, sum(sp.full_keep()) // 2)
+    ref = {"ms": 0.582, "ratio": 0.582}
+    calls = []
+
+    def measure(keep, t, repeat):
+        calls.append((sum(keep), repeat))
+        if keep != k0:
+            own, uni = 0.52, 0.58
+        elif repeat:  # the caller's geometric mean of both readings
+            own, uni = _math.sqrt(0.614 * 0.66), _math.sqrt(0.621 * 0.58)
+        else:
+            own, uni = 0.614, 0.621
+        m = {"ms": own, "ratio": own, "uniform_ms": uni, "uniform_ratio": uni, "dense_ms": 1.0}
+        return judged(m, ref, "ratio")
+
+    keep, _, reached = fit_to_target(
+        sp, Target("ratio", 0.6), prefs, k0, s0, None, measure=measure, correct=lambda k, ms: None,
+        predict=lambda k: 0.6 * sum(k) / sum(k0), tries=2, grow_slack=0.05, grow_past_slack=False,
+        stop_level=0.582, fit_recheck=0.03, secant=True)
+    assert calls[:2] == [(sum(k0), False), (sum(k0), True)]
+    assert reached and sum(keep) < sum(k0)
+
+
 def test_a_challenger_the_latency_model_underrates_is_resized_by_its_own_reading():
     """A challenger family that reads 7% slower than predicted: the secant re-sizing (its own
     prediction scaled by its reading) lands within the target on the next reading; the shared
@@ -829,6 +862,7 @@ def test_a_challenger_is_judged_against_the_uniform_plan_in_the_same_windows():
     js = judged(slow, ref)
     assert js["ratio"] == pytest.approx(0.615 / 0.616 * 0.597) and js["ratio"] <= 0.6 and js["ms"] <= 0.6
     assert judged(flattering, None) is flattering  # fitting the uniform plan itself: its own reading
+    assert j["own"] == {"ms": 0.553, "ratio": 0.553}  # the challenger's own reading rides along
     # a ratio target: the judged ms sits on this window's dense time (the scale the fit corrects the
     # latency model on), not on the uniform plan's fitting window
     faster = {"ms": 0.2765, "ratio": 0.553, "uniform_ms": 0.254, "uniform_ratio": 0.508, "dense_ms": 0.5}

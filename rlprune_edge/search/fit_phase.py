@@ -136,7 +136,7 @@ class FitPhase:
             tries=self.config.shrink_tries if ukeep is None else self.config.challenger_tries,
             grow_slack=self.config.grow_slack, grow_past_slack=ukeep is None,
             stop_level=None if ref is None else value_of(self.target, ref),
-            fit_recheck=self.config.fit_recheck if ukeep is None else 0.0, secant=ukeep is not None)
+            fit_recheck=self.config.fit_recheck, secant=ukeep is not None)
 
     def _uniform_reading(self, ukeep: list[int]) -> dict[str, Any] | None:
         """The uniform plan's own reading when it was fitted (the last one of those widths measured alone)."""

@@ -69,7 +69,7 @@ class PlanSearchConfig:
     calibration_tries: int = 3  # measurements of the uniform plan at the goal before the search (0 = none)
     shrink_tries: int = 5  # re-sizings of the uniform plan after measuring it (shrink or grow)
     challenger_tries: int = 2  # re-sizings of the re-ranked best plan (sized like uniform already; ~10 s a reading)
-    fit_recheck: float = 0.03  # a uniform-plan fit this close under the target is read again (both readings decide)
+    fit_recheck: float = 0.03  # a fit this close under the target is read again (both readings decide)
     resample_tries: int = 3  # redraws (noise doubled each time) of a sampled plan that sizes onto one already seen
     grow_slack: float = 0.05  # a fit this close under the target stops once a larger plan measured over it
     uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
