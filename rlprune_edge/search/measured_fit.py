@@ -51,6 +51,17 @@ def judged(m: dict[str, Any], ref: dict[str, Any] | None, kind: str = "ms") -> d
     return {**m, "ms": max(m["ms"], ms) if slower else ms, "ratio": ratio, "own": {"ms": m["ms"], "ratio": m["ratio"]}}
 
 
+def is_near(target: Any, m: dict[str, Any], recheck: float, fit_recheck: float) -> bool:
+    """Whether a first reading is close enough to the target to be read again: a miss at most
+    `recheck` over it, a fit at most `fit_recheck` under it, or a fit judged by its reading relative
+    to the uniform plan while its own reading (``m["own"]``, :func:`judged`) is over the target."""
+    value = value_of(target, m)
+    if not met(target, m["ms"], m["ratio"]):
+        return value <= (1.0 + recheck) * target.value
+    own = m.get("own", m)
+    return value >= (1.0 - fit_recheck) * target.value or not met(target, own["ms"], own["ratio"])
+
+
 def fit_to_target(
     space: PlanSpace, target: Any, prefs: np.ndarray, keep: list[int], scale: float, goal_ms: float | None, *,
     measure: Callable[[list[int], int, bool], dict[str, Any]],
@@ -76,42 +87,24 @@ def fit_to_target(
     A near miss (at most `recheck` over the target, relative) is measured again and judged on both
     readings (one read 0.49–0.52× for a plan that read 0.34–0.43× a minute later, on the shipped
     VGG-19, before readings were taken at the steady speed); a clear miss is not, since steady
-    readings of one plan vary by a few percent. A near fit (at most `fit_recheck` under the target)
-    is measured again the same way: the plan the fit keeps is the one the run returns, and one reading
-    in a noisy spell is not enough (two MobileNetV3 uniform plans fitted on one reading each at 0.598x
-    and 0.592x for 0.6x, the second after its calibration had read the same widths at 0.617x, and
-    read 0.633x and 0.648x in the benchmark's common windows); so is a fit whose own reading (``m["own"]``,
-    :func:`judged`) is over the target while its reading relative to the uniform plan fits (a
-    MobileNetV3 challenger read 0.614x beside uniform's 0.621x, was kept on that one reading, and
-    read 0.627x against uniform's 0.553x in the benchmark's common windows). With ``grow_past_slack=False`` (a challenger, sized
-    to the fitted uniform plan's predicted latency) a fit within `grow_slack` ends the fit at once:
-    growing it further would buy it budget the uniform plan did not get, at ~10 s a measurement
-    (on the shipped VGG-19 a challenger read 0.489x for 0.5x, then took five more readings).
-    `stop_level` (a challenger: the uniform plan's fitted reading, in the target's unit) moves that
-    slack's reference from the target down to it when lower: a challenger within the slack of the
-    uniform plan's own latency is at equal latency and stops (a VGG-19 challenger read 0.473x where
-    the uniform plan had fitted at 0.468x for 0.5x, was grown, and took three more readings to end
-    at 0.488x, more budget than uniform got).
-    With `secant` (a challenger) a one-sided re-sizing scales this plan's own prediction by its
-    reading instead of half-correcting the shared latency model: the next plan is sized to the
-    predicted latency ``predict(keep) · 0.99 · level / reading``. A challenger sized to the uniform
-    plan's prediction that reads 7% slower is a plan the model underrates, not a model off
-    everywhere: half-correcting the shared model and sizing to the target moved a MobileNetV3
-    challenger that read 0.645x for 0.6x by one channel step (8,970 → 8,938 channels, 0.645x
-    again), and its two tries ran out at 0.614x.
+    readings of one plan vary by a few percent. A near fit is read again too (:func:`is_near`): the
+    plan the fit keeps is the one the run returns, and one reading in a noisy spell is not enough.
+    With ``grow_past_slack=False`` (a challenger, sized to the fitted uniform plan's predicted
+    latency) a fit within `grow_slack` ends the fit at once: growing it would buy it budget the
+    uniform plan did not get. `stop_level` (a challenger: the uniform plan's fitted reading, in the
+    target's unit) moves that slack's reference from the target down to it when lower. With `secant`
+    (a challenger) a one-sided re-sizing scales this plan's own prediction by its reading, to
+    ``predict(keep) · 0.99 · level / reading``, instead of half-correcting the shared latency model:
+    a challenger that reads slower than predicted is a plan the model underrates. The readings
+    behind each rule: docs/compress.md ("The uniform plan is fitted first", "The winner is fitted
+    before it is confirmed").
     """
     level = target.value if stop_level is None else min(target.value, stop_level)
     fits: Reading | None = None  # the largest plan measured within the target
     misses: Reading | None = None  # the smallest plan measured over it
     for t in range(tries + 1):
         m = measure(keep, t, False)
-        first = value_of(target, m)
-        if met(target, m["ms"], m["ratio"]):
-            own = m.get("own", m)  # a challenger fitted on its relative reading alone is read again
-            near = first >= (1.0 - fit_recheck) * target.value or not met(target, own["ms"], own["ratio"])
-        else:
-            near = first <= (1.0 + recheck) * target.value
-        if near:
+        if is_near(target, m, recheck, fit_recheck):
             m = measure(keep, t, True)  # a near miss or a near fit: judged on both readings
         ok = met(target, m["ms"], m["ratio"])
         value = value_of(target, m)
