@@ -41,7 +41,7 @@ def judged(m: dict[str, Any], ref: dict[str, Any] | None, kind: str = "ms") -> d
     For a ratio target (`kind`) the judged ms is the judged ratio times this window's dense time, the
     scale on which the fit corrects the latency model and sets the next goal. The stored measurement
     is unchanged; its own reading is kept under ``"own"`` (a fit whose own reading is over the
-    target is read again, :func:`fit_to_target`)."""
+    target is read again, :func:`is_near`)."""
     if ref is None or m["uniform_ms"] <= 0 or m["uniform_ratio"] <= 0:
         return m
     slower = m["ratio"] > m["uniform_ratio"]
