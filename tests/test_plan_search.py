@@ -331,6 +331,28 @@ def test_a_sampled_plan_that_sizes_onto_one_already_seen_is_drawn_again(tmp_path
     assert [r["keep"] for r in again.records] == [r["keep"] for r in res.records]
 
 
+def test_a_sampled_plan_that_sizes_onto_a_structured_plan_of_its_round_is_drawn_again(tmp_path, monkeypatch):
+    """A sample landing on this round's ramp plan is redrawn too (it would be screened once and
+    counted twice): the first unwidened draw is made to be the ramp itself."""
+    ramp = space().ramp_prefs(-0.75)
+    original = PlanDistribution.sample
+
+    def sample(self, k, widen=1.0):
+        return [ramp.copy() for _ in range(k)] if widen == 1.0 else original(self, k, widen)
+
+    monkeypatch.setattr(PlanDistribution, "sample", sample)
+
+    def duplicates(tries, path):
+        cfg = PlanSearchConfig(candidates=3, per_round=3, probe_top=1, ramps=(-0.75,), depth_plans=0,
+                               calibration_tries=0, resample_tries=tries)
+        res = run(StubEnv(lambda keep: 0.9), path, config=cfg)
+        assert [r["kind"] for r in res.records] == ["uniform", "ramp -0.75", "sampled", "sampled"]
+        return [r.get("duplicate_of") for r in res.records]
+
+    assert duplicates(0, tmp_path / "kept") == [None, None, 1, 1]  # both samples are the ramp plan
+    assert duplicates(3, tmp_path / "redrawn") == [None, None, None, None]
+
+
 def test_the_uniform_candidate_is_what_the_uniform_search_returns(tmp_path):
     # A pessimistic latency model sizes the uniform plan under the target; the measured fit grows it.
     # Candidate 0 of the plan search is that fitted plan, the very one `--search uniform` returns,

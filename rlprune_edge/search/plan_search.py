@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -283,15 +283,17 @@ class _Search(DepthPhase, FitPhase):
         if round_ == 0:
             mine += [(self.space.uniform_prefs(), f"depth -{len(rm)}", rm) for rm in self.depth_sets()]
         removed = tuple(self.best().get("removed", ()))
-        return mine + [(p, "sampled", removed) for p in self.distinct_samples(max(0, k - len(mine)), removed)]
+        ahead = {self.key_of(self.canonical(self.size(p, rm)[0], rm), rm) for p, _, rm in mine}
+        return mine + [(p, "sampled", removed) for p in self.distinct_samples(max(0, k - len(mine)), removed, ahead)]
 
-    def distinct_samples(self, k: int, removed: tuple[str, ...]) -> list[np.ndarray]:
-        """`k` plans sampled from the distribution; one that sizes onto a plan already scored or drawn
-        this round is drawn again with the noise doubled, up to ``resample_tries`` times (then kept, a
-        free duplicate). Why: once the mean sits on the uniform plan, the last round's narrow noise
-        rounds back to it on a coarse channel grid (ResNet-20 at multiple 16: all three round-1 samples
-        were the uniform plan, so the search saw 8 plans, not 11)."""
-        taken = set(self._cache)
+    def distinct_samples(self, k: int, removed: tuple[str, ...], ahead: Iterable[tuple] = ()) -> list[np.ndarray]:
+        """`k` plans sampled from the distribution; one that sizes onto a plan already scored, one of
+        this round's structured plans (keys `ahead`) or one drawn this round is drawn again with the
+        noise doubled, up to ``resample_tries`` times (then kept, a free duplicate). Why: once the mean
+        sits on the uniform plan, the last round's narrow noise rounds back to it on a coarse channel
+        grid (ResNet-20 at multiple 16: all three round-1 samples were the uniform plan, so the search
+        saw 8 plans, not 11)."""
+        taken = set(self._cache) | set(ahead)
         out = []
         for _ in range(k):
             for attempt in range(self.config.resample_tries + 1):
