@@ -161,10 +161,57 @@ def test_the_ramps_take_the_first_slots_of_round_zero(tmp_path):
     kinds = [r["kind"] for r in res.records]
     assert kinds[:3] == ["uniform", "ramp -0.75", "ramp -1.5"] and set(kinds[3:7]) == {"sampled"}
     assert all(r["round"] == 0 for r in res.records[1:7])
-    best = max(res.records[1:], key=lambda r: r["acc"])
+    best = max(res.records[1:7], key=lambda r: r["acc"])  # round 0's best (round 1 moves on from it)
     assert best["kind"].startswith("ramp") and not res.fallback_to_uniform
     none = run(StubEnv(acc), tmp_path / "none", config=PlanSearchConfig(**cfg, ramps=()))
     assert {r["kind"] for r in none.records[1:]} <= {"sampled"}
+
+
+def test_fill_spends_what_rounding_left_of_the_goal():
+    """The filled plan stays under the goal, no group can grow one more multiple within it, the
+    groups rounded down furthest grow first, and its preferences give it back at the same scale."""
+    sp = space()
+    predict = lambda k: true_ms(sp.as_dict(k))  # noqa: E731
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        prefs = 0.6 * rng.standard_normal(sp.dim)
+        goal = rng.uniform(0.35, 0.8) * true_ms({})
+        keep, scale = sp.size_to_latency(prefs, predict, goal)
+        filled, new_prefs = sp.fill(prefs, scale, keep, predict, goal)
+        assert predict(filled) <= goal and all(f >= k for f, k in zip(filled, keep, strict=True))
+        assert sp.keep_at(new_prefs, scale) == filled
+        for i in sp.free:
+            if filled[i] < sp.channels[i]:
+                wider = list(filled)
+                wider[i] = min(sp.channels[i], filled[i] + sp.multiple)
+                assert predict(sp.with_followers(wider)) > goal  # nothing left to spend
+    # one step of room for "c" or "d": it goes to the one rounded down further ("c" wants 29.6, "d" 28.8)
+    want = np.array([7.0, 13.0, 29.6, 28.8])
+    prefs = np.log(want / (np.array(CHANNELS[:4]) * 28 / 64))
+    keep = sp.keep_at(prefs, 28 / 64)
+    assert keep[:4] == [8, 12, 28, 28]
+    filled, _ = sp.fill(prefs, 28 / 64, keep, predict, predict(keep) + 4 * COST["c"] + 1e-9)
+    assert filled[:4] == [8, 12, 32, 28]
+
+
+def test_challengers_are_filled_up_to_the_uniform_plans_predicted_latency(tmp_path):
+    """With ``fill`` every challenger keeps no group that could grow one multiple within the uniform
+    plan's predicted latency; without it, rounding leaves some a step or more under it."""
+    def slack(fill):
+        res = run(StubEnv(lambda keep: 0.9), tmp_path / str(fill),
+                  config=PlanSearchConfig(candidates=8, per_round=4, probe_top=1, calibration_tries=0, fill=fill))
+        goal = res.records[0]["pred_ms"]
+        sp = space()
+        roomy = 0
+        for r in res.records[1:]:
+            assert r["pred_ms"] <= goal + 1e-12
+            for i in sp.free:
+                wider = list(r["keep"])
+                wider[i] = min(sp.channels[i], wider[i] + sp.multiple)
+                roomy += wider != r["keep"] and true_ms(sp.as_dict(sp.with_followers(wider))) <= goal
+        return roomy
+
+    assert slack(True) == 0 and slack(False) > 0
 
 
 def test_channel_sizing_for_sparsity_targets():
@@ -292,8 +339,9 @@ def test_the_uniform_fit_reuses_the_last_calibration_reading_and_a_challenger_fi
     def beside_uniform(tries):
         env = Roomy(acc)
         res = run(env, tmp_path / str(tries), config=PlanSearchConfig(candidates=8, per_round=4, probe_top=2,
-                                                                        challenger_tries=tries, seed=0,
+                                                                        challenger_tries=tries, seed=0, fill=False,
                                                                         fit_recheck=0.0))  # one reading of a near fit
+        # (fill=False: unfilled, the challenger sits a few steps under its goal, so its fit has room to grow)
         return env, res, len([ms for ms in env.measured if len(ms) == 2])
 
     assert beside_uniform(4)[2] > 2  # left to grow, it takes more readings

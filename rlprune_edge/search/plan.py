@@ -161,6 +161,39 @@ class PlanSpace:
             return self.keep_at(prefs, lo), lo
         return self.keep_at(prefs, scale), scale
 
+    def fill(self, prefs: np.ndarray, scale: float, keep: Sequence[int], predict_ms: Callable[[list[int]], float],
+             goal_ms: float) -> tuple[list[int], np.ndarray]:
+        """Spend what rounding left of the goal → (keep, prefs): free groups grow one multiple at a
+        time, those rounded down furthest from their share first (largest remainder), in passes while
+        any still fits under `goal_ms`. The returned `prefs` give the filled plan at `scale` again
+        (``keep_at(prefs, scale) == keep``: a grown group's preference is set to its new fraction),
+        so re-sizing and the distribution work on the plan as filled. Why: on a coarse channel grid
+        the one-scale plan stops where its next step overshoots, and a challenger that keeps less
+        predicted latency than the uniform plan competes on accuracy at a handicap (ResNet-20 at
+        multiple 16: 11 challengers at 0.82–1.00×, mean 0.92×, of uniform's predicted latency)."""
+        keep, new_prefs, m = list(keep), np.array(prefs, dtype=np.float64), self.multiple
+        remainder = {j: min(1.0, scale * math.exp(float(prefs[j]))) * self.channels[i] - keep[i]
+                     for j, i in enumerate(self.free)}
+        order = sorted(remainder, key=lambda j: -remainder[j])
+        grown = set()
+        changed = True
+        while changed:
+            changed = False
+            for j in order:
+                i = self.free[j]
+                if keep[i] >= self.channels[i]:
+                    continue
+                trial = list(keep)
+                trial[i] = min(self.channels[i], keep[i] + m)
+                trial = self.with_followers(trial)
+                if predict_ms(trial) <= goal_ms:
+                    keep, changed = trial, True
+                    grown.add(j)
+        for j in grown:
+            i = self.free[j]
+            new_prefs[j] = math.log(keep[i] / (self.channels[i] * scale))
+        return keep, new_prefs
+
     def size_to_channels(self, prefs: np.ndarray, keep_total: int) -> tuple[list[int], float]:
         """(keep, scale): the plan along `prefs` keeping at most `keep_total` prunable channels (most such)."""
         def kept(k: list[int]) -> int:

@@ -49,7 +49,7 @@ from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_
 from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
-STATE_VERSION = 11  # 11: depth plans read again only when off their prediction; 10: depth plans take round-0 slots; 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
+STATE_VERSION = 12  # 12: challengers filled up to the goal; 11: depth plans read again only when off their prediction; 10: depth plans take round-0 slots; 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
 STATE_FILE = "plan_state.json"
 
 
@@ -72,6 +72,7 @@ class PlanSearchConfig:
     fit_recheck: float = 0.03  # a fit this close under the target is read again (both readings decide)
     resample_tries: int = 3  # redraws (noise doubled each time) of a sampled plan that sizes onto one already seen
     grow_slack: float = 0.05  # a fit this close under the target stops once a larger plan measured over it
+    fill: bool = True  # challengers spend what rounding left of the goal (PlanSpace.fill; False until 2026-12-07)
     uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
     seed: int = 0
     policy: PlanPolicyConfig = field(default_factory=PlanPolicyConfig)
@@ -173,6 +174,15 @@ class _Search(DepthPhase, FitPhase):
             return self.space.size_to_channels(prefs, int(round((1.0 - self.target.value) * total)))
         return self.space.size_to_latency(prefs, lambda k: self.predict(k, removed), self.size_goal())
 
+    def sized_plan(self, prefs: np.ndarray, removed: Sequence[str] = ()) -> tuple[list[int], float, np.ndarray]:
+        """A challenger as scored: sized to the goal, then (``fill``, latency targets) filled up to it
+        → (keep, scale, prefs of the filled plan)."""
+        keep, scale = self.size(prefs, removed)
+        if not self.config.fill or self.target.kind == "sparsity":
+            return keep, scale, np.asarray(prefs, dtype=np.float64)
+        keep, filled = self.space.fill(prefs, scale, keep, lambda k: self.predict(k, removed), self.size_goal())
+        return keep, scale, filled
+
     def score(self, acc: float, pred: float, flops: float, params: float) -> float:
         """Accuracy alone for a latency target: every plan is sized to the same predicted latency, and
         a latency term would pay plans for budget they leave unused (the uniform plan, rounded to
@@ -184,7 +194,10 @@ class _Search(DepthPhase, FitPhase):
 
     def evaluate(self, prefs: np.ndarray, round_: int, sized: tuple[list[int], float] | None = None,
                  kind: str = "sampled", removed: Sequence[str] = ()) -> dict[str, Any]:
-        keep, scale = sized or self.size(prefs, removed)
+        if sized is None:
+            keep, scale, prefs = self.sized_plan(prefs, removed)
+        else:
+            keep, scale = sized
         keep = self.canonical(keep, removed)
         rec: dict[str, Any] = {"round": round_, "kind": kind, "prefs": [float(v) for v in prefs], "scale": scale,
                                "keep": keep}
@@ -283,7 +296,7 @@ class _Search(DepthPhase, FitPhase):
         if round_ == 0:
             mine += [(self.space.uniform_prefs(), f"depth -{len(rm)}", rm) for rm in self.depth_sets()]
         removed = tuple(self.best().get("removed", ()))
-        ahead = {self.key_of(self.canonical(self.size(p, rm)[0], rm), rm) for p, _, rm in mine}
+        ahead = {self.key_of(self.canonical(self.sized_plan(p, rm)[0], rm), rm) for p, _, rm in mine}
         return mine + [(p, "sampled", removed) for p in self.distinct_samples(max(0, k - len(mine)), removed, ahead)]
 
     def distinct_samples(self, k: int, removed: tuple[str, ...], ahead: Iterable[tuple] = ()) -> list[np.ndarray]:
@@ -298,7 +311,7 @@ class _Search(DepthPhase, FitPhase):
         for _ in range(k):
             for attempt in range(self.config.resample_tries + 1):
                 prefs = self.policy.sample(1, widen=2.0**attempt)[0]
-                keep, _ = self.size(prefs, removed)
+                keep = self.sized_plan(prefs, removed)[0]
                 key = self.key_of(self.canonical(keep, removed), removed)
                 if key not in taken:
                     break
