@@ -270,8 +270,8 @@ class _Search(DepthPhase, FitPhase):
             r = self.policy.round
             k = min(cfg.per_round, cfg.candidates - r * cfg.per_round)
             t0 = time.perf_counter()
-            for prefs, kind, removed in self.proposals(r, k):
-                self.evaluate(prefs, r, kind=kind, removed=removed)
+            for prefs, kind, removed, sized in self.proposals(r, k):
+                self.evaluate(prefs, r, sized, kind=kind, removed=removed)
                 if bar is not None:
                     bar.update(1)
             best = self.best()
@@ -284,7 +284,7 @@ class _Search(DepthPhase, FitPhase):
             self.save()
         return True
 
-    def proposals(self, round_: int, k: int) -> list[tuple[np.ndarray, str, tuple[str, ...]]]:
+    def proposals(self, round_: int, k: int) -> list[tuple[np.ndarray, str, tuple[str, ...], tuple[list[int], float]]]:
         """Round `round_`'s `k` plans: the structured depth ramps first, in round 0 the depth plans
         (both take slots of the candidate budget; depth plans beyond it are still proposed), then
         plans sampled from the distribution for the slots left, removing the blocks the best plan so
@@ -295,28 +295,33 @@ class _Search(DepthPhase, FitPhase):
         mine = [(p, kind, ()) for p, kind in structured[start : start + k]]
         if round_ == 0:
             mine += [(self.space.uniform_prefs(), f"depth -{len(rm)}", rm) for rm in self.depth_sets()]
+        out = []
+        for p, kind, rm in mine:  # each plan sized (and filled) once here, scored as sized
+            keep, scale, filled = self.sized_plan(p, rm)
+            out.append((filled, kind, rm, (keep, scale)))
+        ahead = {self.key_of(self.canonical(keep, rm), rm) for _, _, rm, (keep, _) in out}
         removed = tuple(self.best().get("removed", ()))
-        ahead = {self.key_of(self.canonical(self.sized_plan(p, rm)[0], rm), rm) for p, _, rm in mine}
-        return mine + [(p, "sampled", removed) for p in self.distinct_samples(max(0, k - len(mine)), removed, ahead)]
+        return out + [(p, "sampled", removed, sized)
+                      for p, sized in self.distinct_samples(max(0, k - len(mine)), removed, ahead)]
 
-    def distinct_samples(self, k: int, removed: tuple[str, ...], ahead: Iterable[tuple] = ()) -> list[np.ndarray]:
+    def distinct_samples(self, k: int, removed: tuple[str, ...],
+                         ahead: Iterable[tuple] = ()) -> list[tuple[np.ndarray, tuple[list[int], float]]]:
         """`k` plans sampled from the distribution; one that sizes onto a plan already scored, one of
         this round's structured plans (keys `ahead`) or one drawn this round is drawn again with the
         noise doubled, up to ``resample_tries`` times (then kept, a free duplicate). Why: once the mean
         sits on the uniform plan, the last round's narrow noise rounds back to it on a coarse channel
         grid (ResNet-20 at multiple 16: all three round-1 samples were the uniform plan, so the search
-        saw 8 plans, not 11)."""
+        saw 8 plans, not 11). Returns (prefs as filled, (keep, scale)) per plan."""
         taken = set(self._cache) | set(ahead)
         out = []
         for _ in range(k):
             for attempt in range(self.config.resample_tries + 1):
-                prefs = self.policy.sample(1, widen=2.0**attempt)[0]
-                keep = self.sized_plan(prefs, removed)[0]
+                keep, scale, prefs = self.sized_plan(self.policy.sample(1, widen=2.0**attempt)[0], removed)
                 key = self.key_of(self.canonical(keep, removed), removed)
                 if key not in taken:
                     break
             taken.add(key)
-            out.append(prefs)
+            out.append((prefs, (keep, scale)))
         return out
 
     def probe_and_decide(self) -> None:
