@@ -33,3 +33,17 @@ def test_the_replayed_entry_and_the_winner_beside_the_uniform_plan_and_its_last_
     # the winner's removal set is matched in any order; its last calibration reading is entry 1's
     assert winners == {"uniform": ([16, 8], []), "calibration set": ([24, 24], ["b1", "b2"]),
                        "winner fit try 0": ([32, 16], ["b2", "b1"]), "winner fit try 1": ([24, 16], ["b2", "b1"])}
+
+
+def test_a_missing_run_or_entry_is_one_sentence_and_exit_2(tmp_path, capsys):
+    import json
+
+    tool = load_tool("study_depth_readings")
+    ckpt = tmp_path / "dense.pt"
+    ckpt.write_bytes(b"")
+    assert tool.main(["--run", str(tmp_path / "nowhere"), "--model", str(ckpt)]) == 2
+    assert "plan_state.json does not exist" in capsys.readouterr().err
+    (tmp_path / "run" / "search").mkdir(parents=True)
+    (tmp_path / "run" / "search" / "plan_state.json").write_text(json.dumps(_state()))
+    assert tool.main(["--run", str(tmp_path / "run"), "--model", str(ckpt), "--entry", "5"]) == 2
+    assert "holds 2 depth-calibration entries" in capsys.readouterr().err

@@ -11,8 +11,8 @@ counting only sessions at the steady speed):
 1. calibration entry ``--entry`` replayed as the search measured it (uniform first, then the sets),
    once more in reversed order, and once more as recorded; each set's reading relative to uniform
    beside the recorded one;
-2. the last entry's largest set that the winner shares, the winner's fit readings' plans and the
-   uniform plan, together, ``--repeats`` times.
+2. the uniform plan, the last calibration reading's plan of the winner's removal set and the
+   plans of the winner's fit readings, together, ``--repeats`` times.
 
 It answers whether a depth winner that reads slower than its calibration said is slower because of
 its widths or because the machine's state moved between the readings (BENCHMARKS.md, "the
@@ -80,7 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.pruning import prune
 
-    state = json.loads((a.run / "search" / "plan_state.json").read_text())
+    state_path = a.run / "search" / "plan_state.json"
+    if not state_path.is_file() or not a.model.is_file():
+        missing = state_path if not state_path.is_file() else a.model
+        print(f"error: {missing} does not exist; --run takes a plan run's directory (it holds "
+              "search/plan_state.json) and --model the dense checkpoint that run pruned.", file=sys.stderr)
+        return 2
+    state = json.loads(state_path.read_text())
+    if not 0 <= a.entry < len(state.get("depth_calibration", [])):
+        print(f"error: --entry {a.entry}: {state_path} holds {len(state.get('depth_calibration', []))} "
+              "depth-calibration entries (a run without depth plans holds none); pick one of them.", file=sys.stderr)
+        return 2
     replay, recorded, winners = _plans(state, a.entry)
     profile = load_profile(a.profile)
     dense, info = load_checkpoint(a.model)
@@ -97,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             drop_blocks(model, removed)
             paths[label] = export_onnx(model, Path(tmp) / f"p{i}.onnx", shape, batch=1)
 
+        backend, gate = get_backend(profile), SteadyGate.for_artifact(profile, d)
+
         def read(labels: list[str]) -> dict[str, float]:
-            ratios, _, _ = robust_ratios(get_backend(profile), profile, d, [paths[n] for n in labels],
-                                         gate=SteadyGate.for_artifact(profile, d))
+            ratios, _, _ = robust_ratios(backend, profile, d, [paths[n] for n in labels], gate=gate)
             r = dict(zip(labels, ratios, strict=True))
             return {n: r[n] / r["uniform"] for n in labels}
 
