@@ -170,9 +170,40 @@ def test_interleaved_blocks_alternate_and_report_ratios():
                                                          timer=fake_timer)
     assert ratios == [1.0, 2.0] and block_ratios[1] == [2.0, 2.0, 2.0]
     assert [len(s) for s in samples] == [6, 6]
-    # warm-up then blocks: A B | B A | A B (alternating order within the window)
-    timed = calls[2:]
-    assert timed[:2] == [0, 0] and timed[2:4] == [1, 1] and timed[4:6] == [1, 1] and timed[6:8] == [0, 0]
+    # warm-up then blocks: A B | B A | A B (alternating order within the window), each turn opened
+    # by one untimed settle run of the same model
+    turns = calls[2:]
+    assert turns[:3] == [0, 0, 0] and turns[3:6] == [1, 1, 1] and turns[6:9] == [1, 1, 1] and turns[9:12] == [0, 0, 0]
+    assert len(calls) == 2 + 3 * 2 * 3
+
+
+def _warm_cold_reading(n_models: int, settle: int) -> list[float]:
+    """Ratios of identical models whose run is fast only right after a run of the same model."""
+    calls: list[int] = []
+
+    def make(i):
+        return lambda: calls.append(i)
+
+    def timer(run_once, n):
+        out = []
+        for _ in range(n):
+            prev = calls[-1] if calls else None
+            run_once()
+            out.append(1.0 if prev == calls[-1] else 1.5)  # cold after another model's run
+        return out
+
+    _, ratios, _ = protocol.interleaved([make(i) for i in range(n_models)], blocks=6, runs=12, warmup=0,
+                                        timer=timer, settle=settle)
+    return ratios
+
+
+def test_interleaved_settle_run_removes_list_position_bias():
+    # Without it the list's last model runs twice in a row at every forward/reversed boundary and
+    # reads faster than the identical models in the middle of the list (blocks of 2 runs: the
+    # median of a cold and a warm run).
+    biased = _warm_cold_reading(3, settle=0)
+    assert biased[2] < biased[1]
+    assert _warm_cold_reading(3, settle=1) == [1.0, 1.0, 1.0]
 
 
 def test_summarize_percentiles():

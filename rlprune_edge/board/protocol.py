@@ -60,12 +60,21 @@ def interleaved(
     runs: int,
     warmup: int,
     timer: Callable[[Callable[[], None], int], list[float]] | None = None,
+    settle: int = 1,
 ) -> tuple[list[list[float]], list[float], list[list[float]]]:
     """Measure several models in interleaved blocks within one window.
 
     Each model gets `warmup` untimed runs, then `blocks` rounds in which every model runs
-    ``ceil(runs / blocks)`` timed runs in turn. Returns per-model samples, the ratio of each model
-    to the first (median over blocks of per-block median ratios) and the per-block ratios.
+    ``ceil(runs / blocks)`` timed runs in turn, each turn opened by `settle` untimed runs. Returns
+    per-model samples, the ratio of each model to the first (median over blocks of per-block median
+    ratios) and the per-block ratios.
+
+    Why the settle run: the order alternates per block (forward, then reversed) to cancel drift, so
+    the models at the list's two ends run twice in a row at block boundaries and their turn then
+    starts with warm caches while every other model's starts cold, after a different model. On the
+    2-core AVX2 EPYC that biased a reading by a few percent by list position (BENCHMARKS.md, "the
+    order of models within a reading"). One untimed run per turn makes every timed run follow a run
+    of the same model, the steady state a deployed model runs in.
     """
     if not runners:
         raise BoardError("bad_arguments", "nothing to compare")
@@ -80,6 +89,8 @@ def interleaved(
     for b in range(blocks):
         order = range(len(runners)) if b % 2 == 0 else reversed(range(len(runners)))
         for i in order:
+            for _ in range(max(0, int(settle))):
+                runners[i]()
             s = timer(runners[i], per_block)
             samples[i].extend(s)
             block_medians[i].append(float(np.median(s)))
