@@ -72,14 +72,15 @@ def interleaved(
     Why the settle run: the order alternates per block (forward, then reversed) to cancel drift, so
     the models at the list's two ends run twice in a row at block boundaries and their turn then
     starts with warm caches while every other model's starts cold, after a different model. On the
-    2-core AVX2 EPYC that biased a reading by a few percent by list position (BENCHMARKS.md, "the
-    order of models within a reading"). One untimed run per turn makes every timed run follow a run
+    2-core AVX2 EPYC that biased a reading by a few percent by list position (BENCHMARKS.md, "One
+    untimed run per turn"). One untimed run per turn makes every timed run follow a run
     of the same model, the steady state a deployed model runs in.
     """
     if not runners:
         raise BoardError("bad_arguments", "nothing to compare")
     blocks = max(1, int(blocks))
     per_block = max(1, -(-int(runs) // blocks))
+    settle = max(0, int(settle))
     timer = timer or time_runs
     for r in runners:
         for _ in range(warmup):
@@ -89,7 +90,7 @@ def interleaved(
     for b in range(blocks):
         order = range(len(runners)) if b % 2 == 0 else reversed(range(len(runners)))
         for i in order:
-            for _ in range(max(0, int(settle))):
+            for _ in range(settle):
                 runners[i]()
             s = timer(runners[i], per_block)
             samples[i].extend(s)
