@@ -63,44 +63,38 @@ def paired_gain_stats(plan: np.ndarray, better: np.ndarray) -> dict[str, Any]:
 
 
 def _correct(model_pt: Path, x: Any, y: Any) -> np.ndarray:
+    """Per test image, whether the final in `model_pt` classifies it right (0/1)."""
     import torch
 
     from rlprune_edge.checkpoint import load_checkpoint
+    from rlprune_edge.compute import logits_of
 
     model, _ = load_checkpoint(model_pt)
-    model.eval()
-    hits = []
     with torch.no_grad():
-        for i in range(0, len(x), 500):
-            hits.append((model(x[i:i + 500]).argmax(1) == y[i:i + 500]).numpy())
-    return np.concatenate(hits).astype(np.int8)
+        return (logits_of(model, x).argmax(1) == y).numpy().astype(np.int8)
 
 
 def cell_stats(work: Path, model: str, level: str, cells: dict[str, Any], x: Any, y: Any) -> dict[str, Any] | None:
-    """The statistics of one (model, level), or None when a seed's finals are not all on disk."""
+    """The statistics of one (model, level), or None when a seed's finals are not all on disk.
+    ValueError when a final on disk is not the recorded one (its test accuracy differs)."""
     runs = work / "benchmarks" / "runs" / "search"
     seeds = sorted(k.split("/seed")[1] for k in cells if k.startswith(f"{level}/seed"))
+    paths = {(s, m): runs / f"{model}_{level}_seed{s}_{m}" / "model.pt" for s in seeds for m in METHODS}
+    if not seeds or not all(m in cells[f"{level}/seed{s}"] and paths[s, m].is_file() for s, m in paths):
+        return None  # checked before evaluating anything
     plan, better, picks = [], [], []
     for s in seeds:
         cell = cells[f"{level}/seed{s}"]
-        if not all(m in cell for m in METHODS):
-            return None
-        hits = {}
-        for m in METHODS:
-            pt = runs / f"{model}_{level}_seed{s}_{m}" / "model.pt"
-            if not pt.is_file():
-                return None
-            hits[m] = _correct(pt, x, y)
+        hits = {m: _correct(paths[s, m], x, y) for m in METHODS}
+        for m, h in hits.items():
             recorded = float(cell[m]["test_acc"])
-            if abs(float(hits[m].mean()) - recorded) > 1e-4:
-                raise SystemExit(f"{pt}: test accuracy {hits[m].mean():.4f} differs from the recorded {recorded:.4f}; "
-                                 "the model on disk is not the recorded final (re-run that cell).")
+            if abs(float(h.mean()) - recorded) > 1e-4:
+                raise ValueError(f"{paths[s, m]}: test accuracy {h.mean():.4f} differs from the recorded "
+                                 f"{recorded:.4f}; the model on disk is not the recorded final (re-run that cell).")
         pick = max(("uniform", "tp-uniform"), key=lambda m: float(cell[m]["test_acc"]))
         plan.append(hits["plan"])
         better.append(hits[pick])
         picks.append(pick)
-    if not seeds:
-        return None
     return {"model": model, "level": level, "better_baseline": picks, **paired_gain_stats(np.stack(plan), np.stack(better))}
 
 
@@ -137,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             if a.levels and level not in a.levels:
                 continue
-            r = cell_stats(a.work, model, level, md["cells"], x, y)
+            try:
+                r = cell_stats(a.work, model, level, md["cells"], x, y)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             if r is None:
                 print(f"{model} {level}: finals not all on disk, skipped", file=sys.stderr)
                 continue
