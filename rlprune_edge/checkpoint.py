@@ -281,7 +281,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}); "
                         "re-create it with `rlprune-edge train`.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path} is not an rlprune-edge checkpoint; create one with `rlprune-edge train`.")
+        raise UserError(f"{path} is not an rlprune-edge checkpoint; create one with `rlprune-edge train`, or with "
+                        f"`rlprune-edge import {path} --model ARCH --out model.pt` if it holds weights you trained.")
     info, state = check_header(payload, path)
     try:
         model = build_model(info.model, info.width, info.num_classes)

@@ -19,6 +19,7 @@ from rlprune_edge.errors import UserError
 COMMAND_MODULES: dict[str, str] = {
     "train": "train",
     "inspect": "inspect",
+    "import": "import_weights",
     "compress": "compress",
     "bench": "bench",
     "latency-check": "latency_check",

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("graph_rules", "graph"),
     ("importance", "pruning"),
     ("latency",),
-    ("search", "distill", "quantize", "train", "baselines"),
+    ("search", "distill", "quantize", "train", "baselines", "weights_import"),
     ("engine", "export", "bundle", "report", "rundir"),
     ("stages",),
     ("pipeline",),

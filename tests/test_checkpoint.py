@@ -110,8 +110,9 @@ def test_truncated_file_is_user_error(tmp_path, tiny_checkpoint):
 def test_foreign_torch_file_is_user_error(tmp_path):
     other = tmp_path / "plain_state_dict.pt"
     torch.save(build_model("resnet20", 0.25).state_dict(), other)
-    with pytest.raises(UserError, match="not an rlprune-edge checkpoint"):
+    with pytest.raises(UserError, match="not an rlprune-edge checkpoint") as err:
         load_checkpoint(other)
+    assert "rlprune-edge import" in str(err.value)  # a user's own state_dict is pointed to `import`
 
 
 def test_pickled_code_is_refused(tmp_path):

@@ -1,0 +1,60 @@
+"""`rlprune-edge import`: a state_dict trained elsewhere → an rlprune-edge checkpoint `compress` can take."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `import` parser."""
+    p = subparsers.add_parser(
+        "import", help="import weights trained elsewhere (a state_dict file) as a checkpoint",
+        description="Rebuild a zoo or torchvision architecture with weights you trained yourself "
+        "(torch.save(model.state_dict(), PATH); wrappers such as {'state_dict': ...} and key prefixes such as "
+        "'module.' are handled), evaluate it on the data it will be compressed with, and write an rlprune-edge "
+        "checkpoint atomically. The file is read with torch.load(weights_only=True).")
+    p.add_argument("weights", help="the weights file (.pt/.pth) holding a state_dict")
+    p.add_argument("--model", required=True, help="the architecture: a zoo name (vgg19, resnet20, ...) or torchvision:NAME")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of a zoo architecture (default 1.0)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="the data the model was trained on: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR or "
+                        "imagefolder:DIR (default fashion-mnist); it sets the classes, the normalisation and "
+                        "the test set the import is checked on")
+    p.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
+    p.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # tests / smoke runs
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, import, print what was done and the test accuracy."""
+    from rlprune_edge.checkpoint import check_width, check_writable
+    from rlprune_edge.data import load_data
+    from rlprune_edge.errors import UserError
+    from rlprune_edge.weights_import import import_checkpoint, read_state_dict
+
+    check_width(args.width)
+    if args.limit is not None and args.limit < 2:
+        raise UserError(f"--limit must be at least 2, got {args.limit}.")
+    out = check_writable(args.out)
+    read_state_dict(args.weights)  # a bad weights file is refused before the data loads
+    data = load_data(args.data, limit=args.limit)
+    result = import_checkpoint(args.weights, args.model, args.width, data, out)
+    how = []
+    if result.wrapper_key:
+        how.append(f"state_dict under {result.wrapper_key!r}")
+    if result.stripped_prefix:
+        how.append(f"key prefix {result.stripped_prefix!r} removed")
+    how.extend(result.notes)
+    n_params = sum(p.numel() for p in result.model.parameters())
+    print(f"imported {args.weights} as {args.model}" + (f" (width {args.width:g})" if args.width != 1.0 else "")
+          + (f"; {'; '.join(how)}" if how else ""))
+    print(f"{n_params:,} parameters; test accuracy on {args.data}: {result.test_acc:.4f} "
+          f"({len(data.test):,} images); saved {out}")
+    if result.at_chance:
+        print(f"warning: {result.test_acc:.1%} is close to chance for {data.num_classes} classes: the weights may "
+              f"expect another normalisation (rlprune-edge feeds {args.data} with mean {list(data.mean)}, std "
+              f"{list(data.std)}) or another class order ({', '.join(data.class_names[:3])}, ...).", file=sys.stderr)
+    print(f"next: rlprune-edge compress --model {out} --profile NAME --target-latency 0.5x")
+    return 0
