@@ -336,6 +336,7 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
     from rlprune_edge.models import (
         TORCHVISION_PREFIX,
         ZOO_NAMES,
+        adopt_input_shape,
         build_model,
         model_input_shape,
         valid_names_sentence,
@@ -348,6 +349,7 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
             num_classes = data.num_classes if data is not None else 10
         model = build_model(spec, width, num_classes)
         if data is not None:
+            adopt_input_shape(model, tuple(data.input_shape), spec)
             mean, std, names = tuple(data.mean), tuple(data.std), list(data.class_names)
         else:
             mean, std, names = FASHION_MNIST_MEAN, FASHION_MNIST_STD, [str(i) for i in range(num_classes)]

@@ -2,10 +2,11 @@
 
 Specs: ``fashion-mnist`` (Debian's IDX .gz files in /usr/share/datasets/fashion-mnist, or $RLPRUNE_EDGE_FASHION_MNIST),
 ``fashion-mnist:DIR``, ``cifar10:DIR``, ``cifar100:DIR`` (the python-pickle batches),
-``imagefolder:DIR`` (DIR/train/<class>/* and DIR/val/<class>/* or DIR/test/<class>/*).
-Images become 3x32x32 float tensors normalised with per-dataset mean/std; normalisation and
-augmentation (random crop 32 with padding 4 + horizontal flip) run on whole batches in torch.
-Nothing is ever downloaded.
+``imagefolder:DIR`` (DIR/train/<class>/* and DIR/val/<class>/* or DIR/test/<class>/*), resized to 32x32,
+or ``imagefolder@SIZE:DIR`` resized to SIZE x SIZE (e.g. ``imagefolder@128:DIR`` for a 128-pixel model).
+Images become 3xHxW float tensors (32x32 but for ``@SIZE``) normalised with per-dataset mean/std;
+normalisation and augmentation (random crop with zero padding of 1/8 of the side, 4 at 32, + horizontal
+flip) run on whole batches in torch. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+DEFAULT_IMAGE_SIZE = 32
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # imagefolder@SIZE
+MEMORY_SHARE = 0.5  # a dataset may take at most this share of the machine's memory (uint8 images)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
 
 
 class TensorSplit(Dataset):
-    """One split: uint8 images [N, C, 32, 32] (C = 1 or 3) and int64 labels, normalised on access."""
+    """One split: uint8 images [N, C, H, W] (C = 1 or 3) and int64 labels, normalised on access."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]):
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -119,7 +123,7 @@ class BatchLoader:
             idx = order[start : start + self.batch_size]
             images = self.split.images[idx]
             if self.augment:
-                images = augment_batch(images, gen)
+                images = augment_batch(images, gen, pad=max(1, images.shape[-1] // 8))
             yield self.split.normalize(images), self.split.labels[idx]
 
 
@@ -276,14 +280,14 @@ def _load_cifar(directory: Path, hundred: bool) -> tuple[np.ndarray, np.ndarray,
     return xtr, ytr, xte, yte, names
 
 
-def _load_image_dir(split_dir: Path, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _load_image_dir(split_dir: Path, classes: list[str] | None, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     try:
-        return _read_image_dir(split_dir, classes)
+        return _read_image_dir(split_dir, classes, size)
     except OSError as exc:
         raise UserError(f"cannot read image folder {split_dir} ({exc.strerror or exc}); check that it is readable.") from None
 
 
-def _read_image_dir(split_dir: Path, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_image_dir(split_dir: Path, classes: list[str] | None, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     if classes is None:
@@ -300,7 +304,7 @@ def _read_image_dir(split_dir: Path, classes: list[str] | None) -> tuple[np.ndar
                 continue
             try:
                 with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.uint8)
+                    arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
             except (OSError, UnidentifiedImageError) as exc:
                 raise UserError(f"cannot read image {f} ({exc}); remove or fix it.") from None
             images.append(arr.transpose(2, 0, 1))
@@ -339,24 +343,53 @@ def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 # --- entry point ----------------------------------------------------------------------------------
 
-def parse_spec(spec: str) -> tuple[str, Path | None]:
-    """Split ``KIND[:DIR]`` into (kind, dir); UserError for unknown kinds or a missing DIR."""
-    kind, sep, rest = spec.partition(":")
+def parse_spec(spec: str) -> tuple[str, Path | None, int]:
+    """Split ``KIND[@SIZE][:DIR]`` into (kind, dir, image side); UserError for unknown kinds, sizes or a missing DIR."""
+    head, sep, rest = spec.partition(":")
+    kind, at, size_text = head.partition("@")
     kinds = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
     if kind not in kinds:
-        raise UserError(f"unknown data spec {spec!r}; use fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR or imagefolder:DIR.")
+        raise UserError(f"unknown data spec {spec!r}; use fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, "
+                        "imagefolder:DIR or imagefolder@SIZE:DIR.")
+    size = DEFAULT_IMAGE_SIZE
+    if at:
+        if kind != "imagefolder":
+            raise UserError(f"data spec {spec!r}: @SIZE applies to imagefolder only ({kind} images are 32x32); "
+                            f"drop '@{size_text}'.")
+        if not (size_text.isdigit() and MIN_IMAGE_SIZE <= int(size_text) <= MAX_IMAGE_SIZE):
+            raise UserError(f"data spec {spec!r}: the image size after '@' must be an integer in "
+                            f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {size_text!r}; use e.g. imagefolder@128:DIR.")
+        size = int(size_text)
     if sep and not rest:
-        raise UserError(f"data spec {spec!r} has an empty directory after ':'; give e.g. {kind}:/path/to/data.")
+        raise UserError(f"data spec {spec!r} has an empty directory after ':'; give e.g. {head}:/path/to/data.")
     if kind != "fashion-mnist" and not rest:
-        raise UserError(f"data spec {spec!r} needs a directory: {kind}:DIR.")
-    return kind, Path(rest).expanduser() if rest else None
+        raise UserError(f"data spec {spec!r} needs a directory: {head}:DIR.")
+    return kind, Path(rest).expanduser() if rest else None, size
+
+
+def _check_memory(directory: Path, splits: list[str], size: int) -> None:
+    """Refuse (UserError) an image folder whose images at `size` would take over MEMORY_SHARE of this machine."""
+    try:
+        count = sum(1 for split in splits for cls in (directory / split).iterdir() if cls.is_dir()
+                    for f in cls.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError:
+        return  # the reader names the unreadable folder
+    need = count * 3 * size * size
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return
+    if need > MEMORY_SHARE * total:
+        raise UserError(f"imagefolder {directory}: {count:,} images at {size}x{size} take {need / 2**30:.1f} GiB in "
+                        f"memory, over half of this machine's {total / 2**30:.1f} GiB; use a smaller @SIZE or a "
+                        "subset of the images.")
 
 
 def load_data(spec: str = "fashion-mnist", val_fraction: float = 0.1, seed: int = 0, limit: int | None = None) -> DataBundle:
     """Load a dataset spec into memory; val is carved from train with `seed`; `limit` caps train pool and test."""
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-    kind, directory = parse_spec(spec)
+    kind, directory, size = parse_spec(spec)
     if kind == "fashion-mnist":
         xtr, ytr, xte, yte = _load_fashion_mnist(directory or fashion_mnist_dir())
         names, mean, std = list(FASHION_MNIST_CLASSES), FASHION_MNIST_MEAN, FASHION_MNIST_STD
@@ -372,10 +405,12 @@ def load_data(spec: str = "fashion-mnist", val_fraction: float = 0.1, seed: int 
             raise UserError(f"imagefolder directory {directory} has no train/ sub-directory of class folders.")
         held = [d for d in ("val", "test") if (directory / d).is_dir()]
         _check_image_classes(directory, held)
-        xtr, ytr, names = _load_image_dir(directory / "train", None)
         if not held:
             raise UserError(f"imagefolder directory {directory} has no val/ or test/ sub-directory of class folders.")
-        xte, yte, _ = _load_image_dir(directory / ("test" if "test" in held else "val"), names)
+        held_split = "test" if "test" in held else "val"
+        _check_memory(directory, ["train", held_split], size)
+        xtr, ytr, names = _load_image_dir(directory / "train", None, size)
+        xte, yte, _ = _load_image_dir(directory / held_split, names, size)
         mean, std = _stats(xtr)
 
     num_classes = len(names)
@@ -396,4 +431,4 @@ def load_data(spec: str = "fashion-mnist", val_fraction: float = 0.1, seed: int 
     test = TensorSplit(torch.from_numpy(np.ascontiguousarray(xte)), torch.from_numpy(yte.astype(np.int64)), mean, std)
     if limit is not None:
         test = test.take(torch.arange(min(len(test), max(1, int(limit)))))
-    return DataBundle(train, val, test, num_classes, names, tuple(mean), tuple(std), (3, 32, 32), spec)
+    return DataBundle(train, val, test, num_classes, names, tuple(mean), tuple(std), (3, size, size), spec)

@@ -27,7 +27,7 @@ from torch import nn
 from rlprune_edge.checkpoint import FORMAT, ModelInfo, check_width, load_checkpoint, save_checkpoint
 from rlprune_edge.data import DataBundle
 from rlprune_edge.errors import UserError
-from rlprune_edge.models import ZOO_NAMES, build_model, is_model_name, model_input_shape, valid_names_sentence
+from rlprune_edge.models import ZOO_NAMES, adopt_input_shape, build_model, is_model_name, valid_names_sentence
 from rlprune_edge.train import evaluate
 
 # Keys under which training scripts commonly store the state_dict, in the order they are tried.
@@ -207,10 +207,7 @@ def import_weights(weights: str | os.PathLike, model_name: str, width: float, da
     check_width(width)
     state, wrapper = read_state_dict(weights)
     model = build_model(model_name, width, data.num_classes)
-    if model_input_shape(model) != tuple(data.input_shape):
-        shape = model_input_shape(model)
-        raise UserError(f"{model_name} needs {shape[1]}x{shape[2]} inputs but the data provides "
-                        f"{data.input_shape[1]}x{data.input_shape[2]}; choose a model that accepts 32x32 images.")
+    adopt_input_shape(model, tuple(data.input_shape), model_name)
     state, prefix = align_keys(state, set(model.state_dict()))
     notes = fit_state_dict(model, state, model_name, width, data.num_classes, Path(weights))
     info = ModelInfo(model_name, float(width), data.num_classes, tuple(data.input_shape), tuple(data.mean),

@@ -18,8 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the architecture: a zoo name (vgg19, resnet20, ...) or torchvision:NAME")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of a zoo architecture (default 1.0)")
     p.add_argument("--data", default="fashion-mnist",
-                   help="the data the model was trained on: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR or "
-                        "imagefolder:DIR (default fashion-mnist); it sets the classes, the normalisation and "
+                   help="the data the model was trained on: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, "
+                        "imagefolder:DIR (32x32) or imagefolder@SIZE:DIR at the size it was trained at (default "
+                        "fashion-mnist); it sets the classes, the normalisation, the input size and "
                         "the test set the import is checked on")
     p.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
     p.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # tests / smoke runs

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="zoo name (vgg19, resnet20, ...) or torchvision:NAME")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier for zoo models (default 1.0)")
     p.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR or imagefolder:DIR (default fashion-mnist)")
+                   help="fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, imagefolder:DIR (32x32) or imagefolder@SIZE:DIR "
+                        "(default fashion-mnist)")
     p.add_argument("--epochs", type=int, required=True, help="number of epochs")
     p.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate, train, evaluate on test once, save atomically, print the test accuracy."""
     from rlprune_edge.checkpoint import ModelInfo, check_width, check_writable, save_checkpoint
     from rlprune_edge.data import load_data
-    from rlprune_edge.models import build_model, is_model_name, model_input_shape
+    from rlprune_edge.models import adopt_input_shape, build_model, is_model_name
     from rlprune_edge.train import evaluate, train_model
 
     if args.epochs < 1:
@@ -69,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out)
     data = load_data(args.data, seed=args.seed, limit=args.limit)
     model = build_model(args.model, args.width, data.num_classes)
-    input_shape = model_input_shape(model)
-    if input_shape != tuple(data.input_shape):
-        raise UserError(f"{args.model} needs {input_shape[1]}x{input_shape[2]} inputs but {args.data} provides "
-                        f"{data.input_shape[1]}x{data.input_shape[2]}; choose a model that accepts 32x32 images.")
+    adopt_input_shape(model, tuple(data.input_shape), args.model)
     print(f"training {args.model} (width {args.width:g}) on {args.data}: {len(data.train)} train, {len(data.val)} val, "
           f"{len(data.test)} test images, {args.epochs} epochs", flush=True)
     start = time.perf_counter()

@@ -113,11 +113,38 @@ def _torchvision_input_shape(model: nn.Module) -> tuple[int, int, int]:
     return (3, 224, 224)
 
 
+def accepts_input(model: nn.Module, shape: tuple[int, int, int]) -> bool:
+    """True if `model` runs on one input of `shape` (C, H, W) and returns one row of logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *shape))
+        return isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1
+    except (RuntimeError, ValueError, AssertionError):
+        return False
+    finally:
+        model.train(was_training)
+
+
+def adopt_input_shape(model: nn.Module, shape: tuple[int, int, int], name: str) -> tuple[int, int, int]:
+    """Record the data's input `shape` on `model` when the model runs on it; UserError saying what fits otherwise."""
+    shape = tuple(int(d) for d in shape)  # type: ignore[assignment]
+    own = model_input_shape(model)
+    if own != shape:
+        if not accepts_input(model, shape):
+            raise UserError(f"{name} does not run on {shape[1]}x{shape[2]} inputs (it was built for "
+                            f"{own[1]}x{own[2]}); use data of that size (imagefolder@{own[1]}:DIR for an image "
+                            "folder) or a model with adaptive pooling, such as torchvision:resnet18.")
+        model.input_shape = shape
+    return shape
+
+
 def model_input_shape(model: nn.Module) -> tuple[int, int, int]:
     """The input shape recorded on a built model (CIFAR 3x32x32 when absent)."""
     shape = getattr(model, "input_shape", None)
     return tuple(shape) if shape is not None else CIFAR_INPUT_SHAPE  # type: ignore[return-value]
 
 
-__all__ = ["ZOO_NAMES", "build_model", "is_model_name", "model_input_shape", "torchvision_names",
+__all__ = ["ZOO_NAMES", "accepts_input", "adopt_input_shape", "build_model", "is_model_name", "model_input_shape", "torchvision_names",
            "valid_names_sentence"]
