@@ -62,9 +62,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist or is not a file; give the path of a file written by "
                         "torch.save(model.state_dict(), PATH).")
-    if path.suffix.lower() == ".safetensors":
-        raise UserError(f"{path} is a safetensors file, which rlprune-edge does not read; in Python, "
-                        "torch.save(safetensors.torch.load_file(PATH), 'weights.pt') and import that.")
+    if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path):
+        return _read_safetensors(path), None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -85,6 +84,33 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
                 return dict(payload[key]), key
     raise UserError(f"{path} holds no state_dict (a dict of parameter name -> tensor, bare or under one of "
                     f"{', '.join(repr(k) for k in WRAPPER_KEYS)}); save it with torch.save(model.state_dict(), PATH).")
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with a little-endian u64 header length, then its JSON header ('{')."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (the `safetensors` package, an optional extra; no code is ever run)."""
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{path} is a safetensors file; install the reader with `pip install "
+                        "'rlprune-edge[safetensors]'` (or `pip install safetensors`) and run again.") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({str(exc)[:120]}); re-save it.") from None
+    if not state:
+        raise UserError(f"{path} holds no tensors; save the model's state_dict into it.")
+    return dict(state)
 
 
 def _is_state_dict(obj: object) -> bool:

@@ -91,6 +91,34 @@ def test_torchvision_weights_with_ddp_prefix_and_auxiliary_heads(tmp_path, capsy
     assert torch.allclose(_logits(model, 2), _logits(user, 2), atol=1e-5)
 
 
+def test_safetensors_weights_import_to_the_same_model(tmp_path, capsys, single_thread):
+    """A .safetensors file (read by the safetensors package, never unpickled), also under another suffix."""
+    from safetensors.torch import save_file
+
+    from rlprune_edge.checkpoint import load_checkpoint
+
+    user = _user_vgg(2)
+    for name in ("model.safetensors", "weights.bin"):  # the suffix, or the header when the suffix says nothing
+        weights = tmp_path / name
+        save_file({k: v.contiguous() for k, v in user.state_dict().items()}, str(weights))
+        out = tmp_path / f"{name}.pt"
+        assert main(["import", str(weights), "--model", "vgg11", "--width", "0.125", "--out", str(out), *LIMIT]) == 0
+        model, _ = load_checkpoint(out)
+        assert torch.equal(_logits(model), _logits(user))
+
+
+def test_safetensors_without_the_package_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in _user_vgg().state_dict().items()}, str(weights))
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # as on an install without the extra
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    assert main(["import", str(weights), "--model", "vgg11", "--width", "0.125", "--out", str(tmp_path / "o.pt")]) == 2
+    assert "pip install 'rlprune-edge[safetensors]'" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()
+
+
 def test_random_weights_warn_that_accuracy_is_at_chance(tmp_path, capsys, single_thread):
     from rlprune_edge.models import build_model
 
@@ -138,6 +166,10 @@ def _write_imagenet_head(path: Path) -> None:
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
 
 
+def _write_bad_safetensors(path: Path) -> None:
+    path.write_bytes((64).to_bytes(8, "little") + b'{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}')
+
+
 def _write_checkpoint(path: Path) -> None:
     from rlprune_edge.checkpoint import resolve_model, save_checkpoint
 
@@ -146,7 +178,7 @@ def _write_checkpoint(path: Path) -> None:
 
 
 @pytest.mark.hostile("`import` of a bad weights file: a pickled whole model, not a torch file, a dict without tensors, "
-                     "NaN weights, an ImageNet head for 10-class data, weights of another width, a file that is "
+                     "NaN weights, a truncated safetensors file, an ImageNet head for 10-class data, weights of another width, a file that is "
                      "already a checkpoint, --model given a file",
                      "exit 2 before anything is written, one sentence: never unpickles objects (says to save "
                      "model.state_dict()), names the class counts, the first tensor of another shape and the zoo "
@@ -156,6 +188,7 @@ def _write_checkpoint(path: Path) -> None:
     (_write_garbage, ["--model", "vgg11", "--width", "0.125"], "is not a torch weights file"),
     (_write_no_tensors, ["--model", "vgg11", "--width", "0.125"], "holds no state_dict"),
     (_write_nan, ["--model", "vgg11", "--width", "0.125"], "NaN or infinite values"),
+    (_write_bad_safetensors, ["--model", "vgg11", "--width", "0.125"], "not a readable safetensors file"),
     (_write_imagenet_head, ["--model", "torchvision:resnet18"], "predict 1000 classes but the data has 10"),
     (_write_checkpoint, ["--model", "vgg11"], "already an rlprune-edge checkpoint"),
     (lambda p: torch.save(_user_vgg().state_dict(), p), ["--model", "vgg11", "--width", "0.25"],
