@@ -294,6 +294,15 @@ def write_section(text: str, work: Path) -> None:
     os.replace(tmp, path)
 
 
+def model_item(item: str) -> tuple[str, float]:
+    """``NAME[:WIDTH]`` → (name, width); a torchvision name keeps its prefix (``torchvision:resnet18:1``)."""
+    head, sep, tail = item.rpartition(":")
+    try:
+        return (head, float(tail)) if sep else (item, 1.0)
+    except ValueError:
+        return item, 1.0
+
+
 def fixed_levels(specs: list[str]) -> dict[str, float]:
     """``--level NAME=RATIO`` arguments as {name: ratio}; a bad one is refused (UserError)."""
     out: dict[str, float] = {}
@@ -349,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
              "--kd-epochs", "1", "--kd-images", "512", "--select-size", "200", "--confirm-size", "200", "--latency-variants", "4"] if args.quick else []
     protocol = QUICK_SESSIONS if args.quick else (COMMON_SESSIONS, 5.0)
     for item in args.models.split(","):
-        name, _, w = item.partition(":")
-        width = float(w or 1.0)
+        name, width = model_item(item)
         label = f"{name}-w{width:g}"
         ckpt = base_checkpoint(work, name, width, args.train_epochs if not args.quick else 1, args.quick)
         m = doc["models"].setdefault(label, {"checkpoint": str(ckpt), "cells": {}})
