@@ -52,7 +52,9 @@ def test_lightning_style_weights_import_to_the_same_model(tmp_path, capsys, tiny
     assert info.meta["data"] == "fashion-mnist" and info.meta["stripped_prefix"] == "model."
     assert (info.model, info.width, info.num_classes) == ("vgg11", 0.125, 10)
     assert tuple(info.mean) == tuple(tiny_data.mean) and info.class_names == tiny_data.class_names
+    capsys.readouterr()
     assert main(["inspect", "--model", str(out)]) == 0
+    assert "imported:     from epoch=3.ckpt" in capsys.readouterr().out
 
 
 def test_imported_checkpoint_compresses(tmp_path, monkeypatch, single_thread):

@@ -53,6 +53,41 @@ def time_runs(run_once: Callable[[], None], runs: int, clock: Callable[[], float
     return out
 
 
+def block_orders(n: int) -> list[list[int]]:
+    """The order of `n` models in successive blocks: a Williams design, chained without repeats.
+
+    Every model takes every position equally often and follows every other model equally often
+    within the blocks (Williams' Latin square: `n` rows for even `n`, `2n` for odd), and the rows are
+    chained so that no model runs twice in a row across a block boundary when `n` ≥ 3. For two
+    models this is the classic A B | B A alternation.
+
+    Why: the earlier forward/reversed alternation made the list's two ends run twice in a row at
+    every block boundary, so their turns there started warm while every middle model's started after
+    another model. On the 2-core AVX2 EPYC, two copies of the same torchvision ResNet-18 plan
+    (25 MB of weights) measured with the dense model at positions 1 and 3 of 4 read 1.00–1.09× apart
+    (median 1.05, 9 windows; 8 of 9 over 1.02), the middle one slower even with one untimed run per
+    turn; with this order 0.98–1.04× (median 1.01). For ResNet-20 (1 MB) the bias was about 1%.
+    """
+    if n <= 1:
+        return [[0] * n]
+    base, low, high = [0], 1, n - 1
+    while len(base) < n:
+        base.append(low)
+        low += 1
+        if len(base) < n:
+            base.append(high)
+            high -= 1
+    rows = [[(x + i) % n for x in base] for i in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    chained = [rows.pop(0)]
+    while rows:
+        nxt = next((r for r in rows if r[0] != chained[-1][-1]), rows[0])
+        rows.remove(nxt)
+        chained.append(nxt)
+    return chained
+
+
 def interleaved(
     runners: Sequence[Callable[[], None]],
     *,
@@ -69,12 +104,10 @@ def interleaved(
     per-model samples, the ratio of each model to the first (median over blocks of per-block median
     ratios) and the per-block ratios.
 
-    Why the settle run: the order alternates per block (forward, then reversed) to cancel drift, so
-    the models at the list's two ends run twice in a row at block boundaries and their turn then
-    starts with warm caches while every other model's starts cold, after a different model. On the
-    2-core AVX2 EPYC that biased a reading by a few percent by list position (BENCHMARKS.md, "One
-    untimed run per turn"). One untimed run per turn makes every timed run follow a run
-    of the same model, the steady state a deployed model runs in.
+    The order changes per block (:func:`block_orders`: each model at each position, after each other
+    model, equally often), which cancels drift within the window and any bias by list position. The
+    settle run makes every timed run follow a run of the same model, the steady state a deployed
+    model runs in (BENCHMARKS.md, "One untimed run per turn").
     """
     if not runners:
         raise BoardError("bad_arguments", "nothing to compare")
@@ -87,9 +120,9 @@ def interleaved(
             r()
     samples: list[list[float]] = [[] for _ in runners]
     block_medians: list[list[float]] = [[] for _ in runners]
+    orders = block_orders(len(runners))
     for b in range(blocks):
-        order = range(len(runners)) if b % 2 == 0 else reversed(range(len(runners)))
-        for i in order:
+        for i in orders[b % len(orders)]:
             for _ in range(settle):
                 runners[i]()
             s = timer(runners[i], per_block)

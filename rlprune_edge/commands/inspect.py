@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         value = info.meta.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             print(f"{key}:{' ' * (13 - len(key))}{float(value):.4f}")
-    if "data" in info.meta:
+    if "imported_from" in info.meta:
+        print(f"imported:     from {info.meta['imported_from']} (`rlprune-edge import`), data {info.meta.get('data', '?')}")
+    elif "data" in info.meta:
         print(f"trained on:   {info.meta['data']} for {info.meta.get('epochs', '?')} epochs")
     rows = layer_table(model, shape)
     convs = sum(1 for r in rows if r[1] != "Linear")
