@@ -74,14 +74,11 @@ def test_fixed_levels_are_parsed_and_bad_ones_refused_before_any_run(tmp_path):
 
 
 def test_model_items_keep_a_torchvision_prefix():
-    spec = importlib.util.spec_from_file_location("rlprune_bench_search_items", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        assert mod.model_item("vgg19:0.25") == ("vgg19", 0.25)
-        assert mod.model_item("resnet20") == ("resnet20", 1.0)
-        assert mod.model_item("torchvision:resnet18") == ("torchvision:resnet18", 1.0)
-        assert mod.model_item("torchvision:resnet18:1") == ("torchvision:resnet18", 1.0)
-    finally:
-        sys.modules.pop(spec.name, None)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers import load_tool
+
+    model_item = load_tool("bench_search").model_item
+    assert model_item("vgg19:0.25") == ("vgg19", 0.25)
+    assert model_item("resnet20") == ("resnet20", 1.0)
+    assert model_item("torchvision:resnet18") == ("torchvision:resnet18", 1.0)
+    assert model_item("torchvision:resnet18:1") == ("torchvision:resnet18", 1.0)
