@@ -218,20 +218,27 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], model_name:
     return notes
 
 
-def import_weights(weights: str | os.PathLike, model_name: str, width: float, data: DataBundle,
-                   evaluate_split: str | None = "test") -> ImportedWeights:
-    """Rebuild `model_name` with the weights of `weights` for `data`, and (by default) its test accuracy.
-
-    The checkpoint records the data's class names, mean/std and input shape, which is what `compress`,
-    `export` and the board's `classify.py` feed the model with. Raises UserError for anything that does not fit.
-    """
+def check_architecture(model_name: str, width: float) -> None:
+    """UserError unless `model_name` is a zoo or torchvision name and `width` a valid multiplier."""
     if not is_model_name(model_name):
         if Path(model_name).is_file():
             raise UserError(f"--model takes an architecture name, not a file ({model_name}); give one of "
                             f"{valid_names_sentence()}, and the weights file as the first argument.")
         build_model(model_name, width)  # raises UserError listing the valid names
     check_width(width)
-    state, wrapper = read_state_dict(weights)
+
+
+def import_weights(weights: str | os.PathLike, model_name: str, width: float, data: DataBundle,
+                   evaluate_split: str | None = "test",
+                   read: tuple[dict[str, torch.Tensor], str | None] | None = None) -> ImportedWeights:
+    """Rebuild `model_name` with the weights of `weights` for `data`, and (by default) its test accuracy.
+
+    `read` is :func:`read_state_dict`'s result when the caller already read the file. The checkpoint
+    records the data's class names, mean/std and input shape, which is what `compress`, `export` and
+    the board's `classify.py` feed the model with. Raises UserError for anything that does not fit.
+    """
+    check_architecture(model_name, width)
+    state, wrapper = read if read is not None else read_state_dict(weights)
     model = build_model(model_name, width, data.num_classes)
     adopt_input_shape(model, tuple(data.input_shape), model_name)
     state, prefix = align_keys(state, set(model.state_dict()))
@@ -248,10 +255,11 @@ def import_weights(weights: str | os.PathLike, model_name: str, width: float, da
 
 
 def import_checkpoint(weights: str | os.PathLike, model_name: str, width: float, data: DataBundle,
-                      out: str | os.PathLike) -> ImportedWeights:
+                      out: str | os.PathLike,
+                      read: tuple[dict[str, torch.Tensor], str | None] | None = None) -> ImportedWeights:
     """:func:`import_weights`, then write `out` atomically and check that it reloads to the same outputs."""
     start = time.perf_counter()
-    result = import_weights(weights, model_name, width, data)
+    result = import_weights(weights, model_name, width, data, read=read)
     result.info.meta["wall_s"] = round(time.perf_counter() - start, 1)
     save_checkpoint(out, result.model, result.info)
     reloaded, _ = load_checkpoint(out)

@@ -30,25 +30,26 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, import, print what was done and the test accuracy."""
-    from rlprune_edge.checkpoint import check_width, check_writable
+    from rlprune_edge.checkpoint import check_writable
     from rlprune_edge.data import load_data
     from rlprune_edge.errors import UserError
-    from rlprune_edge.weights_import import import_checkpoint, read_state_dict
+    from rlprune_edge.flops import count_params
+    from rlprune_edge.weights_import import check_architecture, import_checkpoint, read_state_dict
 
-    check_width(args.width)
     if args.limit is not None and args.limit < 2:
         raise UserError(f"--limit must be at least 2, got {args.limit}.")
+    check_architecture(args.model, args.width)  # bad flags and files are refused before the data loads
     out = check_writable(args.out)
-    read_state_dict(args.weights)  # a bad weights file is refused before the data loads
+    read = read_state_dict(args.weights)
     data = load_data(args.data, limit=args.limit)
-    result = import_checkpoint(args.weights, args.model, args.width, data, out)
+    result = import_checkpoint(args.weights, args.model, args.width, data, out, read=read)
     how = []
     if result.wrapper_key:
         how.append(f"state_dict under {result.wrapper_key!r}")
     if result.stripped_prefix:
         how.append(f"key prefix {result.stripped_prefix!r} removed")
     how.extend(result.notes)
-    n_params = sum(p.numel() for p in result.model.parameters())
+    n_params = count_params(result.model)
     print(f"imported {args.weights} as {args.model}" + (f" (width {args.width:g})" if args.width != 1.0 else "")
           + (f"; {'; '.join(how)}" if how else ""))
     print(f"{n_params:,} parameters; test accuracy on {args.data}: {result.test_acc:.4f} "

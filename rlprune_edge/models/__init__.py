@@ -98,19 +98,7 @@ def _torchvision_input_shape(model: nn.Module) -> tuple[int, int, int]:
     image_size = getattr(model, "image_size", None)
     if isinstance(image_size, int):
         return (3, image_size, image_size)
-    was_training = model.training
-    model.eval()
-    try:
-        for size in _TORCHVISION_SIZES:
-            try:
-                with torch.no_grad():
-                    model(torch.zeros(1, 3, size, size))
-                return (3, size, size)
-            except (RuntimeError, ValueError, AssertionError):
-                continue
-    finally:
-        model.train(was_training)
-    return (3, 224, 224)
+    return next(((3, s, s) for s in _TORCHVISION_SIZES if accepts_input(model, (3, s, s))), (3, 224, 224))
 
 
 def accepts_input(model: nn.Module, shape: tuple[int, int, int]) -> bool:
