@@ -22,8 +22,10 @@ from rlprune_edge.engine import EngineBuilder, versions
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import make_temp_dir, sha256_file
 from rlprune_edge.onnx_io import INPUT_NAME, OUTPUT_NAME
+from rlprune_edge.outputs import kind_of, read_marker
 
 MANIFEST_NAME = "manifest.json"
+MANIFEST_TOOL = "rlprune-edge export"  # what makes a directory's manifest.json ours (rlprune_edge.outputs)
 CLASSIFY_SCRIPT = Path(__file__).resolve().parent / "board" / "classify.py"  # devices/classify.py links here
 BUNDLE_FORMAT = 1
 
@@ -100,21 +102,49 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
+def is_bundle_manifest(doc: Any) -> bool:
+    """True for a manifest an export of ours wrote (its ``tool``, or the shape of one written before that key)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+        return False
+    if doc.get("tool") == MANIFEST_TOOL:
+        return True
+    return doc.get("format") == BUNDLE_FORMAT and doc.get("model_file") in doc["files"] and "profile" in doc
+
+
 def prepare_out_dir(out_dir: Path) -> None:
-    """Refuse to replace anything that is not a previous bundle (or an empty directory)."""
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise UserError(f"bundle directory {out_dir} exists and is not a directory; choose another output path.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
-        raise UserError(
-            f"bundle directory {out_dir} exists and is not an rlprune-edge bundle (no {MANIFEST_NAME}); "
-            "choose another output directory or empty it first."
-        )
+    """Refuse to replace anything that is not a previous bundle of ours (or an empty directory).
+
+    A directory is a bundle of ours only when its manifest.json is a plain single-link file an export
+    wrote and every entry in it is a file that manifest lists: replacing it loses nothing of the user's.
+    """
+    kind = kind_of(out_dir)
+    if kind is not None and kind != "a directory":
+        raise UserError(f"bundle directory {out_dir} is {kind}, not a directory; rlprune-edge never writes through "
+                        "links or onto special files: choose another output path.")
+    if kind == "a directory" and any(out_dir.iterdir()):
+        manifest = read_marker(out_dir, MANIFEST_NAME)
+        if not is_bundle_manifest(manifest):
+            raise UserError(
+                f"bundle directory {out_dir} exists and is not an rlprune-edge bundle (no {MANIFEST_NAME} written "
+                "by an export); choose another output directory or empty it first."
+            )
+        listed = set(manifest["files"]) | {MANIFEST_NAME}
+        foreign = sorted(n for n in os.listdir(out_dir) if n not in listed)
+        if foreign:
+            raise UserError(
+                f"bundle directory {out_dir} holds files its manifest does not list ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); replacing the bundle would delete them: move them out or "
+                "choose another output directory."
+            )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
 def install_bundle(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename the finished bundle into place; a previous bundle is kept until the new one is in."""
-    if not out_dir.exists():
+    """Rename the finished bundle into place; a previous bundle is kept until the new one is in.
+
+    `out_dir` is checked again first: minutes passed since :func:`check_out_dir`."""
+    prepare_out_dir(out_dir)
+    if not os.path.lexists(out_dir):
         os.replace(tmp_dir, out_dir)
         return
     old = make_temp_dir(out_dir.parent, out_dir.name, "old")
@@ -146,6 +176,7 @@ def build_manifest(req: BundleRequest, tmp_dir: Path, verification: dict[str, An
     info, batch, input_shape = req.info, req.batch, req.input_shape
     names = sorted(p.name for p in tmp_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     manifest: dict[str, Any] = {
+        "tool": MANIFEST_TOOL,
         "format": BUNDLE_FORMAT,
         "profile": req.profile.name,
         "runtime": req.profile.runtime.name,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import os
 import stat
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from torch import nn
 
 from rlprune_edge.blocks import drop_blocks, removed_blocks
 from rlprune_edge.errors import UserError
-from rlprune_edge.fsutil import atomic_path, probe_writable
 from rlprune_edge.layers import handler_for
+from rlprune_edge.limits import check_tensor_kinds
+from rlprune_edge.outputs import check_file_output, quote, write_file
 from rlprune_edge.paths import cache_root
 
 FORMAT = "rlprune-edge-checkpoint"
@@ -123,32 +126,44 @@ def apply_module_shapes(model: nn.Module, shapes: dict[str, dict[str, int]]) -> 
 
 # --- save / load ---------------------------------------------------------------------------------
 
-def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the destination directory, then rename over `path`."""
+def is_checkpoint_file(path: str | os.PathLike) -> bool:
+    """True when `path` is a regular file holding an rlprune-edge checkpoint (recognised by its format key).
+
+    Read with ``weights_only=True`` and memory-mapped, so a large or foreign file costs little and runs
+    no code; anything unreadable is simply not ours.
+    """
     path = Path(path)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
-    return path
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch zip, corrupt, unsupported global: not one of ours
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early (UserError) if a file can't be created next to `path`; creates missing parent dirs."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"output path {path} is a directory; give a file name such as {path / 'model.pt'}.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe_writable(path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable output path.") from None
-    return path
+def check_writable(path: str | os.PathLike, *, flag: str = "output path", force: bool = False,
+                   inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Fail early (UserError) when a checkpoint may not be written at `path` under the output rule
+    (:mod:`rlprune_edge.outputs`): not a link or special file, not an input, not someone else's file
+    unless `force`; creates missing parent directories."""
+    return check_file_output(path, flag=flag, what="rlprune-edge checkpoint", recognise=is_checkpoint_file,
+                             force=force, inputs=inputs, example="model.pt")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo) -> Path:
-    """Write model + info atomically; records layer_shapes when they differ from the dense build."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo, *, force: bool = False,
+                    flag: str = "checkpoint", inputs: Iterable[str | os.PathLike] = (),
+                    verify: bool = True, check: Callable[[nn.Module], None] | None = None) -> Path:
+    """Write model + info under the output rule; records layer_shapes when they differ from the dense build.
+
+    The file is written to a temp file beside `path` and, with `verify`, reloaded from there (same
+    weights, bit for bit; then `check(reloaded_model)`, which raises to refuse) before it replaces
+    anything. An existing file at `path` is replaced only
+    when it is an rlprune-edge checkpoint, or with `force`; links, special files and the files in
+    `inputs` never are (UserError).
+    """
     from rlprune_edge.models import build_model
 
     reference = build_model(info.model, info.width, info.num_classes)
@@ -158,7 +173,20 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo) 
     info.layer_shapes = shapes if shapes != dense else None
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "info": info.to_dict(), "state_dict": state}
-    return atomic_torch_save(payload, path)
+
+    def check_written(tmp: Path) -> None:
+        if not verify:
+            return
+        reloaded, _ = load_checkpoint(tmp)
+        got = reloaded.state_dict()
+        if set(got) != set(state) or not all(torch.equal(got[k], v) for k, v in state.items()):
+            raise RuntimeError(f"the checkpoint written for {path} does not reload to the same weights "
+                               "(a bug; please report it); nothing was replaced.")
+        if check is not None:
+            check(reloaded)
+
+    return write_file(path, lambda tmp: torch.save(payload, tmp), flag=flag, what="rlprune-edge checkpoint",
+                      recognise=is_checkpoint_file, force=force, inputs=inputs, check=check_written)
 
 
 MAX_INPUT_DIM = 16384  # C, H or W of a checkpoint's input shape (larger ones are corrupt headers, not models)
@@ -274,7 +302,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         what = _not_a_file(path)
         raise UserError(f"checkpoint {path} {what}; give the path of a .pt file written by rlprune-edge.")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings (sparse tensors, storages): our sentence says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except OSError as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}; check its permissions.") from None
     except Exception as exc:  # corrupt zip, pickle error, unsupported global: all mean "not loadable"
@@ -282,8 +312,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         "re-create it with `rlprune-edge train`.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not an rlprune-edge checkpoint; create one with `rlprune-edge train`, or with "
-                        f"`rlprune-edge import {path} --model ARCH --out model.pt` if it holds weights you trained.")
+                        f"`rlprune-edge import {quote(path)} --model ARCH --out model.pt` if it holds weights you trained.")
     info, state = check_header(payload, path)
+    check_tensor_kinds(state, path)  # sparse, quantized, complex, float8: named, not a shape mismatch
     try:
         model = build_model(info.model, info.width, info.num_classes)
         try:

@@ -16,6 +16,7 @@ import io
 import os
 import pickle
 import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.limits import MAX_IMAGE_PIXELS, require_directory, require_regular_file
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "RLPRUNE_EDGE_FASHION_MNIST"  # another directory with the IDX files (no Debian package)
@@ -48,6 +50,8 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # imagefolder@SIZE
 MEMORY_SHARE = 0.5  # a dataset may take at most this share of the machine's memory (uint8 images)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val", "test")
+MAX_IDX_VALUES = 1 << 28  # an IDX file's declared values (Fashion-MNIST's train images: 47M)
+MAX_PICKLE_BYTES = 1 << 30  # a CIFAR batch file (cifar-100's train: 155 MB)
 
 
 class TensorSplit(Dataset):
@@ -163,34 +167,36 @@ class DataBundle:
 # --- readers ----------------------------------------------------------------------------------------
 
 def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a numpy array."""
+    """An IDX file (optionally gzipped) as a numpy array; reads no more than its header declares (bounded)."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            raw = fh.read()
-        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError("not an unsigned-byte IDX file")
-        dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(dims)
+            zero, dtype_code, ndim = struct.unpack(">HBB", fh.read(4))
+            if zero != 0 or dtype_code != 0x08:
+                raise ValueError("not an unsigned-byte IDX file")
+            dims = struct.unpack(f">{ndim}I", fh.read(4 * ndim))
+            count = int(np.prod(dims, dtype=object)) if dims else 0
+            if count > MAX_IDX_VALUES:
+                raise ValueError(f"its header declares {count:,} values, over the limit of {MAX_IDX_VALUES:,}")
+            raw = fh.read(count + 1)
+        if len(raw) != count:
+            raise ValueError(f"its header declares {count:,} values but it holds {len(raw):,}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
     except (OSError, ValueError, struct.error, EOFError) as exc:
         raise UserError(f"cannot read IDX file {path} ({exc}); expected the Fashion-MNIST *-idx?-ubyte[.gz] files.") from None
 
 
 def _find(directory: Path, stem: str) -> Path | None:
     for name in (stem + ".gz", stem):
-        if (directory / name).is_file():
-            return directory / name
+        if os.path.lexists(directory / name):
+            return require_regular_file(directory / name, "Fashion-MNIST file", "it must be an IDX file.")
     return None
 
 
 def _load_fashion_mnist(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    if not directory.is_dir():
-        hint = " (install it with `sudo apt-get install dataset-fashion-mnist`)" if directory == FASHION_MNIST_DIR else ""
-        raise UserError(f"Fashion-MNIST directory {directory} does not exist{hint}; it must hold "
-                        f"{', '.join(s + '.gz' for s in stems)}.")
+    hint = " (install it with `sudo apt-get install dataset-fashion-mnist`)" if directory == FASHION_MNIST_DIR else ""
+    require_directory(directory, "Fashion-MNIST directory", f"it must hold {', '.join(s + '.gz' for s in stems)}{hint}.")
     paths = [_find(directory, s) for s in stems]
     missing = [s for s, p in zip(stems, paths, strict=True) if p is None]
     if missing:
@@ -220,36 +226,74 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     }
 
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self.max_bytes = len(raw)  # an array's values are in the file: none may be larger than it
+
     def find_class(self, module: str, name: str):  # noqa: D102
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        found = super().find_class(module, name)
+        if name != "_reconstruct":
+            return found
+
+        def bounded(subtype, shape, dtype):  # allocates shape x dtype at once: bound it first
+            size = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+            if size > self.max_bytes:
+                raise pickle.UnpicklingError(f"an array of shape {tuple(shape)} is larger than the file")
+            return found(subtype, shape, dtype)
+
+        return bounded
 
 
 def _unpickle(path: Path) -> dict:
+    require_regular_file(path, "CIFAR batch", "expected the python-pickle version of the dataset.")
     try:
+        if path.stat().st_size > MAX_PICKLE_BYTES:
+            raise ValueError(f"{path.stat().st_size:,} bytes, over the limit of {MAX_PICKLE_BYTES:,} for one batch")
         with open(path, "rb") as fh:
-            obj = _CifarUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            obj = _CifarUnpickler(fh.read(MAX_PICKLE_BYTES + 1)).load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, MemoryError) as exc:
         raise UserError(f"cannot read CIFAR batch {path} ({exc}); expected the python-pickle version of the dataset.") from None
     if not isinstance(obj, dict):
         raise UserError(f"CIFAR batch {path} does not hold a dict; expected the python-pickle version of the dataset.")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _cifar_images(batch: dict, path: Path) -> np.ndarray:
+def _bounded_array(value: object, dtype: type, path: Path, key: str) -> np.ndarray:
+    """np.asarray(value) once its element count is known to be within the file's size (nested lists made of
+    repeated references expand far beyond it: 10 levels of 10 make 10**10 elements from a few hundred bytes)."""
+    limit, count, stack = path.stat().st_size, 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            count += 1
+            stack.extend(item)
+        else:
+            count += item.size if isinstance(item, np.ndarray) else 1
+        if count > limit:
+            raise UserError(f"CIFAR batch {path}: its {key!r} holds more values than the file has bytes ({limit:,}), "
+                            "a crafted or corrupt file; expected the python-pickle version of the dataset.")
     try:
-        data = np.asarray(batch["data"], dtype=np.uint8)
+        return np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise UserError(f"CIFAR batch {path} has no valid {key!r} array ({exc}).") from None
+
+
+def _cifar_images(batch: dict, path: Path) -> np.ndarray:
+    if "data" not in batch:
+        raise UserError(f"CIFAR batch {path} has no 'data' array; expected the python-pickle version of the dataset.")
+    data = _bounded_array(batch["data"], np.uint8, path, "data")
+    try:
         return data.reshape(-1, 3, 32, 32)
-    except (KeyError, ValueError) as exc:
+    except ValueError as exc:
         raise UserError(f"CIFAR batch {path} has no valid 'data' array ({exc}).") from None
 
 
 def _load_cifar(directory: Path, hundred: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     kind = "cifar100" if hundred else "cifar10"
     expect = "train, test and meta" if hundred else "data_batch_1..5, test_batch and batches.meta"
-    if not directory.is_dir():
-        raise UserError(f"{kind} directory {directory} does not exist; it must hold the python-pickle files {expect}.")
+    require_directory(directory, f"{kind} directory", f"it must hold the python-pickle files {expect}.")
     sub = directory / ("cifar-100-python" if hundred else "cifar-10-batches-py")
     if sub.is_dir():
         directory = sub
@@ -257,22 +301,22 @@ def _load_cifar(directory: Path, hundred: bool) -> tuple[np.ndarray, np.ndarray,
     train_files = [directory / "train"] if hundred else [directory / f"data_batch_{i}" for i in range(1, 6)]
     test_file = directory / ("test" if hundred else "test_batch")
     meta_file = directory / ("meta" if hundred else "batches.meta")
-    missing = [p.name for p in [*train_files, test_file] if not p.is_file()]
+    missing = [p.name for p in [*train_files, test_file] if not os.path.lexists(p)]
     if missing:
         raise UserError(f"{kind} directory {directory} lacks {', '.join(missing)}; it must hold the python-pickle files {expect}.")
     xs, ys = [], []
     for p in train_files:
         b = _unpickle(p)
         xs.append(_cifar_images(b, p))
-        ys.append(np.asarray(b.get(label_key, []), dtype=np.int64))
+        ys.append(_bounded_array(b.get(label_key, []), np.int64, p, label_key))
     tb = _unpickle(test_file)
-    xte, yte = _cifar_images(tb, test_file), np.asarray(tb.get(label_key, []), dtype=np.int64)
+    xte, yte = _cifar_images(tb, test_file), _bounded_array(tb.get(label_key, []), np.int64, test_file, label_key)
     num = 100 if hundred else 10
     names = [str(i) for i in range(num)]
     if meta_file.is_file():
         meta = _unpickle(meta_file)
         raw = meta.get("fine_label_names" if hundred else "label_names")
-        if raw is not None and len(raw) == num:
+        if isinstance(raw, (list, tuple)) and len(raw) == num:
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
     xtr, ytr = np.concatenate(xs), np.concatenate(ys)
     if len(xtr) != len(ytr) or len(xte) != len(yte):
@@ -287,9 +331,33 @@ def _load_image_dir(split_dir: Path, classes: list[str] | None, size: int) -> tu
         raise UserError(f"cannot read image folder {split_dir} ({exc.strerror or exc}); check that it is readable.") from None
 
 
-def _read_image_dir(split_dir: Path, classes: list[str] | None, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _read_image(f: Path, size: int) -> np.ndarray:
+    """One image file as uint8 [size, size, 3]: only a regular file is opened, and only decoded when its
+    header's size is within MAX_IMAGE_PIXELS (Image.open reads the header alone)."""
     from PIL import Image, UnidentifiedImageError
 
+    require_regular_file(f, "image", "remove it from the image folder (only image files are read).")
+
+    def bomb(dims: str) -> UserError:
+        return UserError(f"image {f} declares {dims} in its header, over the limit of {MAX_IMAGE_PIXELS:,} pixels (a "
+                         f"decompression bomb or a huge scan); resize it (images are scaled to {size}x{size} anyway) "
+                         "or remove it.")
+
+    try:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the sentence below says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise bomb(f"{w}x{h} pixels")
+                return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    except Image.DecompressionBombError:  # PIL's own limit, checked in Image.open: twice its MAX_IMAGE_PIXELS
+        raise bomb(f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise UserError(f"cannot read image {f} ({exc}); remove or fix it.") from None
+
+
+def _read_image_dir(split_dir: Path, classes: list[str] | None, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if classes is None:
         classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     if not classes:
@@ -302,12 +370,7 @@ def _read_image_dir(split_dir: Path, classes: list[str] | None, size: int) -> tu
         for f in sorted(cdir.iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
-            except (OSError, UnidentifiedImageError) as exc:
-                raise UserError(f"cannot read image {f} ({exc}); remove or fix it.") from None
-            images.append(arr.transpose(2, 0, 1))
+            images.append(_read_image(f, size).transpose(2, 0, 1))
             labels.append(label)
     if not images:
         raise UserError(f"{split_dir} has no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders.")
@@ -356,7 +419,7 @@ def parse_spec(spec: str) -> tuple[str, Path | None, int]:
         if kind != "imagefolder":
             raise UserError(f"data spec {spec!r}: @SIZE applies to imagefolder only ({kind} images are 32x32); "
                             f"drop '@{size_text}'.")
-        if not (size_text.isdigit() and MIN_IMAGE_SIZE <= int(size_text) <= MAX_IMAGE_SIZE):
+        if not (size_text.isascii() and size_text.isdigit() and MIN_IMAGE_SIZE <= int(size_text) <= MAX_IMAGE_SIZE):
             raise UserError(f"data spec {spec!r}: the image size after '@' must be an integer in "
                             f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {size_text!r}; use e.g. imagefolder@128:DIR.")
         size = int(size_text)
@@ -398,9 +461,8 @@ def load_data(spec: str = "fashion-mnist", val_fraction: float = 0.1, seed: int 
         mean, std = (CIFAR100_MEAN, CIFAR100_STD) if kind == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
     else:
         assert directory is not None
-        if not directory.is_dir():
-            raise UserError(f"imagefolder directory {directory} does not exist; it must hold train/ and val/ or test/ "
-                            "sub-directories of class folders.")
+        require_directory(directory, "imagefolder directory", "it must hold train/ and val/ or test/ sub-directories "
+                          "of class folders.")
         if not (directory / "train").is_dir():
             raise UserError(f"imagefolder directory {directory} has no train/ sub-directory of class folders.")
         held = [d for d in ("val", "test") if (directory / d).is_dir()]

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,10 @@ def export_onnx(
     model.eval()
     example = torch.randn(batch, *input_shape)
     try:
-        with atomic_path(path, suffix=".onnx") as tmp:
+        # torch's export warnings (tracer notes, deprecations) are not addressed to our user: a failed export
+        # raises, and a bundle's graph is verified against PyTorch, a mismatch reported in one sentence
+        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
                 (example,),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rlprune_edge.errors import TargetUnreachable, UserError
+from rlprune_edge.limits import MAX_COUNT, MAX_THREADS, MAX_VARIANTS
 
 DEFAULT_OUT = "runs/compress"
 DEFAULT_TARGET = "0.5x"
@@ -101,6 +102,9 @@ class CompressConfig:
                 raise UserError(f"{self.name('sparsity')} {self.sparsity} is outside (0, 1); give the fraction of "
                                 "prunable channels to remove, e.g. 0.6.")
             return Target.sparsity(self.sparsity)
+        if self.target_latency is not None and not str(self.target_latency).strip():
+            raise UserError(f"{self.name('target_latency')} is empty; give a fraction of the dense latency such as "
+                            f"0.5x or a time such as 3ms (leave it out for {DEFAULT_TARGET}).")
         return Target.parse_latency(self.target_latency or DEFAULT_TARGET, name=self.name("target_latency"))
 
     def check(self) -> None:  # noqa: C901 - one check per option, read top to bottom
@@ -110,14 +114,19 @@ class CompressConfig:
             raise UserError(f"{n('search')} {self.search!r} is not one of {', '.join(SEARCHES)}.")
         if self.reward not in REWARDS:
             raise UserError(f"{n('reward')} {self.reward!r} is not one of {', '.join(REWARDS)}.")
-        for opt, lo in (("steps", 1), ("candidates", 1), ("rounds", 1), ("val_size", 10), ("kd_epochs", 0),
-                        ("kd_images", 0), ("per_round", 1), ("probe_top", 0), ("probe_batches", 0), ("final_batches", 0),
-                        ("depth_plans", 0),
-                        ("screen_batches", 0), ("select_size", 10), ("confirm_size", 10), ("latency_variants", 2),
-                        ("pareto_test_size", 0), ("test_images", 0), ("stop_after", 1), ("threads", 1)):
+        few, many = 1_000, MAX_COUNT  # choices per round or step; images, batches, steps
+        for opt, lo, hi in (("steps", 1, many), ("candidates", 1, few), ("rounds", 1, few), ("val_size", 10, many),
+                            ("kd_epochs", 0, 10_000), ("kd_images", 0, many), ("per_round", 1, few),
+                            ("probe_top", 0, few), ("probe_batches", 0, many), ("final_batches", 0, many),
+                            ("depth_plans", 0, few), ("screen_batches", 0, many), ("select_size", 10, many),
+                            ("confirm_size", 10, many), ("step_kd_batches", 0, many), ("latency_variants", 2, MAX_VARIANTS),
+                            ("pareto_test_size", 0, many), ("test_images", 0, many), ("stop_after", 1, many),
+                            ("threads", 1, MAX_THREADS)):
             value = getattr(self, opt)
             if value is not None and value < lo:
                 raise UserError(f"{n(opt)} {value} is too small; give at least {lo}.")
+            if value is not None and value > hi:
+                raise UserError(f"{n(opt)} {value} is too large; give at most {hi:,}.")
         for opt, lo, hi, example in (("kd_lr", 0.0, 10.0, "0.01"), ("width", 0.0, 64.0, "0.5")):
             value = getattr(self, opt)
             if value is not None and not (math.isfinite(value) and lo < value <= hi):
@@ -173,7 +182,8 @@ def compress(config: CompressConfig, announce: Callable[[dict | None], None] | N
     t_start = time.perf_counter()
     config.check()
     target = config.target()
-    run_dir = RunDir.open(config.out, resume=config.resume, name=config.name("out"))
+    run_dir = RunDir.open(config.out, resume=config.resume, name=config.name("out"),
+                          inputs=[config.model] if config.model else [])
     try:
         report = _run(config, target, run_dir, t_start, announce or (lambda _payload: None))
     except BaseException:

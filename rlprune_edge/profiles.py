@@ -13,13 +13,20 @@ import difflib
 import math
 import os
 import shlex
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from rlprune_edge.errors import UserError
+from rlprune_edge.limits import (
+    MAX_BLOCKS,
+    MAX_PROFILE_BYTES,
+    MAX_RUNS,
+    MAX_THREADS,
+    MAX_TIMEOUT_S,
+    path_problem,
+)
 
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
@@ -161,6 +168,21 @@ _POSITIVE = {
     ("connection", "connect_timeout_s"),
     ("connection", "command_timeout_s"),
 }
+# upper bounds: a count or timeout above these is a typo or an attack, and would hang or exhaust memory
+_AT_MOST: dict[tuple[str, str], int] = {
+    ("runtime", "threads"): MAX_THREADS,
+    ("runtime", "inter_op_threads"): MAX_THREADS,
+    ("runtime", "workspace_mb"): 1 << 20,  # 1 TiB
+    ("input", "batch"): 65_536,
+    ("pruning", "channel_multiple"): 256,
+    ("measure", "warmup"): MAX_RUNS,
+    ("measure", "runs"): MAX_RUNS,
+    ("measure", "blocks"): MAX_BLOCKS,
+    ("measure", "rounds"): MAX_BLOCKS,
+    ("connection", "port"): 65_535,
+    ("connection", "connect_timeout_s"): MAX_TIMEOUT_S,
+    ("connection", "command_timeout_s"): MAX_TIMEOUT_S,
+}
 
 
 def shipped_profiles_dir() -> Path:
@@ -207,7 +229,12 @@ def _check_value(file: str, section: str, key: str, value: Any, default: Any) ->
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where} must be a number, got {_type_name(value)}; fix the profile.")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            value = math.inf
+        if not math.isfinite(value):
+            raise UserError(f"{where} must be a finite number, got {value!r}; fix the profile.")
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise UserError(f"{where} must be a string, got {_type_name(value)}; fix the profile.")
@@ -231,6 +258,10 @@ def _check_value(file: str, section: str, key: str, value: Any, default: Any) ->
         raise UserError(f"{where} must be >= 0, got {value!r}; fix the profile.")
     if (section, key) in _POSITIVE and value <= 0:
         raise UserError(f"{where} must be > 0, got {value!r}; fix the profile.")
+    hi = _AT_MOST.get((section, key))
+    if hi is not None and value > hi:
+        unit = " seconds (a day)" if key.endswith("_s") else ""
+        raise UserError(f"{where} must be at most {hi:,}{unit}, got {value!r}; fix the profile.")
     return value
 
 
@@ -319,8 +350,13 @@ def _with_host_multiple(file: str, p: Profile) -> Profile:
 
 
 def _check_consistency(file: str, p: Profile) -> None:
+    from rlprune_edge.board.protocol import MAX_INPUT_ELEMENTS
+
     if any(d <= 0 for d in p.input.shape):
         raise UserError(f"{file}: [input] shape must hold positive integers, got {list(p.input.shape)}.")
+    if p.input.batch * math.prod(p.input.shape) > MAX_INPUT_ELEMENTS:
+        raise UserError(f"{file}: [input] batch {p.input.batch} x shape {list(p.input.shape)} is over "
+                        f"{MAX_INPUT_ELEMENTS:,} input values; give the shape the model takes, e.g. [3, 224, 224].")
     c = p.connection
     if c.kind == "ssh" and not c.destination:
         raise UserError(
@@ -389,12 +425,22 @@ def _check_ssh_connection(file: str, c: ConnectionSpec) -> None:
 
 
 def _load_file(path: Path) -> Profile:
+    """Parse and validate one profile file: only a regular file (a FIFO would block) of bounded size."""
     shown = _display(path)
+    problem = path_problem(path)
+    if problem is not None:
+        raise UserError(f"profile file {shown} {problem}; remove it, or replace it with a regular .toml file.")
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_PROFILE_BYTES + 1)
+        if len(raw) > MAX_PROFILE_BYTES:
+            raise UserError(f"{shown}: over {MAX_PROFILE_BYTES // 1024} KiB, far more than a profile; give a device "
+                            "profile .toml file.")
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{shown}: not valid TOML ({exc}); fix the syntax.") from None
+    except RecursionError:
+        raise UserError(f"{shown}: arrays or tables nested too deeply to be a profile; fix the file.") from None
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{shown}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
@@ -426,8 +472,9 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     p = Path(text).expanduser()
     looks_like_path = text.endswith(".toml") or os.sep in text or (os.altsep and os.altsep in text)
     if looks_like_path:
-        if not p.is_file():
-            raise UserError(f"profile file {text} does not exist; give a profile name or a path to a .toml file.")
+        problem = path_problem(p)
+        if problem is not None:
+            raise UserError(f"profile file {text} {problem}; give a profile name or a path to a .toml file.")
         return _load_file(p)
     files = _profile_files()
     if text in files:

@@ -25,7 +25,7 @@ def _yes_no(value: str) -> str | None:
 
 def _int_in(lo: int, hi: int) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
-        return value if value.isdigit() and lo <= int(value) <= hi else None
+        return value if value.isascii() and value.isdigit() and lo <= int(value) <= hi else None
 
     return check
 

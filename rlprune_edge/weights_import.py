@@ -18,15 +18,17 @@ import math
 import os
 import pickle
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rlprune_edge.checkpoint import FORMAT, ModelInfo, check_width, load_checkpoint, save_checkpoint
+from rlprune_edge.checkpoint import FORMAT, ModelInfo, check_width, save_checkpoint
 from rlprune_edge.data import DataBundle
 from rlprune_edge.errors import UserError
+from rlprune_edge.limits import check_tensor_kinds, require_regular_file
 from rlprune_edge.models import ZOO_NAMES, adopt_input_shape, build_model, is_model_name, valid_names_sentence
 from rlprune_edge.train import evaluate
 
@@ -58,14 +60,14 @@ class ImportedWeights:
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str | None]:
     """The tensors of a weights file and the wrapper key they were under (None for a bare state_dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist or is not a file; give the path of a file written by "
-                        "torch.save(model.state_dict(), PATH).")
+    path = require_regular_file(path, "weights file", "give the path of a file written by "
+                                "torch.save(model.state_dict(), PATH).")
     if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path):
-        return _read_safetensors(path), None
+        return check_tensor_kinds(_read_safetensors(path), path), None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings (sparse checks, deprecated storages): our sentence says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path} holds pickled Python objects (a whole model or optimizer), which are never loaded "
                         "for safety; save the weights alone with torch.save(model.state_dict(), PATH).") from None
@@ -77,11 +79,11 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         raise UserError(f"{path} is already an rlprune-edge checkpoint; use it directly (--model {path}).")
     if _is_state_dict(payload):
-        return dict(payload), None
+        return check_tensor_kinds(dict(payload), path), None
     if isinstance(payload, dict):
         for key in WRAPPER_KEYS:
             if _is_state_dict(payload.get(key)):
-                return dict(payload[key]), key
+                return check_tensor_kinds(dict(payload[key]), path), key
     raise UserError(f"{path} holds no state_dict (a dict of parameter name -> tensor, bare or under one of "
                     f"{', '.join(repr(k) for k in WRAPPER_KEYS)}); save it with torch.save(model.state_dict(), PATH).")
 
@@ -181,6 +183,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], model_name:
                    num_classes: int, source: Path) -> list[str]:
     """Load `state` into `model` exactly (UserError naming what does not fit); return notes on what was dropped."""
     notes: list[str] = []
+    check_tensor_kinds(state, source)
     reference = model.state_dict()
     aux = sorted(k for k in state if k not in reference and k.startswith(AUX_PREFIXES))
     if aux:
@@ -248,24 +251,50 @@ def import_weights(weights: str | os.PathLike, model_name: str, width: float, da
                      meta={"data": data.spec, "imported_from": Path(weights).name, "wrapper_key": wrapper,
                            "stripped_prefix": prefix})
     result = ImportedWeights(model.eval(), info, wrapper, prefix, notes)
+    _check_finite_outputs(model, info.input_shape, Path(weights))
     if evaluate_split is not None:
         result.test_acc = evaluate(model, data.loader(evaluate_split, 256))
         info.meta["test_acc"] = result.test_acc
     return result
 
 
+def _probe_input(input_shape: tuple[int, ...]) -> torch.Tensor:
+    """The fixed random batch the imported model is checked on (finite outputs, same outputs after reload)."""
+    return torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def _check_finite_outputs(model: nn.Module, input_shape: tuple[int, ...], source: Path) -> None:
+    """UserError when finite weights still give NaN or infinite outputs (values so large that float32 overflows)."""
+    with torch.no_grad():
+        out = model.eval()(_probe_input(input_shape))
+    if not bool(torch.isfinite(out).all()):
+        big = max((float(v.abs().max()) for v in model.state_dict().values() if v.is_floating_point() and v.numel()),
+                  default=0.0)
+        raise UserError(f"the weights in {source} give NaN or infinite outputs on a random input (the largest weight "
+                        f"is {big:.3g}; float32 overflows above 3.4e38); they are not a trained model, so export the "
+                        "weights of an earlier, finite epoch. Nothing was written.")
+
+
 def import_checkpoint(weights: str | os.PathLike, model_name: str, width: float, data: DataBundle,
                       out: str | os.PathLike,
-                      read: tuple[dict[str, torch.Tensor], str | None] | None = None) -> ImportedWeights:
-    """:func:`import_weights`, then write `out` atomically and check that it reloads to the same outputs."""
+                      read: tuple[dict[str, torch.Tensor], str | None] | None = None,
+                      force: bool = False) -> ImportedWeights:
+    """:func:`import_weights`, then write `out` under the output rule (:mod:`rlprune_edge.outputs`: the
+    weights file is never replaced, another file only with `force`) and check that it reloads to the
+    same outputs."""
     start = time.perf_counter()
     result = import_weights(weights, model_name, width, data, read=read)
     result.info.meta["wall_s"] = round(time.perf_counter() - start, 1)
-    save_checkpoint(out, result.model, result.info)
-    reloaded, _ = load_checkpoint(out)
-    x = torch.randn(2, *result.info.input_shape, generator=torch.Generator().manual_seed(0))
+    x = _probe_input(result.info.input_shape)
     with torch.no_grad():
-        a, b = result.model(x), reloaded(x)
-    if not torch.allclose(a, b, rtol=1e-5, atol=1e-5) or not math.isfinite(float(a.abs().max())):
-        raise RuntimeError(f"{out} does not reload to the imported model's outputs (a bug; please report it).")
+        expected = result.model(x)
+
+    def same_outputs(reloaded: nn.Module) -> None:  # on the temp file, before it replaces anything
+        with torch.no_grad():
+            got = reloaded.eval()(x)
+        if not torch.allclose(expected, got, rtol=1e-5, atol=1e-5) or not math.isfinite(float(got.abs().max())):
+            raise RuntimeError(f"{out} does not reload to the imported model's outputs (a bug; please report it); "
+                               "nothing was replaced.")
+
+    save_checkpoint(out, result.model, result.info, flag="--out", force=force, inputs=[weights], check=same_outputs)
     return result

@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parent.parent / "rlprune_edge"
 
 # bottom -> top: graph -> importance -> policy/reward -> prune -> distill -> export, latency plugged in
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fsutil", "paths", "sshopts", "cpu_block"),
+    ("errors", "fsutil", "outputs", "limits", "paths", "progress", "sshopts", "cpu_block"),
     ("board",),  # runs on the board: stdlib + numpy + the runtime only
     ("flops", "models", "data", "layers", "blocks", "checkpoint", "profiles", "compute", "onnx_io"),
     ("graph_rules", "graph"),

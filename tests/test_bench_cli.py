@@ -72,7 +72,7 @@ def test_bench_with_profile_path_and_shape(tmp_path, capsys):
         (["bench", "{missing}", "--runs", "2"], "does not exist"),
         (["bench", "{tiny}", "--profile", "no-such-board"], "unknown profile 'no-such-board'"),
         (["bench", "{tiny}", "--profile", "desktop-gpu-tensorrt"], "TensorRT is not installed"),
-        (["bench", "{tiny}", "--runs", "0"], "--runs must be at least 1"),
+        (["bench", "{tiny}", "--runs", "0"], "--runs must be an integer in 1..100,000, got 0"),
     ],
 )
 def test_bench_bad_input_exit_2(tmp_path, argv, needle):

@@ -99,6 +99,7 @@ def test_unreachable_target_and_class_mismatch_exit_2_keep_old_outputs(env, caps
     tmp, prof = env
     out = tmp / "keep"
     (out / "search").mkdir(parents=True)  # an earlier run of ours: the failing runs must not touch it
+    (out / ".rlprune-edge-run").write_text('{"tool": "rlprune-edge compress"}\n')
     (out / "report.json").write_text("old")
     assert main(["compress", *TINY, "--profile", prof, "--target-latency", "0.0001ms", "--out", str(out)]) == 2
     assert "not reachable" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,10 +118,12 @@ def test_existing_bundle_survives_a_failed_export(ckpt, bundle, monkeypatch, cap
     assert _leftovers(bundle.parent) == []
 
 
-def test_rerun_replaces_a_previous_bundle(ckpt, tmp_path):
+def test_rerun_replaces_a_previous_bundle(ckpt, bundle, tmp_path):
     out = tmp_path / "b"
-    out.mkdir()
-    (out / "manifest.json").write_text("{}")
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["stale.onnx"] = {"sha256": "0" * 64, "bytes": 3}  # a file an older export wrote
+    (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "stale.onnx").write_bytes(b"old")
     assert main(["export", str(ckpt), "--profile", "host-cpu", "--out", str(out), *FAST, "--json"]) == 0
     assert not (out / "stale.onnx").exists() and check_bundle(out) == []

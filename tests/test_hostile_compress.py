@@ -34,7 +34,7 @@ def prof(tmp_path, monkeypatch):
 def _old_run(path):
     """A finished run directory of ours, with recognisable contents."""
     (path / "search").mkdir(parents=True)
-    (path / MARKER).write_text("{}\n")
+    (path / MARKER).write_text('{"tool": "rlprune-edge compress"}\n')
     (path / "report.json").write_text("old report")
     (path / "search" / "searched.pt").write_bytes(b"old model")
     (path / "search" / "plan_state.json").write_text("old state")

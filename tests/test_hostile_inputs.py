@@ -290,7 +290,7 @@ def test_export_oserror_while_writing(tmp_path, tiny_ckpt, capsys, monkeypatch):
 
     out = tmp_path / "bundle"
     out.mkdir()
-    (out / "manifest.json").write_text("{}")
+    (out / "manifest.json").write_text('{"tool": "rlprune-edge export", "files": {"model.onnx": {}}}')
     (out / "model.onnx").write_bytes(b"previous bundle")
     monkeypatch.setattr("rlprune_edge.export._resolve_data", lambda info, data: object())
     monkeypatch.setattr("rlprune_edge.export._check_data", lambda info, data: None)
@@ -383,10 +383,10 @@ def test_latency_check_write_failure_at_the_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("rlprune_edge.latency.campaign.check_model",
                         lambda *a, **k: {"median_abs_rel_error": 0.1, "p90_abs_rel_error": 0.2, "variants": []})
 
-    def full_disk(path, *a, **k):
+    def full_disk(tmp, path, **rule):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("rlprune_edge.commands.latency_check.atomic_write_json", full_disk)
+    monkeypatch.setattr("rlprune_edge.outputs._install", full_disk)
     out = tmp_path / "o.json"
     assert main([*LC, "--json", str(out)]) == 2
     assert f"cannot write --json {out}: No space left on device" in _one_line_error(capsys)
@@ -435,8 +435,8 @@ def test_imagefolder_class_missing_from_train(tmp_path, capsys, held):
 # --- 7. train / inspect numeric flags ------------------------------------------------------------
 
 @pytest.mark.hostile("train numeric flags out of range (--weight-decay -1/nan, --lr nan/inf, --width inf/100, --seed -1/2**40, "
-         "--threads 0/5000, --batch-size 0, --epochs 0)",
-         "exit 2 before loading data: names the flag and its valid range")
+         "--threads 0/5000, --batch-size 0/10**9, --epochs 0/10**12, --width 64 (weights beyond the memory))",
+         "exit 2 before loading data: names the flag and its valid range (the width: the memory it needs)")
 @pytest.mark.parametrize(("flag", "value", "needle"), [
     ("--weight-decay", "-1", "--weight-decay must be a finite number >= 0"),
     ("--weight-decay", "nan", "--weight-decay must be a finite number >= 0"),
@@ -450,6 +450,9 @@ def test_imagefolder_class_missing_from_train(tmp_path, capsys, held):
     ("--threads", "5000", "--threads must be an integer in 1..1024"),
     ("--batch-size", "0", "--batch-size must be at least 1"),
     ("--epochs", "0", "--epochs must be at least 1"),
+    ("--epochs", str(10**12), "--epochs must be an integer in 1..100,000"),
+    ("--batch-size", str(10**9), "--batch-size must be an integer in 1..65,536"),
+    ("--width", "64", "over half of the"),
 ])
 def test_train_numeric_flags(tmp_path, capsys, monkeypatch, flag, value, needle):
     monkeypatch.setattr("rlprune_edge.data.load_data", lambda *a, **k: pytest.fail("data loaded before validation"))
@@ -472,3 +475,37 @@ def test_train_numeric_flags(tmp_path, capsys, monkeypatch, flag, value, needle)
 def test_inspect_numeric_flags(capsys, flag, value, needle):
     assert main(["inspect", "--model", "vgg11", flag, value]) == 2
     assert needle in _one_line_error(capsys)
+
+
+@pytest.mark.hostile("a checkpoint whose state_dict holds a sparse, complex or float8 tensor",
+                     "exit 2 naming the key and the tensor kind (was: a wrong 'does not match the architecture', or "
+                     "silently cast), no torch warning before it")
+@pytest.mark.parametrize(("convert", "needle"), [
+    (lambda t: t.to_sparse(), "sparse coo tensor"),
+    (lambda t: t.to(torch.complex64), "complex64 tensor"),
+    (lambda t: t.to(torch.float8_e4m3fn), "float8_e4m3fn tensor"),
+])
+def test_checkpoint_with_exotic_tensor_kinds(tmp_path, tiny_ckpt, capsys, convert, needle):
+    def edit(payload):
+        key = next(k for k in payload["state_dict"] if k.endswith("weight"))
+        payload["state_dict"][key] = convert(payload["state_dict"][key])
+
+    assert main(["inspect", "--model", str(_crafted(tmp_path, tiny_ckpt, edit))]) == 2
+    assert needle in _one_line_error(capsys)
+
+
+@pytest.mark.hostile("`latency-check --variants 10**20`, `export --verify-images/--calib-images/--test-limit 10**12`",
+                     "exit 2 before any fit, load or export: names the flag and its range")
+@pytest.mark.parametrize("argv", [
+    ["latency-check", "--model", "vgg11", "--variants", str(10**20), "--json", "OUT"],
+    ["export", "CKPT", "--profile", "host-cpu", "--verify-images", str(10**12), "--out", "OUT"],
+    ["export", "CKPT", "--profile", "host-cpu", "--calib-images", str(10**12), "--out", "OUT"],
+    ["export", "CKPT", "--profile", "host-cpu", "--test-limit", str(10**12), "--out", "OUT"],
+])
+def test_latency_check_and_export_counts_bounded(tmp_path, tiny_ckpt, capsys, monkeypatch, argv):
+    monkeypatch.setattr("rlprune_edge.latency.cache.get_or_fit", lambda *a, **k: pytest.fail("fit before validation"))
+    out = tmp_path / "out"
+    argv = [str(out) if a == "OUT" else str(tiny_ckpt) if a == "CKPT" else a for a in argv]
+    assert main(argv) == 2
+    assert "must be an integer in" in _one_line_error(capsys)
+    assert not out.exists()

@@ -201,10 +201,12 @@ def _write_checkpoint(path: Path) -> None:
 def test_bad_weights_exit_2_and_keep_the_old_output(tmp_path, capsys, writer, argv, match, single_thread):
     weights = tmp_path / "weights.pt"
     writer(weights)
-    out = tmp_path / "model.pt"
-    out.write_bytes(b"the user's earlier file")
+    from rlprune_edge.checkpoint import resolve_model, save_checkpoint
+
+    out = save_checkpoint(tmp_path / "model.pt", *resolve_model("vgg11", width=0.0625))  # an earlier import of ours
+    before = out.read_bytes()
     argv = [str(weights) if a == "WEIGHTS" else a for a in argv]
     assert main(["import", str(weights), *argv, "--out", str(out), *LIMIT]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err and err.count("\n") == 1
-    assert out.read_bytes() == b"the user's earlier file"
+    assert out.read_bytes() == before

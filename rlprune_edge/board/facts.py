@@ -146,7 +146,7 @@ def collect_facts() -> dict[str, Any]:
     if governor:
         facts["governor"] = governor
     cur = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
-    if cur and cur.isdigit():
+    if cur and cur.isascii() and cur.isdigit():
         facts["cpu0_freq_mhz"] = int(cur) // 1000
     temps = _temperatures()
     if temps:

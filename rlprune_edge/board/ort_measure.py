@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -47,7 +48,7 @@ def session_options(ort, *, threads: int, inter_op_threads: int, graph_optimizat
     so.inter_op_num_threads = int(inter_op_threads)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPT_LEVELS[graph_optimization])
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: an error is raised as an exception and reported once, by us
     # Idle intra-op threads spin after Run() returns. With several sessions open (interleaved A/B
     # blocks) the previous session's spinning threads steal the cores from the next one: on 2 cores a
     # VGG-19 w0.5 took 7.7 ms in blocks of 4 runs vs 3.8 ms alone. Stopping the spin when Run()
@@ -77,8 +78,12 @@ def open_session(ort, model: str, so, provider: str):
         raise protocol.BoardError("bad_model", f"{model} could not be loaded as an ONNX model: {exc}") from None
 
 
-def make_feeds(session, batch: int | None = None, shape: list[int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every model input; dynamic dims come from `batch`/`shape` (else an error)."""
+def make_feeds(session, batch: int | None = None, shape: list[int] | None = None, seed: int = 0,
+               source: str = "the model") -> dict[str, np.ndarray]:
+    """Random inputs for every model input; dynamic dims come from `batch`/`shape` (else an error).
+
+    An input of more than ``protocol.MAX_INPUT_ELEMENTS`` values is refused before it is allocated.
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
     for i, inp in enumerate(session.get_inputs()):
@@ -98,9 +103,18 @@ def make_feeds(session, batch: int | None = None, shape: list[int] | None = None
                 "dynamic_shape",
                 f"input {inp.name} has a dynamic shape {dims}; give the input shape (profile [input] shape)",
             )
+        count = 1
+        for d in dims:
+            count *= d
+        if count > protocol.MAX_INPUT_ELEMENTS:
+            raise protocol.BoardError(
+                "input_too_large",
+                f"{source} declares its input {inp.name!r} of shape {dims}: {count:,} values, over the limit of "
+                f"{protocol.MAX_INPUT_ELEMENTS:,}; export it at the input size it runs at",
+            )
         dtype = _NP_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
-            feeds[inp.name] = rng.standard_normal(dims).astype(dtype)
+            feeds[inp.name] = rng.standard_normal(dims, dtype=np.float32).astype(dtype, copy=False)
         else:
             feeds[inp.name] = np.zeros(dims, dtype=dtype)
     return feeds
@@ -111,16 +125,34 @@ def runtime_info(ort, provider: str, threads: int) -> dict[str, Any]:
     return {"name": "onnxruntime", "version": ort.__version__, "provider": provider, "threads": int(threads)}
 
 
+def run_session(session, outputs, feeds, model: str):
+    """One inference; a failure inside onnxruntime is the model's ("bad_model"), said in one line."""
+    try:
+        return session.run(outputs, feeds)
+    except Exception as exc:  # ORT raises its own exception types (Fail, RuntimeException, ...)
+        raise protocol.BoardError("bad_model", f"{model} loads but fails when onnxruntime runs it "
+                                               f"({_ort_reason(exc)}); the model itself is broken, so re-export it") from None
+
+
+def _ort_reason(exc: Exception) -> str:
+    """ORT's error on one line, without its error-code prefix and C++ source location."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"Status Message: /\S+:\d+ \S+?\(.*?\) ", "", text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class _Model:
     def __init__(self, ort, model: str, opts: dict[str, Any], batch, shape) -> None:
         so = session_options(ort, threads=opts["threads"], inter_op_threads=opts["inter_op_threads"],
                              graph_optimization=opts["graph_optimization"])
+        self.model = model
         self.session = open_session(ort, model, so, opts["provider"])
-        self.feeds = make_feeds(self.session, batch, shape)
+        self.feeds = make_feeds(self.session, batch, shape, source=model)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self) -> None:
-        self.session.run(self.outputs, self.feeds)
+        run_session(self.session, self.outputs, self.feeds, self.model)
 
 
 def parse_profile_events(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -166,10 +198,10 @@ def per_layer_times(ort, model: str, opts: dict[str, Any], *, warmup: int, runs:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "profile")
         sess = open_session(ort, model, so, opts["provider"])
-        feeds = make_feeds(sess, batch, shape)
+        feeds = make_feeds(sess, batch, shape, source=model)
         for _ in range(warmup):
-            sess.run(None, feeds)
-        e2e = protocol.time_runs(lambda: sess.run(None, feeds), runs)
+            run_session(sess, None, feeds, model)
+        e2e = protocol.time_runs(lambda: run_session(sess, None, feeds, model), runs)
         profile_path = sess.end_profiling()
         with open(profile_path) as fh:
             events = json.load(fh)

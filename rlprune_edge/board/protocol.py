@@ -8,6 +8,10 @@ from typing import Any
 
 import numpy as np
 
+# values in one model input fed by a runner (a model declaring more is refused before the input is allocated):
+# 128M float32 values = 512 MiB, e.g. a batch of 890 images of 3x224x224
+MAX_INPUT_ELEMENTS = 1 << 27
+
 
 class BoardError(Exception):
     """A failure the runner reports as one JSON document ``{"error": kind, "message": ..., **extra}``."""

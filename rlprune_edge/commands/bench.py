@@ -7,6 +7,7 @@ import json
 import sys
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.limits import MAX_RUNS, check_count
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,10 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.profiles import load_profile
 
-    if args.runs is not None and args.runs < 1:
-        raise UserError(f"--runs must be at least 1, got {args.runs}.")
-    if args.warmup is not None and args.warmup < 0:
-        raise UserError(f"--warmup must be 0 or more, got {args.warmup}.")
+    check_count(args.runs, "--runs", 1, MAX_RUNS, "leave it out for the profile's")
+    check_count(args.warmup, "--warmup", 0, MAX_RUNS, "leave it out for the profile's")
     profile = load_profile(args.profile)
     backend = get_backend(profile)
     runs = profile.measure.runs if args.runs is None else args.runs

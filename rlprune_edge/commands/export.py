@@ -48,14 +48,17 @@ def run(args: argparse.Namespace) -> int:
     from rlprune_edge.bundle import check_out_dir
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.export import export_bundle
+    from rlprune_edge.limits import MAX_COUNT, check_count
     from rlprune_edge.onnx_io import check_opset
     from rlprune_edge.profiles import load_profile
 
     for flag, value, low in (("--verify-images", args.verify_images, 1), ("--calib-images", args.calib_images, 1)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}.")
+        check_count(value, flag, low, MAX_COUNT)
     if args.test_limit is not None and args.test_limit < 1:
         raise UserError(f"--test-limit must be >= 1, got {args.test_limit}.")
+    check_count(args.test_limit, "--test-limit", 1, MAX_COUNT)
     check_opset(args.opset, name="--opset")
     check_out_dir(args.out)  # before the checkpoint, the data and the export: fail in a second, not minutes
     profile = load_profile(args.profile)

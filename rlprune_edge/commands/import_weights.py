@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlprune_edge.outputs import add_force_flag, quote
+
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `import` parser."""
@@ -23,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "fashion-mnist); it sets the classes, the normalisation, the input size and "
                         "the test set the import is checked on")
     p.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
+    add_force_flag(p, "an rlprune-edge checkpoint")
     p.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # tests / smoke runs
     p.set_defaults(func=run)
     return p
@@ -39,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 2:
         raise UserError(f"--limit must be at least 2, got {args.limit}.")
     check_architecture(args.model, args.width)  # bad flags and files are refused before the data loads
-    out = check_writable(args.out)
+    out = check_writable(args.out, flag="--out", force=args.force, inputs=[args.weights])
     read = read_state_dict(args.weights)
     data = load_data(args.data, limit=args.limit)
-    result = import_checkpoint(args.weights, args.model, args.width, data, out, read=read)
+    result = import_checkpoint(args.weights, args.model, args.width, data, out, read=read, force=args.force)
     how = []
     if result.wrapper_key:
         how.append(f"state_dict under {result.wrapper_key!r}")
@@ -58,5 +61,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {result.test_acc:.1%} is close to chance for {data.num_classes} classes: the weights may "
               f"expect another normalisation (rlprune-edge feeds {args.data} with mean {list(data.mean)}, std "
               f"{list(data.std)}) or another class order ({', '.join(data.class_names[:3])}, ...).", file=sys.stderr)
-    print(f"next: rlprune-edge compress --model {out} --profile NAME --target-latency 0.5x")
+    print(f"next: rlprune-edge compress --model {quote(out)} --profile NAME --target-latency 0.5x")
     return 0

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.fsutil import atomic_write_json, probe_writable
+from rlprune_edge.outputs import add_force_flag, check_file_output, json_tool_is, write_file
+
+TOOL = "rlprune-edge latency-check"  # the JSON's tool key: what makes an existing --json file ours
+RECOGNISE = json_tool_is(TOOL, "variants", "median_abs_rel_error")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,25 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refit", action="store_true", help="ignore a cached latency model")
     p.add_argument("--json", dest="json_out", required=True, metavar="OUT", help="write the results here")
+    add_force_flag(p, "a latency-check result")
     p.set_defaults(func=run)
     return p
 
 
-def _check_json_out(out: Path) -> Path:
-    """--json must name a file that can be created, checked before minutes of measuring."""
-    if not out.parent.exists() and str(out.parent):
+def _check_json_out(out: Path, force: bool = False) -> Path:
+    """--json must name a file that can be created under the output rule, checked before minutes of measuring."""
+    if str(out.parent) and not out.parent.exists() and not out.parent.is_symlink():
         raise UserError(f"directory {out.parent} for --json does not exist; create it first.")
-    if out.is_dir():
-        raise UserError(f"--json {out} is a directory; give a file name such as {out / 'latency-check.json'}.")
-    if out.exists() and not out.is_file():
-        raise UserError(f"--json {out} exists and is not a regular file; give a file path.")
-    if not out.parent.is_dir():
+    if out.parent.exists() and not out.parent.is_dir():
         raise UserError(f"--json {out}: {out.parent} is not a directory; give a path inside a directory.")
-    try:
-        probe_writable(out)
-    except OSError as exc:
-        raise UserError(f"cannot write --json {out}: {exc.strerror or exc}; choose a writable location.") from None
-    return out
+    return check_file_output(out, flag="--json", what="rlprune-edge latency-check result", recognise=RECOGNISE,
+                             force=force, example="latency-check.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,16 +50,18 @@ def run(args: argparse.Namespace) -> int:
     from rlprune_edge.latency.cache import get_or_fit, model_path
     from rlprune_edge.latency.campaign import check_model
     from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.limits import MAX_VARIANTS, check_count
     from rlprune_edge.profiles import load_profile
 
     if args.variants < 1 or args.fit_variants < 2:
         raise UserError("--variants must be >= 1 and --fit-variants >= 2.")
+    check_count(args.variants, "--variants", 1, MAX_VARIANTS)  # before a fit that can take minutes
     check_width(args.width)
     if args.runs is not None and args.runs < 1:
         raise UserError(f"--runs must be at least 1, got {args.runs}; leave it out to use min(profile, 100).")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}.")
-    out = _check_json_out(Path(args.json_out))
+    out = _check_json_out(Path(args.json_out), args.force)
     profile = load_profile(args.profile)
     backend = get_backend(profile)
     model, info = resolve_model(args.model, width=args.width, name="--model")
@@ -78,11 +78,10 @@ def run(args: argparse.Namespace) -> int:
     result = check_model(lm, model, example, groups, backend, profile, args.variants, seed=args.seed + 1000,
                          runs=args.runs, progress=progress)
     result.update(model=args.model, width=args.width, latency_model=str(model_path(profile, lm.arch_hash)))
-    try:
-        atomic_write_json(out, result, indent=1)
-    except OSError as exc:
-        raise UserError(f"cannot write --json {out}: {exc.strerror or exc}; choose a writable file path "
-                        "(the measurements were not saved).") from None
+    result = {"tool": TOOL, **result}
+    payload = (json.dumps(result, indent=1) + "\n").encode()
+    write_file(out, lambda tmp: tmp.write_bytes(payload), flag="--json", what="rlprune-edge latency-check result",
+               recognise=RECOGNISE, force=args.force)
     print(f"{args.model} on {profile.name}: median |rel error| {result['median_abs_rel_error']:.1%}, "
           f"p90 {result['p90_abs_rel_error']:.1%} over {args.variants} variants -> {out}")
     return 0

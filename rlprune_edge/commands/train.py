@@ -7,9 +7,11 @@ import math
 import time
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.outputs import add_force_flag
 
 MAX_SEED = 2**31 - 1  # as `compress --seed`; the data loaders derive per-pass seeds that must fit int64
-MAX_THREADS = 1024
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is often faster on a busy shared machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_force_flag(p, "an rlprune-edge checkpoint")
     p.set_defaults(func=run)
     return p
 
@@ -43,14 +46,23 @@ def run(args: argparse.Namespace) -> int:
     """Validate, train, evaluate on test once, save atomically, print the test accuracy."""
     from rlprune_edge.checkpoint import ModelInfo, check_width, check_writable, save_checkpoint
     from rlprune_edge.data import load_data
-    from rlprune_edge.models import adopt_input_shape, build_model, is_model_name
+    from rlprune_edge.limits import MAX_THREADS, check_count
+    from rlprune_edge.models import (
+        ZOO_NAMES,
+        adopt_input_shape,
+        build_model,
+        check_weights_fit,
+        is_model_name,
+    )
     from rlprune_edge.train import evaluate, train_model
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}.")
+    check_count(args.epochs, "--epochs", 1, MAX_EPOCHS)
     check_width(args.width)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    check_count(args.batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UserError(f"--lr must be a positive number, got {args.lr}.")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
@@ -67,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not is_model_name(args.model):
         build_model(args.model, args.width)  # raises UserError listing the valid names, before data loads
-    out = check_writable(args.out)
+    elif args.model in ZOO_NAMES:
+        check_weights_fit(args.model, float(args.width), 10)  # a width too large for memory, before data loads
+    out = check_writable(args.out, flag="--out", force=args.force)
     data = load_data(args.data, seed=args.seed, limit=args.limit)
     model = build_model(args.model, args.width, data.num_classes)
     adopt_input_shape(model, tuple(data.input_shape), args.model)
@@ -85,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                "batch_size": args.batch_size, "seed": args.seed,
                                "torch_threads": torch.get_num_threads(),
                                "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result["history"]]})
-        save_checkpoint(out, model, info)
+        save_checkpoint(out, model, info, flag="--out", force=args.force)
         return test_acc
 
     history: list[dict] = []

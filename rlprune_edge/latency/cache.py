@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlprune_edge.latency.campaign import fit_latency_model
+from rlprune_edge.latency.campaign import check_fit_counts, fit_latency_model
 from rlprune_edge.latency.model import DEFAULT_FIT_VARIANTS, LatencyModel, architecture_hash
 from rlprune_edge.paths import cache_root
 from rlprune_edge.profiles import Profile
@@ -53,6 +53,7 @@ def save_cached(lm: LatencyModel, profile: Profile) -> Path:
 def get_or_fit(model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Profile,
                n_variants: int = DEFAULT_FIT_VARIANTS, seed: int = 0, refit: bool = False, **fit_kwargs: Any) -> LatencyModel:
     """The cached latency model for (profile, architecture), fitting and caching it when missing."""
+    check_fit_counts(n_variants, fit_kwargs.get("runs"))  # bad counts are refused even when a fit is cached
     arch = architecture_hash(model, tuple(example_inputs.shape[1:]))
     if not refit:
         cached = load_cached(profile, arch)

@@ -33,6 +33,7 @@ from rlprune_edge.latency.model import (
 )
 from rlprune_edge.latency.slots import WEIGHTED, slot_times
 from rlprune_edge.latency.steady import SteadyGate
+from rlprune_edge.limits import MAX_RUNS, MAX_VARIANTS, check_count
 
 
 def interleave_blocks(profile: Any, runs: int) -> int:
@@ -192,6 +193,12 @@ def slot_times_over_windows(backend: Any, paths: Sequence[Any], compute: Sequenc
 # --- campaigns: fit and check a latency model on the device ----------------------------------------
 
 
+def check_fit_counts(n_variants: int, runs: int | None) -> None:
+    """UserError unless a fit's variant and run counts are within bounds (before anything is measured)."""
+    check_count(n_variants, "--fit-variants (variants profiled to fit the latency model)", 2, MAX_VARIANTS)
+    check_count(runs, "--runs (timed runs per measurement)", 1, MAX_RUNS)
+
+
 def fit_latency_model(model: Any, example_inputs: Any, groups: Sequence[Any], backend: Any, profile: Any,
         n_variants: int = DEFAULT_FIT_VARIANTS, seed: int = 0, *, pruner: Callable[..., Any] | None = None,
         runs: int | None = None, progress: Callable[[str], None] | None = None,
@@ -201,6 +208,7 @@ def fit_latency_model(model: Any, example_inputs: Any, groups: Sequence[Any], ba
     Variants keep multiples of `multiple` channels (default: the profile's channel multiple,
     which is what the search produces); 1 fits unaligned counts.
     """
+    check_fit_counts(n_variants, runs)
     if pruner is None:
         from rlprune_edge.pruning import prune as pruner
     prunable = [g for g in groups if getattr(g, "prunable", True)]
@@ -274,6 +282,8 @@ def check_model(lm: LatencyModel, model: Any, example_inputs: Any, groups: Seque
     measured latency is ``ratio x the dense latency the model was fitted with``, so the error is
     the error in the predicted speed-up, which is what the reward uses, free of slow drift.
     """
+    check_count(n_variants, "--variants (variants to measure)", 1, MAX_VARIANTS)
+    check_count(runs, "--runs (timed runs per measurement)", 1, MAX_RUNS)
     if pruner is None:
         from rlprune_edge.pruning import prune as pruner
     prunable = [g for g in groups if getattr(g, "prunable", True)]

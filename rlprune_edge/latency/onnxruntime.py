@@ -16,14 +16,13 @@ from rlprune_edge.latency.backend import (
     board_options,
     measurements_from_runner,
 )
+from rlprune_edge.limits import require_regular_file
 from rlprune_edge.profiles import Profile
 
 
 def check_onnx_file(path: str | Path) -> Path:
     """A UserError unless `path` is an existing ONNX file."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"model file {p} does not exist; give the path of an .onnx file.")
+    p = require_regular_file(path, "model file", "give the path of an .onnx file.")
     with p.open("rb") as fh:
         head = fh.read(64)
     # ONNX ModelProto starts with field 1 (ir_version, varint) -> tag byte 0x08

@@ -23,6 +23,7 @@ from typing import Any
 from rlprune_edge import sshopts
 from rlprune_edge.errors import DeviceError, UserError
 from rlprune_edge.fsutil import atomic_write_bytes
+from rlprune_edge.limits import require_regular_file
 
 SSH_CONFIG_ENV = "RLPRUNE_EDGE_SSH_CONFIG"
 # ssh's own reasons for failing, as (kind, lower-case phrases of its stderr); the first match wins.
@@ -140,10 +141,8 @@ class SshTransport:
         self.options = check_ssh_options(connection.ssh_options, where)
         cfg = ssh_config if ssh_config is not None else os.environ.get(SSH_CONFIG_ENV, "")
         self.config = Path(cfg).expanduser() if cfg else None
-        if self.config is not None and not self.config.is_file():
-            raise UserError(
-                f"ssh config file {self.config} (from {SSH_CONFIG_ENV}) does not exist; fix the path or unset it."
-            )
+        if self.config is not None:
+            require_regular_file(self.config, f"ssh config file (from {SSH_CONFIG_ENV})", "fix the path or unset it.")
         self.host = connection.destination + (f":{connection.port}" if connection.port else "")
         self.attempts: list[tuple[str, int]] = []
 

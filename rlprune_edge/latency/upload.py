@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import sha256_file
+from rlprune_edge.limits import require_regular_file
 
 BOARD_BLOB_BYTES = 2 << 30  # bytes of models kept on the board (least recently sent or used go first)
 
@@ -63,9 +63,7 @@ def receive_source() -> str:
 
 def blob(path: str | os.PathLike, kind: str = "model") -> Blob:
     """Describe a local file for content-addressed copying (``blobs/<sha256><suffix>``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p} does not exist or is not a file; give the path of an existing file.")
+    p = require_regular_file(path, "file", "give the path of an existing regular file.")
     sha = sha256_file(p)
     suffix = p.suffix if p.suffix and p.suffix[1:].isalnum() else ".bin"
     return Blob(kind, p, sha, f"blobs/{sha}{suffix}")
@@ -93,7 +91,7 @@ def payload(
                 add(f"{runner_rel}/{f.name}", f.read_bytes())
             items.append(f"dir:{runner_rel}")
             sent.append(("runner", runner_id))
-        for i in sorted({int(x) for x in missing if x.isdigit()}):
+        for i in sorted({int(x) for x in missing if x.isascii() and x.isdigit()}):
             b = blobs[i]
             add(b.remote_rel, b.local.read_bytes())
             items.append(f"file:{b.remote_rel}:{b.sha256}")

@@ -64,6 +64,8 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Modu
     if not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}.")
     if name in _BUILDERS:
+        if width > 1.0 or num_classes > 1000:  # else the largest zoo model has 20M parameters (80 MB)
+            check_weights_fit(name, float(width), num_classes)
         model = _BUILDERS[name](name, float(width), num_classes)
         model.input_shape = CIFAR_INPUT_SHAPE
         return model
@@ -72,9 +74,39 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Modu
     raise UserError(f"unknown model {name!r}; choose one of {valid_names_sentence()}.")
 
 
-def _build_torchvision(tv_name: str, width: float, num_classes: int) -> nn.Module:
-    import torchvision
+def parameter_count(name: str, width: float = 1.0, num_classes: int = 10) -> int | None:
+    """Parameters of `name` at `width`, counted on a build on torch's 'meta' device (no memory, a few
+    milliseconds); None when the architecture cannot be built there."""
+    try:
+        with torch.device("meta"):
+            if name in _BUILDERS:
+                model = _BUILDERS[name](name, float(width), num_classes)
+            else:
+                model = _torchvision_module(name[len(TORCHVISION_PREFIX):], num_classes)
+        return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    except (RuntimeError, NotImplementedError, ValueError, TypeError):  # e.g. an init that copies data
+        return None
 
+
+def check_weights_fit(name: str, width: float, num_classes: int) -> None:
+    """UserError, before anything is allocated, when the model's float32 weights would take over
+    WEIGHTS_MEMORY_SHARE of the memory available now (training needs several times more)."""
+    from rlprune_edge.limits import WEIGHTS_MEMORY_SHARE, available_memory, gib
+
+    avail = available_memory()
+    count = parameter_count(name, width, num_classes) if avail else None
+    if not count or 4 * count <= WEIGHTS_MEMORY_SHARE * avail:
+        return
+    arch = f"{name} at width {width:g}" if name in _BUILDERS else name
+    fit = f" (at most about {width * math.sqrt(WEIGHTS_MEMORY_SHARE * avail / (4 * count)):.2g} here)" \
+        if name in _BUILDERS else ""
+    amount = f"{count / 1e9:,.1f} billion" if count >= 1e9 else f"{count / 1e6:,.0f} million"
+    raise UserError(f"{arch} has {amount} parameters, whose float32 weights alone take {gib(4 * count)}, "
+                    f"over half of the {gib(avail)} of memory available on this machine; use a smaller width{fit} "
+                    "or a machine with more memory.")
+
+
+def _build_torchvision(tv_name: str, width: float, num_classes: int) -> nn.Module:
     names = torchvision_names()
     if tv_name not in names:
         raise UserError(
@@ -84,13 +116,20 @@ def _build_torchvision(tv_name: str, width: float, num_classes: int) -> nn.Modul
         )
     if width != 1.0:
         raise UserError(f"a width multiplier applies only to the built-in zoo ({', '.join(ZOO_NAMES)}), not to torchvision:{tv_name}.")
+    check_weights_fit(TORCHVISION_PREFIX + tv_name, width, num_classes)
+    model = _torchvision_module(tv_name, num_classes)
+    model.input_shape = _torchvision_input_shape(model)
+    return model
+
+
+def _torchvision_module(tv_name: str, num_classes: int) -> nn.Module:
+    import torchvision
+
     kwargs: dict = {"weights": None, "num_classes": num_classes}
     if tv_name in ("googlenet", "inception_v3"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
-    model = torchvision.models.get_model(tv_name, **kwargs)
-    model.input_shape = _torchvision_input_shape(model)
-    return model
+    return torchvision.models.get_model(tv_name, **kwargs)
 
 
 def _torchvision_input_shape(model: nn.Module) -> tuple[int, int, int]:
