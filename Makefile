@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/rlprune-edge compress
 
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --durations=15 tests
 
 lint: setup
 	.venv/bin/ruff check .

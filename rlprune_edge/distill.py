@@ -190,10 +190,10 @@ def distill(
             batches: Iterable = loader
             bar = None
             if show:
-                from tqdm import tqdm
+                from rlprune_edge.progress import progress_bar
 
-                bar = tqdm(loader, total=_num_batches(loader), desc=f"distill {epoch + 1}/{config.epochs}",
-                           unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True)
+                bar = progress_bar(loader, total=_num_batches(loader), desc=f"distill {epoch + 1}/{config.epochs}",
+                                   unit="batch")
                 batches = bar
             if teacher_logits is not None:
                 batches = _with_logits(batches, teacher_logits)

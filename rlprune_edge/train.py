@@ -95,7 +95,7 @@ def train_model(
         raise UserError(f"batch size must be at least 1, got {batch_size}.")
     if len(data.train) == 0:
         raise UserError(f"the training split of {data.spec} is empty.")
-    from tqdm import tqdm
+    from rlprune_edge.progress import progress_bar
 
     torch.manual_seed(seed)
     decay, no_decay = [], []
@@ -115,8 +115,8 @@ def train_model(
     history: list[dict] = []
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
-                   file=sys.stderr, leave=True, dynamic_ncols=True)
+        bar = progress_bar(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
+                           leave=True)
         loss_sum, correct, seen = _train_epoch(model, bar, optimizer, scheduler, loss_fn)
         val_acc = evaluate(model, val_loader) if len(data.val) else correct / max(seen, 1)
         is_best = val_acc > best_acc

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlprune_edge.data import fashion_mnist_dir
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each, no oversubscription
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses tests start
+    torch.set_num_threads(1)
 
 needs_fashion_mnist = pytest.mark.skipif(
     not (fashion_mnist_dir() / "train-images-idx3-ubyte.gz").is_file(),

@@ -104,3 +104,28 @@ def test_installed_export_writes_a_bundle_with_the_board_script(installed, tmp_p
     assert manifest["profile"] == "host-cpu" and "classify.py" in manifest["files"]
     assert (out / "classify.py").read_bytes() == CLASSIFY.read_bytes()
     assert (target / "rlprune_edge" / "board" / "classify.py").is_file()
+
+
+# modules of the standard library newer than some Python 3 releases: (module, first version with it)
+_NEW_STDLIB = {"tomllib": (3, 11), "graphlib": (3, 9), "zoneinfo": (3, 9)}
+
+
+def test_requires_python_is_true_for_the_code():
+    """pyproject's requires-python is no lower than what the package's syntax and imports need."""
+    import ast
+    import re
+    import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    m = re.fullmatch(r">=\s*3\.(\d+)", meta["project"]["requires-python"].strip())
+    assert m, "requires-python should be a plain lower bound such as >=3.11"
+    floor = (3, int(m.group(1)))
+    assert meta["tool"]["ruff"]["target-version"] == f"py3{floor[1]}", "ruff's target-version must match"
+    for path in sorted((REPO / "rlprune_edge").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path), feature_version=floor)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                need = _NEW_STDLIB.get(name.split(".")[0])
+                assert need is None or need <= floor, f"{path.name} imports {name} (Python {need}) but requires-python is {floor}"

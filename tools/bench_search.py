@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     512 if args.quick else None, 3 if args.quick else 6)
                     else:
                         cell[meth] = run_compress(ckpt, tgt, seed, meth, out, extra)
-                    cell[meth]["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                    cell[meth]["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
                     doc["log"].append(f"{cid} {cell[meth]['finished']} load {os.getloadavg()[0]:.2f}")
                     _save(path, doc)
                 done = [k for k in METHODS if k in cell]

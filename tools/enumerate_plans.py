@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     st = Study(SimpleNamespace(model=args.model, profile=args.profile, seed=args.seed, quick=False,
                                scratch=args.scratch, target=args.target))
     doc: dict = {"model": args.model, "target": args.target, "profile": args.profile, "seed": args.seed,
-                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "channel_multiple": st.space.multiple}
     goal = st.calibrate(doc)
     dense_ms = doc["calibration"]["dense_ms"]
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{'uniform ' if m['uniform'] else ''}{m['keep']} params {m['params']} ({m['params'] / floor_params:.2f}× floor) "
              f"predicted {m['pred_ratio']:.3f}x measured {m['measured_ratio']:.3f}x")
     doc["goal_ms"] = goal
-    doc["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     _save(out, doc)
     print(out)
     return 0

@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ROOT / "benchmarks" / "plan_study" / f"{name}.json")
     doc = json.loads(out.read_text()) if out.is_file() else {"model": args.model, "target": args.target,
                                                               "profile": args.profile, "seed": args.seed}
-    doc["started"] = doc.get("started") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    doc["started"] = doc.get("started") or dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     st = Study(args)
     goal = st.calibrate(doc)
     _save(out, doc)
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in doc["finalists"]:
             f["ratio"] = res[keeps.index(f["keep"])][1]
     _summarise(doc)
-    doc["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     _save(out, doc)
     for f in doc["finalists"]:
         g = f.get("gain_vs_uniform_curve")

@@ -305,13 +305,12 @@ def run_search(
     start = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
+        from rlprune_edge.progress import progress_bar
 
         # a bar on the way from dense to the goal (measured ratio, or sparsity), not on a step count the
         # search cannot know in advance
-        bar = tqdm(total=100, initial=0, desc=f"search -> {target.describe()}", unit="%",
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}", file=sys.stderr, dynamic_ncols=True,
-                   leave=False)
+        bar = progress_bar(total=100, initial=0, desc=f"search -> {target.describe()}", unit="%",
+                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
     reached = False
     try:
         while len(steps) < config.max_steps:

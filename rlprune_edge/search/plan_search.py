@@ -451,14 +451,13 @@ def run_plan_search(
         s.calibrate_depth()  # and the depth plans measured beside it
     bar = None
     if progress:
-        from tqdm import tqdm
+        from rlprune_edge.progress import progress_bar
 
         first = min(config.per_round, config.candidates)  # round 0's slots; depth plans beyond them are extra
         ramps = min(len(config.ramps), first) if s.space.dim > 1 else 0
         extra = max(0, ramps + len(s.depth_sets()) - first)
         total = 1 + (0 if config.uniform_only else config.candidates + extra)
-        bar = tqdm(total=total, initial=min(len(s.records), total),
-                   desc="search plans", unit="plan", file=sys.stderr, dynamic_ncols=True, leave=False)
+        bar = progress_bar(total=total, initial=min(len(s.records), total), desc="search plans", unit="plan")
     try:
         with s.timed("screen"):
             done = s.search(bar, stop_after)

@@ -374,7 +374,7 @@ def remeasure_common(ctx: Context, windows: int, pause_s: float) -> None:
                                          pause_s=pause_s)
         ratios = {cid: float(statistics.median(pw["ratios"][j] for pw in per_window)) for j, cid in enumerate(ids)}
         common[key] = {"members": ids, "ratios": ratios, "windows": per_window, "pause_s": pause_s,
-                       "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                       "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         ctx.results.save()
 
 
@@ -410,7 +410,7 @@ def run_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
         traceback.print_exc()
         rec |= {"status": "failed", "error": f"unexpected {type(exc).__name__}: {exc}"}
     rec |= {"wall_s": time.perf_counter() - t0, "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     return rec
 
 

@@ -175,7 +175,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"{len(pending)} of {len(cells)} cells pending; {eta_line(pending, results.cells)}")
         return 0
     ctx = Context(settings, bench, results, quiet=args.quiet, keep_runs=args.keep_runs)
-    results.doc["runs"].append({"command": command, "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results.doc["runs"].append({"command": command, "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                 "commit": _git_commit(), "host": platform.node(), "cpu_count": os.cpu_count()})
     results.save()
     _say(f"benchmark: {len(cells)} cells, {len(cells) - len(pending)} already done, {len(pending)} to run; "
