@@ -20,28 +20,13 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Distillation hyper-parameters (T, α from the paper; lr raised from 1e-3, see docs/compress.md)."""
-
-    epochs: int = 1
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    temperature: float = 2.0
-    alpha: float = 0.75
-    batch_size: int = 128
-    limit: int | None = None  # training images per epoch (None: the whole train split)
-    augment: bool = False
-    seed: int = 0
+from rlprune_edge.config import DistillConfig  # noqa: F401 - re-exported, defined with every default in one place
 
 
 def kd_loss(

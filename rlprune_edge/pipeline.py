@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from rlprune_edge.config import DistillConfig, EnvConfig, PlanSearchConfig, ProxyConfig, SearchConfig
 from rlprune_edge.errors import TargetUnreachable, UserError
 from rlprune_edge.limits import MAX_COUNT, MAX_THREADS, MAX_VARIANTS
 
@@ -36,9 +37,59 @@ REWARDS = ("latency", "accuracy", "flops", "params")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+@dataclass(frozen=True)
+class NestedOption:
+    """A command-line option that lives in one stage's config: ``--kd-images`` → ``kd.limit``."""
+
+    dest: str  # the flag's name as a Python identifier (kd_images)
+    path: str  # "section.field" in CompressConfig (kd.limit)
+    lo: float | None = None  # smallest valid value (None: not a number)
+    hi: float | None = None
+    to_config: Callable[[Any], Any] = staticmethod(lambda v: v)  # flag value -> config value
+    to_flag: Callable[[Any], Any] = staticmethod(lambda v: v)  # config value -> flag value (its default)
+
+
+def _ramps_to_config(text: Any) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        return (math.nan,)  # refused by check() with the flag's sentence
+
+
+# every per-stage flag of `compress`: where it lives and its valid range (the defaults are the configs')
+NESTED_OPTIONS: tuple[NestedOption, ...] = (
+    NestedOption("kd_epochs", "kd.epochs", 0, 10_000),
+    NestedOption("kd_images", "kd.limit", 0, MAX_COUNT, lambda v: v or None, lambda v: v or 0),
+    NestedOption("kd_lr", "kd.lr", 0.0, 10.0),
+    NestedOption("per_round", "plan.per_round", 1, 1_000),
+    NestedOption("screen_batches", "plan.screen_batches", 0, MAX_COUNT),
+    NestedOption("probe_top", "plan.probe_top", 0, 1_000),
+    NestedOption("probe_batches", "plan.probe_batches", 0, MAX_COUNT),
+    NestedOption("final_batches", "plan.final_batches", 0, MAX_COUNT),
+    NestedOption("depth_plans", "plan.depth_plans", 0, 1_000),
+    NestedOption("ramps", "plan.ramps", None, None, _ramps_to_config, lambda v: ",".join(f"{x:g}" for x in v)),
+    NestedOption("select_size", "proxy.select_size", 10, MAX_COUNT),
+    NestedOption("confirm_size", "proxy.confirm_size", 10, MAX_COUNT),
+    NestedOption("steps", "paper.max_steps", 1, MAX_COUNT),
+    NestedOption("step_ratio", "paper.step_ratio", None, None),
+    NestedOption("rounds", "paper.rounds", 1, 1_000),
+    NestedOption("val_size", "env.val_size", 10, MAX_COUNT),
+    NestedOption("step_kd_batches", "env.step_kd_batches", 0, MAX_COUNT),
+)
+SHARED_CANDIDATES = "candidates"
+_SECTIONS = ("kd", "plan", "proxy", "paper", "env")  # --candidates: plan.candidates (plan/uniform search) or paper.candidates
+
+
 @dataclass
 class CompressConfig:
-    """Every option of a compress run (the command's flags, same names and defaults)."""
+    """Every option of a compress run: the run's own fields, and each stage's config nested.
+
+    The `compress` command's flags are generated from this class (:meth:`flag_defaults`,
+    :meth:`from_namespace`; ``NESTED_OPTIONS`` says which flag sets which stage field), so the
+    command and the Python API run the same search. Python callers set a stage option either
+    through its config (``CompressConfig(kd=DistillConfig(epochs=2))``) or by its flag name
+    (``CompressConfig.from_options(kd_epochs=2)``).
+    """
 
     model: str | None = None  # checkpoint path or model name; None: the shipped VGG-19 w0.25
     width: float = 1.0
@@ -49,27 +100,9 @@ class CompressConfig:
     reward: str = "latency"
     out: str = DEFAULT_OUT
     resume: bool = False
-    seed: int = 0
-    kd_epochs: int = 4
-    kd_images: int = 0
-    kd_lr: float | None = None
+    seed: int = 0  # every stage's seed (the nested configs' own seeds are replaced by it)
     search: str = "plan"
-    min_keep: float = 0.1
-    per_round: int = 8
-    screen_batches: int = 100
-    probe_top: int = 3
-    probe_batches: int = 200
-    ramps: str | None = None  # depth-ramp slopes of the plan search, "-0.75,-1.5" by default; "" = none
-    final_batches: int = 100
-    depth_plans: int = 4  # plan search: round-0 plans removing blocks whole (residual, plain VGG units); 0 = width only
-    select_size: int = 2000
-    confirm_size: int = 4000
-    steps: int = 60
-    step_ratio: float = 0.05
-    candidates: int | None = None
-    rounds: int | None = None
-    val_size: int = 800
-    step_kd_batches: int = 100
+    min_keep: float = 0.1  # every group keeps at least this fraction of its channels
     latency_variants: int = 16
     pareto_test_size: int = 2000
     test_images: int = 0
@@ -79,17 +112,70 @@ class CompressConfig:
     threads: int | None = None
     no_bundle: bool = False
     quiet: bool = False
+    # the stages' configs (rlprune_edge.config); compress's own budgets where they differ from a stage's standalone default
+    kd: DistillConfig = field(default_factory=lambda: DistillConfig(epochs=4))  # the final distillation
+    plan: PlanSearchConfig = field(default_factory=PlanSearchConfig)  # plan and uniform search
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # the plan search's data subsets
+    paper: SearchConfig = field(default_factory=SearchConfig)  # the paper's step-wise loop
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(step_kd_batches=100))  # the paper loop's environment
     cli_names: bool = field(default=False, repr=False)  # name options as --flags in messages
+
+    # --- the flags, generated from the fields -----------------------------------------------------
+    @classmethod
+    def top_level_options(cls) -> list[str]:
+        """The run's own fields that are flags (everything but the nested configs)."""
+        return [f.name for f in fields(cls) if f.name not in _SECTIONS and f.name != "cli_names"]
+
+    def get(self, path: str) -> Any:
+        """A nested value by its path ('kd.limit')."""
+        section, name = path.split(".")
+        return getattr(getattr(self, section), name)
+
+    @classmethod
+    def flag_defaults(cls) -> dict[str, Any]:
+        """Every flag's default, as the command shows and parses it (dest -> value)."""
+        base = cls()
+        out = {name: getattr(base, name) for name in cls.top_level_options()}
+        out.update({o.dest: o.to_flag(base.get(o.path)) for o in NESTED_OPTIONS})
+        out[SHARED_CANDIDATES] = None  # each search's own default
+        return out
+
+    @classmethod
+    def from_options(cls, cli_names: bool = False, **options: Any) -> CompressConfig:
+        """From flag-named options (``kd_epochs=2``, ``candidates=5``); unknown names are a TypeError."""
+        top = {k: v for k, v in options.items() if k in cls.top_level_options()}
+        config = cls(**top, cli_names=cli_names)
+        by_dest = {o.dest: o for o in NESTED_OPTIONS}
+        for dest, value in options.items():
+            if dest in top or value is None:
+                continue
+            if dest == SHARED_CANDIDATES:
+                section = "paper" if config.search == "paper" else "plan"
+                config.set(f"{section}.candidates", value)
+            elif dest in by_dest:
+                option = by_dest[dest]
+                config.set(option.path, option.to_config(value))
+            else:
+                raise TypeError(f"unknown compress option {dest!r}")
+        return config
 
     @classmethod
     def from_namespace(cls, ns: Any) -> CompressConfig:
-        """From the command's parsed flags (unknown attributes ignored)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in vars(ns).items() if k in known}, cli_names=True)
+        """From the command's parsed flags (attributes that are not options, e.g. ``func``, ignored)."""
+        known = set(cls.flag_defaults())
+        return cls.from_options(cli_names=True, **{k: v for k, v in vars(ns).items() if k in known})
+
+    def set(self, path: str, value: Any) -> None:
+        """Replace one nested value ('plan.per_round')."""
+        section, name = path.split(".")
+        setattr(self, section, replace(getattr(self, section), **{name: value}))
 
     def name(self, option: str) -> str:
-        """How messages name an option: ``--kd-lr`` for the command line, ``kd_lr`` for Python callers."""
-        return f"--{option.replace('_', '-')}" if self.cli_names else option
+        """How messages name an option: ``--kd-lr`` for the command line, ``kd_lr`` (or ``kd.lr``) for Python callers."""
+        if self.cli_names:
+            return f"--{option.replace('_', '-')}"
+        nested = {o.dest: o.path for o in NESTED_OPTIONS}
+        return nested.get(option, option)
 
     def target(self) -> Any:
         """The target (sparsity, latency ratio or ms), validated."""
@@ -115,20 +201,18 @@ class CompressConfig:
         if self.reward not in REWARDS:
             raise UserError(f"{n('reward')} {self.reward!r} is not one of {', '.join(REWARDS)}.")
         few, many = 1_000, MAX_COUNT  # choices per round or step; images, batches, steps
-        for opt, lo, hi in (("steps", 1, many), ("candidates", 1, few), ("rounds", 1, few), ("val_size", 10, many),
-                            ("kd_epochs", 0, 10_000), ("kd_images", 0, many), ("per_round", 1, few),
-                            ("probe_top", 0, few), ("probe_batches", 0, many), ("final_batches", 0, many),
-                            ("depth_plans", 0, few), ("screen_batches", 0, many), ("select_size", 10, many),
-                            ("confirm_size", 10, many), ("step_kd_batches", 0, many), ("latency_variants", 2, MAX_VARIANTS),
-                            ("pareto_test_size", 0, many), ("test_images", 0, many), ("stop_after", 1, many),
-                            ("threads", 1, MAX_THREADS)):
-            value = getattr(self, opt)
+        counts = [(opt, getattr(self, opt), lo, hi) for opt, lo, hi in (
+            ("latency_variants", 2, MAX_VARIANTS), ("pareto_test_size", 0, many), ("test_images", 0, many),
+            ("stop_after", 1, many), ("threads", 1, MAX_THREADS))]
+        counts += [(o.dest, o.to_flag(self.get(o.path)), o.lo, o.hi) for o in NESTED_OPTIONS
+                   if o.lo is not None and isinstance(o.lo, int)]
+        counts += [(SHARED_CANDIDATES, self.plan.candidates, 1, few), (SHARED_CANDIDATES, self.paper.candidates, 1, few)]
+        for opt, value, lo, hi in counts:
             if value is not None and value < lo:
                 raise UserError(f"{n(opt)} {value} is too small; give at least {lo}.")
             if value is not None and value > hi:
                 raise UserError(f"{n(opt)} {value} is too large; give at most {hi:,}.")
-        for opt, lo, hi, example in (("kd_lr", 0.0, 10.0, "0.01"), ("width", 0.0, 64.0, "0.5")):
-            value = getattr(self, opt)
+        for opt, value, lo, hi, example in (("kd_lr", self.kd.lr, 0.0, 10.0, "0.01"), ("width", self.width, 0.0, 64.0, "0.5")):
             if value is not None and not (math.isfinite(value) and lo < value <= hi):
                 raise UserError(f"{n(opt)} {value} is not a number in ({lo:g}, {hi:g}]; e.g. {n(opt)} {example}.")
         if not 0 <= self.seed < 2**31:
@@ -136,26 +220,16 @@ class CompressConfig:
         if not (math.isfinite(self.min_keep) and 0.0 <= self.min_keep < 1.0):
             raise UserError(f"{n('min_keep')} {self.min_keep} is outside [0, 1); give the smallest fraction of a "
                             "group's channels to keep, e.g. 0.1.")
-        if not (math.isfinite(self.step_ratio) and 0.0 < self.step_ratio < 0.5):
-            raise UserError(f"{n('step_ratio')} {self.step_ratio} is outside (0, 0.5); e.g. 0.05 removes 5% of "
+        if not (math.isfinite(self.paper.step_ratio) and 0.0 < self.paper.step_ratio < 0.5):
+            raise UserError(f"{n('step_ratio')} {self.paper.step_ratio} is outside (0, 0.5); e.g. 0.05 removes 5% of "
                             "channels per step.")
-        self.ramp_slopes()
+        if not all(math.isfinite(v) and -6.0 <= v <= 6.0 for v in self.plan.ramps):
+            raise UserError(f"{n('ramps')} is not a comma-separated list of slopes in [-6, 6]; e.g. "
+                            f"{n('ramps')}=-0.75,-1.5 (or an empty string for none).")
         if self.channel_multiple is not None and not 1 <= self.channel_multiple <= 256:
             raise UserError(f"{n('channel_multiple')} must be between 1 and 256, got {self.channel_multiple}; "
                             "e.g. 8 for ONNX Runtime on x86, 1 for no rounding.")
 
-    def ramp_slopes(self) -> tuple[float, ...] | None:
-        """The plan search's depth-ramp slopes (None: the search's defaults), validated."""
-        if self.ramps is None:
-            return None
-        try:
-            slopes = tuple(float(v) for v in self.ramps.split(",") if v.strip())
-        except ValueError:
-            slopes = (math.nan,)
-        if not all(math.isfinite(v) and -6.0 <= v <= 6.0 for v in slopes):
-            raise UserError(f"{self.name('ramps')} {self.ramps!r} is not a comma-separated list of slopes in [-6, 6]; "
-                            f"e.g. {self.name('ramps')}=-0.75,-1.5 (or an empty string for none).")
-        return slopes
 
 
 @dataclass

@@ -66,18 +66,17 @@ def _say(msg: str) -> None:
 
 def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None:
     """The step-wise RL-Pruner search → (model, steps for the report, search info, reached)."""
-    from rlprune_edge.search.env import EnvConfig, PruneEnv, accuracy, tensors
-    from rlprune_edge.search.loop import SearchConfig, run_search
+    from rlprune_edge.search.env import PruneEnv, accuracy, tensors
+    from rlprune_edge.search.loop import run_search
 
     a = job.args
     env = PruneEnv(job.dense, job.info, job.data, job.profile, job.backend, job.latency_model, job.dense_artifact,
-                   job.scratch, EnvConfig(val_size=a.val_size, step_kd_batches=a.step_kd_batches, seed=a.seed))
-    config = SearchConfig(step_ratio=a.step_ratio, candidates=a.candidates or 3, rounds=a.rounds or 2,
-                          max_steps=a.steps, seed=a.seed)
+                   job.scratch, replace(a.env, seed=a.seed))
+    config = replace(a.paper, seed=a.seed)
     dense_fig = {"val_acc": env.evaluate(job.dense), "latency_ms": job.dense_ms,
                  "flops": env.flops(job.dense), "params": env.params(job.dense)}
     fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
-                   "reward": a.reward, "val_size": a.val_size, "step_kd": a.step_kd_batches,
+                   "reward": a.reward, "val_size": a.env.val_size, "step_kd": a.env.step_kd_batches,
                    "channel_multiple": env.channel_multiple}
     result = run_search(env, job.dense, job.target, job.weights, dense_fig, config, job.state_dir, resume=a.resume,
                         fingerprint=fingerprint, progress=not a.quiet, log=_say, stop_after=a.stop_after)
@@ -97,7 +96,7 @@ def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None
                                         "explored", "pd_reset", "step_s")}
                      | {"test_acc": accuracy(step_model, pareto_x, pareto_y)})
     info = {"method": "paper", "step_ratio": config.step_ratio, "candidates": config.candidates,
-            "rounds": config.rounds, "val_size": a.val_size, "channel_multiple": env.channel_multiple,
+            "rounds": config.rounds, "val_size": a.env.val_size, "channel_multiple": env.channel_multiple,
             "channel_multiple_basis": job.profile.pruning.basis or "the profile",
             "search_s": result.wall_s, "dense_val_acc": result.dense["val_acc"]}
     return result.model, steps, info, bool(result.reached)
@@ -105,32 +104,26 @@ def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None
 
 def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] | None:
     """The whole-plan search (or the uniform plan alone) → (model, steps, search info, reached)."""
-    from rlprune_edge.search.plan_search import PlanSearchConfig, run_plan_search
-    from rlprune_edge.search.proxy import PlanProxy, ProxyConfig
+    from rlprune_edge.search.plan_search import run_plan_search
+    from rlprune_edge.search.proxy import PlanProxy
     from rlprune_edge.search.reward import Baseline
 
     a = job.args
     t0 = time.perf_counter()
     proxy = PlanProxy(job.dense, job.info, job.data, job.groups, job.profile, job.backend, job.latency_model,
                       job.dense_artifact, job.scratch,
-                      ProxyConfig(select_size=a.select_size, confirm_size=a.confirm_size, seed=a.seed,
-                                  depth=a.depth_plans > 0 and a.search == "plan"),
+                      replace(a.proxy, seed=a.seed, depth=a.plan.depth_plans > 0 and a.search == "plan"),
                       device=job.device, gate=job.gate)
     _say(f"importance and proxy data ready ({time.perf_counter() - t0:.0f}s): {len(proxy.sel_y)} selection, "
          f"{len(proxy.conf_y)} confirmation images")
     if proxy.blocks:
         _say("removable blocks, in the order depth plans remove them (block influence): " + ", ".join(
             f"{b} {proxy.block_influence[b]:.3f}" for b in sorted(proxy.blocks, key=proxy.removal_priority.__getitem__)))
-    ramps = a.ramp_slopes()
-    config = PlanSearchConfig(candidates=a.candidates if a.candidates is not None else PlanSearchConfig.candidates,
-                              per_round=a.per_round, ramps=ramps if ramps is not None else PlanSearchConfig.ramps,
-                              screen_batches=a.screen_batches, probe_batches=a.probe_batches, final_batches=a.final_batches,
-                              probe_top=a.probe_top if a.probe_batches > 0 else 0, uniform_only=a.search == "uniform",
-                              depth_plans=a.depth_plans,
-                              seed=a.seed)
+    config = replace(a.plan, probe_top=a.plan.probe_top if a.plan.probe_batches > 0 else 0,
+                     uniform_only=a.search == "uniform", seed=a.seed)
     base = Baseline(job.dense_ms, float(proxy.flops(job.dense)), float(proxy.params(job.dense)))
     fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
-                   "reward": a.reward, "select": a.select_size, "confirm": a.confirm_size,
+                   "reward": a.reward, "select": a.proxy.select_size, "confirm": a.proxy.confirm_size,
                    "min_keep": a.min_keep, "channel_multiple": job.space.multiple}
     dense_keep = job.space.as_dict(job.space.full_keep())
     result = run_plan_search(proxy, job.space, job.target, job.weights, base, dense_keep, config, job.state_dir,
@@ -150,7 +143,8 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
             "ramps": list(config.ramps), "depth_plans": config.depth_plans,
             "removable_blocks": {b: proxy.block_influence.get(b) for b in proxy.blocks},
             "removed_blocks": result.removed_blocks,
-            "probe_top": config.probe_top, "probe_batches": a.probe_batches, "final_batches": config.final_batches, "screen_batches": a.screen_batches, "select_size": len(proxy.sel_y),
+            "probe_top": config.probe_top, "probe_batches": config.probe_batches, "final_batches": config.final_batches,
+            "screen_batches": config.screen_batches, "select_size": len(proxy.sel_y),
             "confirm_size": len(proxy.conf_y), "min_keep_fraction": a.min_keep,
             "channel_multiple": job.space.multiple, "channel_multiple_basis": job.profile.pruning.basis or "the profile",
             "search_s": result.wall_s, "phase_s": result.phase_s,
@@ -230,7 +224,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
         "reached": reached,
         "steps": steps,
         "search": search_info,
-        "distill": {"epochs": a.kd_epochs, "images_per_epoch": a.kd_images, "lr": kd_lr, "kd_s": kd_s,
+        "distill": {"epochs": a.kd.epochs, "images_per_epoch": a.kd.limit or 0, "lr": kd_lr, "kd_s": kd_s,
                     "processes": world},
         "bundle": bundle,
         "wall_s": time.perf_counter() - job.t_start,
@@ -246,20 +240,19 @@ def _distil(job: CompressJob, model: Any, announce: Callable[[dict | None], None
 
     Returns (student, learning rate, seconds)."""
     from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
-    from rlprune_edge.distill import DistillConfig, distill
+    from rlprune_edge.distill import distill
 
     a = job.args
     searched_path = job.state_dir / "searched.pt"
     save_checkpoint(searched_path, model, job.info)
-    kd_lr = a.kd_lr if a.kd_lr is not None else DistillConfig.lr
+    kd_lr = a.kd.lr
     # the other ranks (torchrun) wait for this, then distil together with this one
     announce({"searched": str(searched_path), "model_spec": str(job.model_spec), "data_spec": job.data_spec,
               "kd_lr": kd_lr, "device": a.device})
     student, _ = load_checkpoint(searched_path)
     torch.manual_seed(a.seed + 12345)
     t_kd = time.perf_counter()
-    distill(student, job.dense, job.data, DistillConfig(epochs=a.kd_epochs, lr=kd_lr, limit=a.kd_images or None,
-                                                        seed=a.seed), progress=not a.quiet,
+    distill(student, job.dense, job.data, replace(a.kd, seed=a.seed), progress=not a.quiet,
             device=a.device if world > 1 else job.device)
     return student, kd_lr, time.perf_counter() - t_kd
 

@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parent.parent / "rlprune_edge"
 
 # bottom -> top: graph -> importance -> policy/reward -> prune -> distill -> export, latency plugged in
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "fsutil", "outputs", "limits", "paths", "progress", "sshopts", "cpu_block"),
+    ("errors", "fsutil", "outputs", "limits", "config", "paths", "progress", "sshopts", "cpu_block"),
     ("board",),  # runs on the board: stdlib + numpy + the runtime only
     ("flops", "models", "data", "layers", "blocks", "checkpoint", "profiles", "compute", "onnx_io"),
     ("graph_rules", "graph"),
@@ -150,3 +150,62 @@ def test_no_function_over_80_lines_unless_a_comment_says_why():
                 if not any(line.strip().startswith("# long:") for line in body):
                     long.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}")
     assert long == []
+
+
+def test_architecture_md_names_every_module():
+    """ARCHITECTURE.md names every module of the package (`name.py`, or `folder/name.py`)."""
+    text = (PKG.parent / "ARCHITECTURE.md").read_text()
+    missing = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG)
+        if rel.name in ("__init__.py", "__main__.py") or "profiles_data" in rel.parts or "assets" in rel.parts:
+            continue
+        if f"`{rel.as_posix()}`" not in text and f"`{rel.name}`" not in text and f"{rel.name}" not in text:
+            missing.append(rel.as_posix())
+    assert not missing, f"ARCHITECTURE.md does not name: {', '.join(missing)}"
+
+
+def _subparser(command: str):
+    from rlprune_edge.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices[command]
+
+
+def _flag_defaults(command: str) -> dict:
+    return {a.dest: a.default for a in _subparser(command)._actions if a.dest not in ("help",)}
+
+
+def test_compress_flags_are_the_library_defaults():
+    """Every `compress` flag is a CompressConfig option with the library's default, and back."""
+    from rlprune_edge.pipeline import NESTED_OPTIONS, CompressConfig
+
+    flags = _flag_defaults("compress")
+    library = CompressConfig.flag_defaults()
+    assert set(flags) == set(library), f"flags without an option: {set(flags) - set(library)}; options without a flag: {set(library) - set(flags)}"
+    for dest, value in library.items():
+        assert flags[dest] == value, f"--{dest.replace('_', '-')} defaults to {flags[dest]!r}, the library to {value!r}"
+    parsed = _subparser("compress").parse_args([])
+    assert CompressConfig.from_namespace(parsed) == CompressConfig(cli_names=True)  # the same run, nested configs included
+    assert len({o.dest for o in NESTED_OPTIONS}) == len(NESTED_OPTIONS)
+
+
+def test_other_commands_flags_match_the_functions_they_call():
+    """`train`, `export` and `import`: a flag's default is the default of the library argument it feeds."""
+    import inspect
+
+    from rlprune_edge.export import export_bundle
+    from rlprune_edge.train import train_model
+
+    pairs = [("train", train_model, {"lr": "lr", "batch_size": "batch_size", "weight_decay": "weight_decay",
+                                     "seed": "seed"}),
+             ("export", export_bundle, {"verify_images": "verify_images", "calib_images": "calib_images",
+                                        "test_limit": "test_limit", "opset": "opset"})]
+    for command, func, mapping in pairs:
+        flags = _flag_defaults(command)
+        params = inspect.signature(func).parameters
+        for dest, arg in mapping.items():
+            assert flags[dest] == params[arg].default, (
+                f"{command} --{dest.replace('_', '-')} defaults to {flags[dest]!r}, {func.__name__}({arg}=) to "
+                f"{params[arg].default!r}")

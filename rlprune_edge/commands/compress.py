@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rlprune_edge.pipeline import DEFAULT_OUT, DEVICES, REWARDS, SEARCHES
+from rlprune_edge.pipeline import DEFAULT_TARGET, DEVICES, REWARDS, SEARCHES, CompressConfig
+
+_DEFAULTS = CompressConfig()  # the flags' defaults (set_defaults below): the library's, the one source
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -22,86 +25,86 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "ONNX export and a report. With no arguments runs the embedded default (VGG-19 w0.25 on "
         "Fashion-MNIST, host-cpu, target 0.5x).",
     )
-    p.add_argument("--model", default=None, help="checkpoint path or model name (default: the shipped VGG-19 w0.25)")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier for a model name")
-    p.add_argument("--data", default=None, help="data spec (default: the checkpoint's data, else fashion-mnist)")
-    p.add_argument("--profile", default="host-cpu", help="device profile name or TOML path")
+    p.add_argument("--model", help="checkpoint path or model name (default: the shipped VGG-19 w0.25)")
+    p.add_argument("--width", type=float, help="width multiplier for a model name (default %(default)s)")
+    p.add_argument("--data", help="data spec (default: the checkpoint's data, else fashion-mnist)")
+    p.add_argument("--profile", help="device profile name or TOML path (default %(default)s)")
     tgt = p.add_mutually_exclusive_group()
-    tgt.add_argument("--target-latency", default=None, help="0.5x (fraction of dense latency) or 3ms; default 0.5x")
-    tgt.add_argument("--sparsity", type=float, default=None, help="fraction of prunable channels to remove, in (0, 1)")
-    p.add_argument("--reward", default="latency", choices=list(REWARDS))
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    tgt.add_argument("--target-latency", help=f"0.5x (fraction of dense latency) or 3ms; default {DEFAULT_TARGET}")
+    tgt.add_argument("--sparsity", type=float, help="fraction of prunable channels to remove, in (0, 1)")
+    p.add_argument("--reward", choices=list(REWARDS), help="what the search optimises (default %(default)s)")
+    p.add_argument("--out", help="output directory (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last step checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kd-epochs", type=int, default=4, help="final distillation epochs (0 = none; default 4)")
-    p.add_argument("--kd-images", type=int, default=0,
-                   help="training images per distillation epoch (0 = the whole train split)")
-    p.add_argument("--kd-lr", type=float, default=None, help="distillation learning rate (default 0.01)")
-    p.add_argument("--search", default="plan", choices=list(SEARCHES),
+    p.add_argument("--seed", type=int, help="seed of every stage (default %(default)s)")
+    p.add_argument("--kd-epochs", type=int, help="final distillation epochs (0 = none; default %(default)s)")
+    p.add_argument("--kd-images", type=int,
+                   help="training images per distillation epoch (0 = the whole train split; default %(default)s)")
+    p.add_argument("--kd-lr", type=float, help="distillation learning rate (default %(default)s)")
+    p.add_argument("--search", choices=list(SEARCHES),
                    help="plan: whole plans one-shot from the dense model, judged at equal predicted latency "
                         "(default); uniform: the uniform plan alone through the same pipeline (baseline); "
                         "paper: the step-wise RL-Pruner loop")
     _add_plan_flags(p)
-    p.add_argument("--steps", type=int, default=60, help="paper search: maximum search steps")
-    p.add_argument("--step-ratio", type=float, default=0.05,
-                   help="paper search: fraction of the dense model's prunable channels removed per step (paper: 0.01)")
-    p.add_argument("--candidates", type=int, default=None,
-                   help="plan search: plans besides the uniform one, the ramps included (default 11); paper search: actions "
-                        "per round, K (default 3; the paper: 10)")
-    p.add_argument("--rounds", type=int, default=None, help="paper search: rounds per step, R (default 2; the paper: 10)")
-    p.add_argument("--val-size", type=int, default=800, help="paper search: validation images scoring each candidate")
-    p.add_argument("--step-kd-batches", type=int, default=100,
-                   help="paper search: KD batches (of 64 images) after each step (0 = off)")
-    p.add_argument("--latency-variants", type=int, default=16,
-                   help="pruned variants profiled to fit the latency model (default 16)")
-    p.add_argument("--pareto-test-size", type=int, default=2000,
-                   help="test images for each step's point on pareto.png (dense/final use the whole test split)")
-    p.add_argument("--test-images", type=int, default=0,
-                   help="test images for the dense/final accuracy in the report (0 = the whole test split)")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--steps", type=int, help="paper search: maximum search steps (default %(default)s)")
+    p.add_argument("--step-ratio", type=float,
+                   help="paper search: fraction of the dense model's prunable channels removed per step (default %(default)s; the paper: 0.01)")
+    p.add_argument("--candidates", type=int,
+                   help=f"plan search: plans besides the uniform one, the ramps included (default {_DEFAULTS.plan.candidates}); "
+                        f"paper search: actions per round, K (default {_DEFAULTS.paper.candidates}; the paper: 10)")
+    p.add_argument("--rounds", type=int, help="paper search: rounds per step, R (default %(default)s; the paper: 10)")
+    p.add_argument("--val-size", type=int, help="paper search: validation images scoring each candidate (default %(default)s)")
+    p.add_argument("--step-kd-batches", type=int,
+                   help="paper search: KD batches (of 64 images) after each step (0 = off; default %(default)s)")
+    p.add_argument("--latency-variants", type=int,
+                   help="pruned variants profiled to fit the latency model (default %(default)s)")
+    p.add_argument("--pareto-test-size", type=int,
+                   help="test images for each step's point on pareto.png (dense/final use the whole test split; default %(default)s)")
+    p.add_argument("--test-images", type=int,
+                   help="test images for the dense/final accuracy in the report (0 = the whole test split; default %(default)s)")
+    p.add_argument("--stop-after", type=int,
                    help="stop after N search steps (paper) or rounds (plan), leaving the state (continue with --resume)")
-    p.add_argument("--channel-multiple", type=int, default=None,
+    p.add_argument("--channel-multiple", type=int,
                    help="round every group's kept channels to this multiple and keep at least this many "
                         "(default: the profile's; 1 = any count, as in the RL-Pruner paper)")
-    p.add_argument("--device", default="auto", choices=list(DEVICES),
+    p.add_argument("--device", choices=list(DEVICES),
                    help="where torch computes importance, KD probes, scoring and distillation (auto: the GPU "
                         "when torch sees one; under torchrun a GPU per rank, else all ranks on the CPU with gloo). "
                         "Latency is always measured on the profile's device")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=int,
                    help="CPU threads for torch's search and distillation (default: torch's choice); latency is "
                         "always measured with the profile's own thread settings")
     p.add_argument("--no-bundle", action="store_true", help="skip the deployable bundle in OUT/bundle")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, **CompressConfig.flag_defaults())  # the library's defaults, the one source
     return p
 
 
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     """The plan search's options."""
-    p.add_argument("--min-keep", type=float, default=0.1,
+    p.add_argument("--min-keep", type=float,
                    help="plan/uniform search: every group keeps at least this fraction of its channels "
-                        "(and at least the channel multiple); default 0.1")
-    p.add_argument("--per-round", type=int, default=8, help="plan search: plans per round (default 8)")
-    p.add_argument("--screen-batches", type=int, default=100,
+                        "(and at least the channel multiple); default %(default)s")
+    p.add_argument("--per-round", type=int, help="plan search: plans per round (default %(default)s)")
+    p.add_argument("--screen-batches", type=int,
                    help="plan/uniform search: KD batches (of 64 images, the same for every plan) before a plan is "
-                        "scored (0 = BatchNorm recalibration only); default 100")
-    p.add_argument("--ramps", default=None, metavar="SLOPES", help="plan search: first-round plans whose log keep "
-                   "fractions fall (<0) with depth, comma-separated; default -0.75,-1.5; '' = none")
-    p.add_argument("--probe-top", type=int, default=3,
-                   help="plan search: best plans that get a longer KD probe beside the uniform plan (default 3)")
-    p.add_argument("--probe-batches", type=int, default=200,
-                   help="plan search: KD batches (of 64 images) of that longer probe (0 = none); default 200")
-    p.add_argument("--final-batches", type=int, default=100,
+                        "scored (0 = BatchNorm recalibration only); default %(default)s")
+    p.add_argument("--ramps", metavar="SLOPES", help="plan search: first-round plans whose log keep "
+                   "fractions fall (<0) with depth, comma-separated; default %(default)s; '' = none")
+    p.add_argument("--probe-top", type=int,
+                   help="plan search: best plans that get a longer KD probe beside the uniform plan (default %(default)s)")
+    p.add_argument("--probe-batches", type=int,
+                   help="plan search: KD batches (of 64 images) of that longer probe (0 = none); default %(default)s")
+    p.add_argument("--final-batches", type=int,
                    help="plan search: more KD batches (other ones) for the re-ranked best plan and the uniform plan "
-                        "before they are compared on the confirmation split (0 = none); default 100")
-    p.add_argument("--depth-plans", type=int, default=6,
+                        "before they are compared on the confirmation split (0 = none); default %(default)s")
+    p.add_argument("--depth-plans", type=int,
                    help="plan search: at most this many first-round plans that remove blocks whole, widths sized "
                         "to the same latency: the 1, 2, ... least influential residual blocks (identity shortcuts), "
-                        "or a plain VGG's conv units from the output end (0 = width only); default 6")
-    p.add_argument("--select-size", type=int, default=2000,
-                   help="plan search: validation images that rank plans (default 2000)")
-    p.add_argument("--confirm-size", type=int, default=4000,
-                   help="plan search: other validation images on which the winner must beat uniform (default 4000, "
+                        "or a plain VGG's conv units from the output end (0 = width only); default %(default)s")
+    p.add_argument("--select-size", type=int,
+                   help="plan search: validation images that rank plans (default %(default)s)")
+    p.add_argument("--confirm-size", type=int,
+                   help="plan search: other validation images on which the winner must beat uniform (default %(default)s, "
                         "at most what the selection split leaves of the validation split)")
 
 
@@ -161,7 +164,7 @@ def _follow_rank0(args: argparse.Namespace) -> int:
 
     from rlprune_edge.checkpoint import load_checkpoint, resolve_model
     from rlprune_edge.data import load_data
-    from rlprune_edge.distill import DistillConfig, distill
+    from rlprune_edge.distill import distill
 
     box: list[Any] = [None]
     dist.broadcast_object_list(box, src=0)
@@ -173,8 +176,8 @@ def _follow_rank0(args: argparse.Namespace) -> int:
     dense, _ = resolve_model(job["model_spec"], width=args.width, num_classes=data.num_classes, data=data)
     student, _ = load_checkpoint(job["searched"])
     torch.manual_seed(args.seed + 12345)
-    distill(student, dense.eval(), data, DistillConfig(epochs=args.kd_epochs, lr=job["kd_lr"],
-                                                        limit=args.kd_images or None, seed=args.seed),
+    kd = CompressConfig.from_namespace(args).kd  # the same flags as rank 0: the same distillation
+    distill(student, dense.eval(), data, replace(kd, lr=job["kd_lr"], seed=args.seed),
             progress=False, device=job.get("device", args.device))
     return 0
 

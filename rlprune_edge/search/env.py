@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,8 @@ from torch import nn
 
 from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
 from rlprune_edge.compute import channels_last
+from rlprune_edge.config import EnvConfig  # noqa: F401 - re-exported, defined with every default in one place
 from rlprune_edge.latency.campaign import low_ms, robust_compare
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Sizes of the fixed subsets (speed knobs; see docs/compress.md for what each bought)."""
-
-    val_size: int = 800  # validation images used for the reward
-    calib_size: int = 64  # train images for Taylor scores (once per step)
-    bn_batches: int = 1  # BatchNorm recalibration batches per candidate
-    bn_batch_size: int = 192
-    eval_batch: int = 500
-    step_kd_batches: int = 0  # optional short KD fine-tune of each step's chosen model
-    step_kd_lr: float = 0.01
-    seed: int = 0
 
 
 def tensors(split: Any) -> tuple[torch.Tensor, torch.Tensor]:

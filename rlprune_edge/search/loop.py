@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlprune_edge.config import SearchConfig  # noqa: F401 - re-exported, defined with every default in one place
 from rlprune_edge.errors import UserError
-from rlprune_edge.search.policy import PolicyConfig, PruneDistribution
+from rlprune_edge.search.policy import PruneDistribution
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
 STATE_VERSION = 1
@@ -88,30 +89,6 @@ class Target:
 
 
 # --- configuration -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SearchConfig:
-    """Search budget. The paper's values are step_ratio 0.01, candidates 10, rounds 10, KD 20 ep/step."""
-
-    step_ratio: float = 0.05  # fraction of the dense model's prunable channels removed per step
-    candidates: int = 4  # K: actions sampled per round (and replay-buffer size)
-    rounds: int = 2  # R
-    max_steps: int = 60
-    seed: int = 0
-    adaptive_last_step: bool = True  # shrink a latency-target step that the predictor says overshoots
-    confirm: bool = True  # re-measure before stopping on a latency target
-    # With a latency target and a latency term in the reward: every candidate of a step is sized to the
-    # same predicted latency (the PD's own step), not the same channel count, so candidates compete on
-    # accuracy at equal latency instead of the search drifting to cheap-to-remove, slow-to-pay channels.
-    equal_latency_steps: bool = True
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-
-    def fingerprint(self) -> dict:
-        d = asdict(self)
-        d["policy"] = asdict(self.policy)
-        return d
-
-
-# --- the environment interface ---------------------------------------------------------------------
 class GroupLike(Protocol):
     name: str
     channels: int

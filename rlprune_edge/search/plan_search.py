@@ -28,58 +28,29 @@ resumed run replays recorded measurements, so it ends where an uninterrupted run
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlprune_edge.config import PlanSearchConfig  # noqa: F401 - re-exported, defined with every default in one place
 from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import atomic_write_json
 from rlprune_edge.search.depth import DepthPhase, removed_kwargs
 from rlprune_edge.search.fit_phase import FitPhase
 from rlprune_edge.search.plan import PlanSpace
 from rlprune_edge.search.plan_env import PlanEnv, PlanResult, paired_gain, plan_summary
-from rlprune_edge.search.policy import PlanDistribution, PlanPolicyConfig
+from rlprune_edge.search.policy import PlanDistribution
 from rlprune_edge.search.reward import Baseline, RewardWeights, reward
 
 STATE_VERSION = 12  # 12: challengers filled up to the goal; 11: depth plans read again only when off their prediction; 10: depth plans take round-0 slots; 3: latency calibration at the goal; 5: the uniform plan fitted by measurement before the search; 6: ramps; 7: depth plans; 8: depth sets grow, challengers judged against uniform; 9: probes continue the screened models
 STATE_FILE = "plan_state.json"
-
-
-@dataclass(frozen=True)
-class PlanSearchConfig:
-    """Budget and rules of the default search (see docs/compress.md for what each bought)."""
-
-    candidates: int = 11  # plans besides the uniform one: the structured ramps, then sampled ones (12 until the ramp -2.25 went, 2026-12-06)
-    per_round: int = 8  # plans per round (the distribution moves after each round)
-    ramps: tuple[float, ...] = (-0.75, -1.5)  # depth-ramp plans of round 0 (PlanSpace.ramp_prefs; -2.25 until 2026-12-06)
-    depth_plans: int = 6  # round-0 plans that remove blocks whole (search.depth: residual blocks, plain units); 0 = none
-    depth_recheck: float = 0.08  # a depth plan read further than this off its prediction is re-sized and read again (0: always; 0.30 lost a 0.45x win, docs/compress.md)
-    screen_batches: int = 100  # KD batches every plan gets before it is scored (0 = BN recalibration only)
-    probe_batches: int = 200  # KD batches of the longer probe of the best plans and the uniform one (the screen's included)
-    probe_top: int = 3  # best plans that get the longer probe beside the uniform plan (0 = none)
-    final_batches: int = 100  # more KD batches (other ones) for the re-ranked best and uniform before confirming
-    calibration_tries: int = 3  # measurements of the uniform plan at the goal before the search (0 = none)
-    shrink_tries: int = 5  # re-sizings of the uniform plan after measuring it (shrink or grow)
-    challenger_tries: int = 2  # re-sizings of the re-ranked best plan (sized like uniform already; ~10 s a reading)
-    fit_recheck: float = 0.03  # a fit this close under the target is read again (both readings decide)
-    resample_tries: int = 3  # redraws (noise doubled each time) of a sampled plan that sizes onto one already seen
-    grow_slack: float = 0.05  # a fit this close under the target stops once a larger plan measured over it
-    fill: bool = True  # challengers spend what rounding left of the goal (PlanSpace.fill; False until 2026-12-07)
-    uniform_only: bool = False  # `--search uniform`: the project's uniform baseline, same pipeline
-    seed: int = 0
-    policy: PlanPolicyConfig = field(default_factory=PlanPolicyConfig)
-
-    @property
-    def rounds(self) -> int:
-        return 0 if self.uniform_only else math.ceil(max(0, self.candidates) / max(1, self.per_round))
 
 
 class _Search(DepthPhase, FitPhase):

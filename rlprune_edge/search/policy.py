@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """Hyper-parameters of the agent (defaults are the paper's)."""
-
-    noise: float = 0.04  # v
-    lr: float = 0.1  # λ
-    clip: float = 0.2  # δ
-    min_prob: float = 1e-5
-    epsilon: float = 0.4
-    epsilon_decay_frac: float = 0.1
-    collapse: float = 0.1  # relative accuracy drop that resets PD
+from rlprune_edge.config import PlanPolicyConfig, PolicyConfig  # noqa: F401 - re-exported, defined with every default in one place
 
 
 class PruneDistribution:
@@ -126,15 +115,6 @@ class PruneDistribution:
         self.rng.bit_generator.state = state["rng"]
         self.resets = int(state["resets"])
         self.config = PolicyConfig(**state["config"])
-
-
-@dataclass(frozen=True)
-class PlanPolicyConfig:
-    """The default search's agent: a Gaussian over log keep-preferences, moved toward the best plan."""
-
-    sigma: float = 0.6  # initial exploration noise, relative (log space): keep fractions ×e^±0.6
-    sigma_min: float = 0.15  # noise at the last round (cosine decay)
-    lr: float = 0.5  # λ: mean ← mean + λ (best − mean) after every round
 
 
 class PlanDistribution:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +37,9 @@ from rlprune_edge.blocks import (
     unit_groups,
 )
 from rlprune_edge.compute import logits_of
+from rlprune_edge.config import ProxyConfig  # noqa: F401 - re-exported, defined with every default in one place
 from rlprune_edge.search.env import recalibrate_bn, tensors
 from rlprune_edge.search.plan_env import Evaluation
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """Sizes of the fixed subsets and the KD probe (defaults: issue 15's bars)."""
-
-    select_size: int = 2000
-    confirm_size: int = 4000
-    calib_images: int = 1024
-    calib_batch: int = 32
-    bn_images: int = 1024
-    bn_batch: int = 256
-    probe_batch_size: int = 64
-    probe_lr: float = 0.01
-    eval_batch: int = 500
-    depth: bool = True  # offer the removable blocks (and their influence) to the search
-    seed: int = 0
 
 
 class PlanProxy:
