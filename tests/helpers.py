@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import importlib
 from types import ModuleType
 
 import torch
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
-
 
 def load_tool(name: str) -> ModuleType:
-    """The script tools/NAME.py as a module (tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"rlprune_tool_{name}", TOOLS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The tool tools/NAME.py, imported as the module ``tools.NAME`` (the repository root is on the
+    tests' path: pyproject.toml's ``pythonpath``)."""
+    return importlib.import_module(f"tools.{name}")
+
+
+def load_study(name: str) -> ModuleType:
+    """The study benchmarks/studies/NAME.py, imported as the module ``benchmarks.studies.NAME``."""
+    return importlib.import_module(f"benchmarks.studies.{name}")
 
 
 def randomize_bn(model, seed: int):

@@ -1,8 +1,7 @@
-"""tools/gain_ci.py: the paired statistics of a benchmark cell's gain, on constructed correctness arrays."""
+"""tools/gain_ci.py (python -m tools.gain_ci): the paired statistics of a benchmark cell's gain, on constructed correctness arrays."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -10,16 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "gain_ci.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import load_tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("rlprune_gain_ci", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("gain_ci")
 
 
 def _pair(n: int, wins: int, losses: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

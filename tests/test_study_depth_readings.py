@@ -1,4 +1,4 @@
-"""tools/study_depth_readings.py: which recorded plans it rebuilds and what it compares them with (no timing here)."""
+"""benchmarks/studies/study_depth_readings.py: which recorded plans it rebuilds and what it compares them with (no timing here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import load_tool  # noqa: E402
+from helpers import load_study  # noqa: E402
 
 
 def _state():
@@ -27,7 +27,7 @@ def _state():
 
 
 def test_the_replayed_entry_and_the_winner_beside_the_uniform_plan_and_its_last_calibration_reading():
-    replay, recorded, winners = load_tool("study_depth_readings")._plans(_state(), 0)
+    replay, recorded, winners = load_study("study_depth_readings")._plans(_state(), 0)
     assert replay == {"uniform": ([16, 8], []), "-1": ([16, 16], ["b1"]), "-2": ([32, 32], ["b1", "b2"])}
     assert recorded["uniform"] == 1.0 and abs(recorded["-1"] - 1.1) < 1e-12 and abs(recorded["-2"] - 1.2) < 1e-12
     # the winner's removal set is matched in any order; its last calibration reading is entry 1's
@@ -38,7 +38,7 @@ def test_the_replayed_entry_and_the_winner_beside_the_uniform_plan_and_its_last_
 def test_a_missing_run_or_entry_is_one_sentence_and_exit_2(tmp_path, capsys):
     import json
 
-    tool = load_tool("study_depth_readings")
+    tool = load_study("study_depth_readings")
     ckpt = tmp_path / "dense.pt"
     ckpt.write_bytes(b"")
     assert tool.main(["--run", str(tmp_path / "nowhere"), "--model", str(ckpt)]) == 2

@@ -1,28 +1,19 @@
-"""tools/study_plans.py: the analysis that reads challengers against the uniform curve (no training here)."""
+"""benchmarks/studies/study_plans.py: the analysis that reads challengers against the uniform curve (no training here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "study_plans.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import load_tool  # noqa: E402
+from helpers import load_study  # noqa: E402
 
 
 @pytest.fixture()
 def study():
-    spec = importlib.util.spec_from_file_location("rlprune_study_plans", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_study("study_plans")
 
 
 def test_uniform_curve_interpolates_and_is_flat_beyond_its_ends(study):
@@ -63,11 +54,11 @@ def test_checkpoint_is_the_benchmarks_one(study):
 
 
 def test_enumerate_plans_lists_every_width_combination_once():
-    """tools/enumerate_plans.py: every free group at every multiple from its floor to its width
+    """benchmarks/studies/enumerate_plans.py: every free group at every multiple from its floor to its width
     (the width itself when it is not a multiple), followers at their producer's fraction."""
     from rlprune_edge.search.plan import PlanSpace
 
-    mod = load_tool("enumerate_plans")
+    mod = load_study("enumerate_plans")
     space = PlanSpace.build(["stem", "a", "b", "se", "out"], [16, 32, 40, 40, 10], [True, True, True, True, False],
                             multiple=16, followers={"se": "b"})
     plans = mod.enumerate_space(space, max_plans=100)

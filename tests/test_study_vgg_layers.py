@@ -1,4 +1,4 @@
-"""tools/study_vgg_layers.py: which VGG conv units can be removed, and the plans built from them (no timing here)."""
+"""benchmarks/studies/study_vgg_layers.py: which VGG conv units can be removed, and the plans built from them (no timing here)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from torch import nn
 from rlprune_edge.models.vgg import build_vgg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import load_tool  # noqa: E402
+from helpers import load_study  # noqa: E402
 
 
 def _tool():
-    return load_tool("study_vgg_layers")
+    return load_study("study_vgg_layers")
 
 
 def test_removable_units_are_the_same_width_convs_after_a_relu():

@@ -1,4 +1,4 @@
-"""tools/uniform_multiples.py: the floor and the distinct uniform plans of a channel multiple (no timing here)."""
+"""benchmarks/studies/uniform_multiples.py: the floor and the distinct uniform plans of a channel multiple (no timing here)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 from rlprune_edge.search.plan import PlanSpace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import load_tool  # noqa: E402
+from helpers import load_study  # noqa: E402
 
 
 def _tool():
-    return load_tool("uniform_multiples")
+    return load_study("uniform_multiples")
 
 
 def test_floor_first_then_distinct_uniform_plans_on_the_multiple():

@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
 """The ceiling of issue 15's benchmark: the dense model itself given `compress`'s default fine-tune.
 
-Every method in ``tools/bench_search.py`` ends with the same fine-tune (4 KD epochs over the train
+Every method in ``tools.bench_search`` ends with the same fine-tune (4 KD epochs over the train
 split, the dense model as teacher). A pruned model can hardly end above the dense model given that
 same fine-tune (its own student), so ``ceiling − better uniform baseline`` bounds what any plan can
 gain over uniform at a target. The base models of the benchmark were trained for 5 epochs only, so
 the fine-tune alone moves them.
 
-    .venv/bin/python tools/bench_ceiling.py [--models resnet20:1.0,mobilenetv3_large:0.5,vgg19:0.25]
+    .venv/bin/python -m tools.bench_ceiling [--models resnet20:1.0,mobilenetv3_large:0.5,vgg19:0.25]
         [--seeds 0] [--out benchmarks/ceiling_dense_finetune.json]
 """
 
@@ -16,13 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
+from tools.bench_search import base_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 
 def ceiling(ckpt: Path, seed: int, epochs: int = 4) -> dict[str, float]:
@@ -48,9 +46,7 @@ def ceiling(ckpt: Path, seed: int, epochs: int = 4) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench_search import base_checkpoint
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench_ceiling", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet20:1.0,mobilenetv3_large:0.5,vgg19:0.25")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "ceiling_dense_finetune.json"))

@@ -8,7 +8,7 @@ Scenarios (each one `rlprune-edge compress` subprocess, wall time measured aroun
 * ``rewards``  – same seed and budget, host-cpu, target 0.5x, --reward latency | accuracy | flops:
   test accuracy and measured latency of each final model.
 
-Usage: .venv/bin/python tools/bench_compress.py [default sparsity rewards] [--out runs/bench-compress]
+Usage: .venv/bin/python -m tools.bench_compress [default sparsity rewards] [--out runs/bench-compress]
        [--extra "--kd-images 12000"]  (extra args are appended to every compress call)
 """
 
@@ -60,7 +60,7 @@ def brief(rep: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench_compress", description=__doc__.splitlines()[0])
     p.add_argument("scenarios", nargs="*", default=["default", "sparsity", "rewards"])
     p.add_argument("--out", default="runs/bench-compress")
     p.add_argument("--extra", default="", help="extra compress arguments for every run")

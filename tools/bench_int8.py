@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Benchmark: INT8 (onnxruntime QDQ, per-channel) vs fp32 speed-up and accuracy on a CPU profile.
 
-    .venv/bin/python tools/bench_int8.py [--model CKPT] [--profile host-cpu] [--batches 1,16]
+    .venv/bin/python -m tools.bench_int8 [--model CKPT] [--profile host-cpu] [--batches 1,16]
         [--runs 300] [--blocks 6] [--warmup 30] [--test-limit N] [--json OUT]
 
 Default model: the shipped VGG-19 width 0.25 Fashion-MNIST checkpoint (`ensure_default_model()`).
@@ -24,7 +23,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench_int8", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped default model)")
     p.add_argument("--profile", default="host-cpu")
     p.add_argument("--data", default=None, help="data spec (default: the checkpoint's)")

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Benchmark: latency-model accuracy on a profile over random pruned variants.
 
-    .venv/bin/python tools/bench_latency_model.py --profile host-cpu \
+    .venv/bin/python -m tools.bench_latency_model --profile host-cpu \
         --models vgg19:0.5,resnet56:1,mobilenetv3_large:1 --fit-variants 16 --variants 30 --out bench.json
 
 For each model: fit the latency model from per-layer profiles of `--fit-variants` random variants,
@@ -30,20 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rlprune_edge.graph import prunable_groups  # noqa: E402
-from rlprune_edge.latency.artifacts import materialize  # noqa: E402
-from rlprune_edge.latency.campaign import (  # noqa: E402
+from rlprune_edge.graph import prunable_groups
+from rlprune_edge.latency.artifacts import materialize
+from rlprune_edge.latency.campaign import (
     check_model,
     fit_latency_model,
     profile_rounds,
     ratios_over_windows,
 )
-from rlprune_edge.latency.model import LatencyModel, error_summary  # noqa: E402
-from rlprune_edge.latency.registry import get_backend  # noqa: E402
-from rlprune_edge.models import build_model  # noqa: E402
-from rlprune_edge.profiles import load_profile  # noqa: E402
+from rlprune_edge.latency.model import LatencyModel, error_summary
+from rlprune_edge.latency.registry import get_backend
+from rlprune_edge.models import build_model
+from rlprune_edge.profiles import load_profile
 
 
 def get_pruner():
@@ -78,7 +75,7 @@ def shared_windows(lm: LatencyModel, model, example, check: dict, backend, profi
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_latency_model", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="host-cpu")
     ap.add_argument("--models", default="vgg19:0.5,resnet56:1,mobilenetv3_large:1")
     ap.add_argument("--fit-variants", type=int, default=16)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Do per-layer times add up? `bench --per-layer` sums against the end-to-end time, per model and profile.
 
 For torchvision mobilenet_v2 and resnet18 (64x64 inputs, 10 classes, random weights) and the shipped
@@ -6,7 +5,7 @@ VGG-19 w0.25 (32x32), on each profile: the sum of the per-layer own times (kerne
 per-layer wall times (own time + the gap since the previous layer: dispatch, functional ops), each
 over the median end-to-end time of the same profiled runs. Issue 16's bar: within 0.85-1.10.
 
-    python tools/bench_per_layer.py --profiles host-cpu cpu-torch --json benchmarks/per_layer.json
+    .venv/bin/python -m tools.bench_per_layer --profiles host-cpu cpu-torch --json benchmarks/per_layer.json
 """
 
 from __future__ import annotations
@@ -16,9 +15,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MODELS = ("torchvision:mobilenet_v2", "torchvision:resnet18", "vgg19-w0.25")
 
@@ -72,7 +68,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.bench_per_layer", description=__doc__.split("\n")[0])
     p.add_argument("--profiles", nargs="+", default=["host-cpu", "cpu-torch"])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--runs", type=int, default=200, help="profiled runs per model (default 200)")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: graph + Taylor scores + prune of a CIFAR VGG-19 to 40% of its channels.
 
 Prints median and p90 over --runs repetitions of each stage (the machine is shared, so the spread
@@ -7,7 +6,7 @@ besides it is measured as (scores with a 1-image calibration batch) - (1-image f
 where the subtracted term is small enough for the difference to be stable. Also times Torch-Pruning's own path (trace a deep
 copy, prune group by group) and checks that both paths give identical weights.
 
-    .venv/bin/python tools/bench_prune_speed.py [--model vgg19] [--width 1.0] [--keep 0.4] [--runs 7]
+    .venv/bin/python -m tools.bench_prune_speed [--model vgg19] [--width 1.0] [--keep 0.4] [--runs 7]
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.bench_prune_speed", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vgg19")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--keep", type=float, default=0.4, help="fraction of each group's channels kept")

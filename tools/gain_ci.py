@@ -1,5 +1,5 @@
 """How sure is a benchmark cell's gain? Paired per-image statistics of the plan search against the
-better uniform baseline, from the finals `tools/bench_search.py` kept.
+better uniform baseline, from the finals `python -m tools.bench_search` kept.
 
 For every (model, level) cell with all its seeds' finals on disk, every method's `model.pt` is
 evaluated on the full test split (the recomputed accuracy must equal the recorded one), and the
@@ -15,7 +15,7 @@ Torch-Pruning's, chosen per seed by test accuracy, as issue 15's bar does) gives
 Picking the better baseline after seeing the test split flatters the baseline a little; the
 intervals do not correct for that.
 
-    .venv/bin/python tools/gain_ci.py --work benchmarks/milan [--models vgg19-w0.25] [--levels aggressive]
+    .venv/bin/python -m tools.gain_ci --work benchmarks/milan [--models vgg19-w0.25] [--levels aggressive]
 
 Writes ``<work>/benchmarks/gain_ci.json`` (atomically) and prints a Markdown table.
 """
@@ -107,16 +107,15 @@ def _row(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", type=Path, required=True, help="bench_search.py's --work directory")
+    p = argparse.ArgumentParser(prog="python -m tools.gain_ci", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True, help="tools.bench_search's --work directory")
     p.add_argument("--models", nargs="*", default=None, help="model keys of search_results.json (default: all)")
     p.add_argument("--levels", nargs="*", default=None, help="levels (default: all with finals on disk)")
     a = p.parse_args(argv)
     results = a.work / "benchmarks" / "search_results.json"
     if not results.is_file():
-        print(f"error: no {results}; pass the --work directory that tools/bench_search.py wrote.", file=sys.stderr)
+        print(f"error: no {results}; pass the --work directory that `python -m tools.bench_search` wrote.", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(ROOT))
     from rlprune_edge.data import load_data
     from rlprune_edge.fsutil import atomic_write_json
     from rlprune_edge.search.env import tensors

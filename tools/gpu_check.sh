@@ -9,11 +9,12 @@ usage: tools/gpu_check.sh IDX_DIR [OUT_JSON]
 Runs, on this machine's CUDA GPU, with the profiles cuda-torch (batch 1, CUDA graph replay) and
 cuda-torch-b64:
   1. rlprune-edge bench on the shipped VGG-19 w0.25: graph replay, eager launches, batch 64 fp16
-  2. tools/bench_per_layer.py: per-layer sums vs end-to-end (mobilenet_v2, resnet18, VGG-19)
+  2. python -m tools.bench_per_layer: per-layer sums vs end-to-end (mobilenet_v2, resnet18, VGG-19)
   3. rlprune-edge latency-check on the shipped VGG-19 (latency-model error on cuda-torch)
   4. rlprune-edge compress --profile cuda-torch on the embedded default (reaches 0.5x, or refuses
      it with the measured floor)
-  5. the test suite (pytest, in parallel when pytest-xdist is installed)
+  5. the test suite (pytest, in parallel when pytest-xdist is installed), or the tests named in
+     $GPU_CHECK_TESTS (a re-check after fixes)
   6. (step "target", not in the default list) compress --profile cuda-torch at $GPU_CHECK_TARGET
      (default 0.7x) with 2 KD epochs: does the latency model size a reachable target right?
 and writes every figure to OUT_JSON (default ./gpu_check.json), each step's log beside it in
@@ -29,9 +30,14 @@ $WHEELS (default: .whl/ in the project root):
 Fetch them on a machine with PyPI access, e.g.
   python3 -m pip download --no-deps -d .whl torch-pruning==1.6.1 onnxslim==0.1.98
 Environment: PYTHON (default python3), WHEELS, GPU_CHECK_STEPS (default "bench perlayer latency
-compress tests", any subset of those and "target", run in that order), GPU_CHECK_TESTS_LIMIT
-(seconds for the test step, default 240), GPU_CHECK_TARGET (default 0.7x), GPU_CHECK_TARGET_LIMIT
+compress tests", any subset of those and "target", run in that order), GPU_CHECK_TESTS (pytest
+node ids for the test step, default: the whole tests/ folder), GPU_CHECK_TESTS_LIMIT (seconds for
+the test step, default 240), GPU_CHECK_TARGET (default 0.7x), GPU_CHECK_TARGET_LIMIT
 (seconds for the target step, default 300).
+
+Re-check chosen tests after fixes, then one compress at a latency target:
+  GPU_CHECK_STEPS="tests target" GPU_CHECK_TESTS="tests/test_compress.py::test_x ..." \
+    GPU_CHECK_TESTS_LIMIT=100 tools/gpu_check.sh IDX_DIR OUT_DIR/gpu_check.json
 EOF
 }
 
@@ -154,7 +160,7 @@ if want bench; then
   step bench_b64 20 "${CLI[@]}" bench "$CKPT" --profile "$B64_PROFILE" --json
 fi
 if want perlayer; then
-  step perlayer 40 "$PY" tools/bench_per_layer.py --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
+  step perlayer 40 "$PY" -m tools.bench_per_layer --profiles "$PROFILE" --runs 100 --json "$WORK/per_layer.json"
 fi
 if want latency; then
   step latency 70 "${CLI[@]}" latency-check --model "$CKPT" --profile "$PROFILE" --variants 12 --fit-variants 12 \
@@ -167,7 +173,7 @@ if want tests; then
   # one or two threads per worker: 8+ workers with torch's default thread count oversubscribe the cores
   xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$(( $(nproc) > 4 ? $(nproc) - 2 : 1 ))")
   step tests "${GPU_CHECK_TESTS_LIMIT:-240}" env OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "$PY" -m pytest -v --tb=short -p no:cacheprovider \
-    -p no:benchmark "${xdist[@]}" tests
+    -p no:benchmark "${xdist[@]}" ${GPU_CHECK_TESTS:-tests}
 fi
 if want target; then
   step compress_target "${GPU_CHECK_TARGET_LIMIT:-300}" "${CLI[@]}" compress --profile "$PROFILE" --target-latency "${GPU_CHECK_TARGET:-0.7x}" \

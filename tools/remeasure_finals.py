@@ -1,14 +1,13 @@
-#!/usr/bin/env python3
 """Re-measure several final models against one dense model in common interleaved windows.
 
-    .venv/bin/python tools/remeasure_finals.py DENSE.onnx A.onnx B.onnx ... [--profile host-cpu]
+    .venv/bin/python -m tools.remeasure_finals DENSE.onnx A.onnx B.onnx ... [--profile host-cpu]
         [--windows 5] [--pause 20] [--json OUT]
 
 Every window interleaves all models (dense first) with the profile's blocks/runs; windows are
 `--pause` seconds apart, and each model's ratio to dense is reported per window and as the median
 over windows. Use it to compare methods at equal measured latency: on this shared 2-core VM the
 ratio of a 5 MB and a 1.3 MB model drifted from 0.38 to 0.44 within a minute even while idle
-(tools/drift_check.py), so finals measured in different windows are not comparable.
+(benchmarks/studies/drift_check.py), so finals measured in different windows are not comparable.
 """
 
 from __future__ import annotations
@@ -18,16 +17,14 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rlprune_edge.fsutil import atomic_write_json  # noqa: E402
-from rlprune_edge.latency.campaign import measure_windows  # noqa: E402
-from rlprune_edge.latency.registry import get_backend  # noqa: E402
-from rlprune_edge.profiles import load_profile  # noqa: E402
+from rlprune_edge.fsutil import atomic_write_json
+from rlprune_edge.latency.campaign import measure_windows
+from rlprune_edge.latency.registry import get_backend
+from rlprune_edge.profiles import load_profile
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.remeasure_finals", description=__doc__.splitlines()[0])
     ap.add_argument("dense")
     ap.add_argument("models", nargs="+")
     ap.add_argument("--profile", default="host-cpu")

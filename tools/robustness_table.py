@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """docs/robustness.md's case -> behaviour table, generated from the tests that prove each row.
 
 Every hostile-input test carries ``@pytest.mark.hostile("case", "behaviour")``; this script reads
 those markers (with ``ast``, nothing is imported or run) and renders the table between
 ``<!-- hostile:start -->`` and ``<!-- hostile:end -->``. ``tests/test_robustness_doc.py`` fails
-when the document and the tests disagree; ``python tools/robustness_table.py --write`` updates it.
+when the document and the tests disagree; ``python -m tools.robustness_table --write`` updates it.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ def write(doc: Path = DOC) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.robustness_table", description=__doc__.split("\n")[0])
     p.add_argument("--write", action="store_true", help="update docs/robustness.md")
     args = p.parse_args(argv)
     if args.write:
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{DOC}: {len(cases())} cases")
         return 0
     ok = current() == render(cases())
-    print("docs/robustness.md is up to date" if ok else "docs/robustness.md differs: run tools/robustness_table.py --write")
+    print("docs/robustness.md is up to date" if ok else "docs/robustness.md differs: run python -m tools.robustness_table --write")
     return 0 if ok else 1
 
 

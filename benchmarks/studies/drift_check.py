@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Does the interleaved latency ratio of two ONNX models drift within one process, and why?
 
-    .venv/bin/python tools/drift_check.py DENSE.onnx PRUNED.onnx [--profile host-cpu]
+    .venv/bin/python -m benchmarks.studies.drift_check DENSE.onnx PRUNED.onnx [--profile host-cpu]
         [--between train|sleep] [--seconds 20] [--repeats 2]
 
 Measures `robust_compare` (the search's own protocol) on the pair, then spends `--seconds` either
@@ -16,15 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rlprune_edge.latency.campaign import low_ms, robust_compare  # noqa: E402
-from rlprune_edge.latency.registry import get_backend  # noqa: E402
-from rlprune_edge.profiles import load_profile  # noqa: E402
+from rlprune_edge.latency.campaign import low_ms, robust_compare
+from rlprune_edge.latency.registry import get_backend
+from rlprune_edge.profiles import load_profile
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.studies.drift_check", description=__doc__.splitlines()[0])
     ap.add_argument("dense")
     ap.add_argument("pruned")
     ap.add_argument("--profile", default="host-cpu")

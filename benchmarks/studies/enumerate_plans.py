@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Which plans exist at a latency target? Enumerate every plan of a small plan space.
 
 Where the channel multiple leaves few widths per group (ResNet-20 w1 on host-cpu: multiple 16, so
@@ -13,11 +12,12 @@ listed. This tool lists it and answers, for one (model, target):
    plus the fitted uniform plan, measured together with the dense model in common interleaved
    windows (the benchmark's statistic), so the prediction is checked where it matters.
 
-It fine-tunes nothing: for accuracies, give chosen plans to tools/study_plans.py.
+It fine-tunes nothing: for accuracies, give chosen plans to
+``python -m benchmarks.studies.study_plans``.
 
 Writes ``benchmarks/plan_study/NAME_space.json``. Refuses a space of more than ``--max-plans``.
 
-    .venv/bin/python tools/enumerate_plans.py --model resnet20:1 --target 0.7 --measure 5
+    .venv/bin/python -m benchmarks.studies.enumerate_plans --model resnet20:1 --target 0.7 --measure 5
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
+from benchmarks.studies.study_plans import Study, _save, _say, add_study_args
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _choices(space, i: int) -> list[int]:  # noqa: ANN001 - PlanSpace
@@ -48,7 +48,7 @@ def enumerate_space(space, max_plans: int) -> list[list[int]]:  # noqa: ANN001 -
         n *= len(o)
     if n > max_plans:
         raise SystemExit(f"the plan space has {n} plans (more than --max-plans {max_plans}); "
-                         "pass a larger --max-plans or use tools/study_plans.py")
+                         "pass a larger --max-plans or use python -m benchmarks.studies.study_plans")
     plans = []
     for combo in itertools.product(*options):
         keep = list(space.channels)
@@ -60,12 +60,12 @@ def enumerate_space(space, max_plans: int) -> list[list[int]]:  # noqa: ANN001 -
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from study_plans import Study, _save, _say, add_study_args
 
     from rlprune_edge.flops import count_params
     from rlprune_edge.pruning import prune
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.enumerate_plans", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_args(p, "resnet20:1")
     p.add_argument("--measure", type=int, default=4, help="largest-parameter plans to measure")
     p.add_argument("--slack", type=float, default=0.03, help="also measure plans predicted up to this over the target")

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Does a model's list position bias its interleaved reading? Replays three block orders side by side.
 
-    .venv/bin/python tools/study_block_order.py DENSE.pt A.onnx B.onnx C.onnx [--windows 9] [--profile host-cpu]
+    .venv/bin/python -m benchmarks.studies.study_block_order DENSE.pt A.onnx B.onnx C.onnx [--windows 9] [--profile host-cpu]
 
 Give A and C the same file (or the same widths): their ratio should be 1. Every window interleaves
 the dense model (exported from the checkpoint) and A, B, C in 60 blocks of one untimed and 4 timed
@@ -14,19 +13,16 @@ each model to dense and the per-window A/C ratio (BENCHMARKS.md, "Bring your own
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from rlprune_edge.board import ort_measure, protocol  # noqa: E402
-from rlprune_edge.checkpoint import load_checkpoint  # noqa: E402
-from rlprune_edge.latency.registry import get_backend  # noqa: E402
-from rlprune_edge.onnx_io import export_onnx  # noqa: E402
-from rlprune_edge.profiles import load_profile  # noqa: E402
+from rlprune_edge.board import ort_measure, protocol
+from rlprune_edge.checkpoint import load_checkpoint
+from rlprune_edge.latency.registry import get_backend
+from rlprune_edge.onnx_io import export_onnx
+from rlprune_edge.profiles import load_profile
 
 ORDERS = {
     "alt": lambda b, n: list(range(n)) if b % 2 == 0 else list(reversed(range(n))),
@@ -47,7 +43,7 @@ def window(runners: list, order, blocks: int = 60, per_block: int = 4, settle: i
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.studies.study_block_order", description=__doc__.splitlines()[0])
     ap.add_argument("dense", help="the dense checkpoint (.pt)")
     ap.add_argument("models", nargs=3, help="three ONNX models; the first and last should be the same")
     ap.add_argument("--windows", type=int, default=9)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Re-measure a plan search's depth-calibration reading and its depth winner beside the uniform plan.
 
 A plan run's ``search/plan_state.json`` records what the search measured: the fitted uniform plan,
@@ -18,7 +17,7 @@ It answers whether a depth winner that reads slower than its calibration said is
 its widths or because the machine's state moved between the readings (BENCHMARKS.md, "the
 depth-plan latency prediction, examined").
 
-    .venv/bin/python tools/study_depth_readings.py \\
+    .venv/bin/python -m benchmarks.studies.study_depth_readings \\
         --run benchmarks/milan/benchmarks/runs/search/mobilenetv3_large-w0.5_aggressive_seed1_plan \\
         --model benchmarks/milan/benchmarks/models/mobilenetv3_large_w0.5_e5_fashion-mnist.pt
 """
@@ -32,8 +31,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _plans(state: dict[str, Any], entry: int) -> tuple[dict[str, tuple[list[int], list[str]]], dict[str, float],
@@ -60,7 +57,7 @@ def _plans(state: dict[str, Any], entry: int) -> tuple[dict[str, tuple[list[int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.studies.study_depth_readings", description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a plan run's directory (holds search/plan_state.json)")
     ap.add_argument("--model", type=Path, required=True, help="the dense checkpoint the run pruned")
     ap.add_argument("--entry", type=int, default=1, help="depth-calibration entry to replay (default 1)")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Plan study: does *any* non-uniform plan beat the uniform plan after the product's full fine-tune,
 and which proxy would have found it?
 
@@ -26,7 +25,7 @@ search can only find what exists and what its proxy sees. This study answers bot
 Each challenger's gain is read against the uniform curve interpolated at its measured ratio.
 Results (resumable: every finished fine-tune is saved) go to ``benchmarks/plan_study/NAME.json``.
 
-    .venv/bin/python tools/study_plans.py --model vgg19:0.25 --target 0.45 [--seed 0] [--quick]
+    .venv/bin/python -m benchmarks.studies.study_plans --model vgg19:0.25 --target 0.45 [--seed 0] [--quick]
 """
 
 from __future__ import annotations
@@ -43,7 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.bench_search import base_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _say(msg: str) -> None:
@@ -58,10 +59,7 @@ def _save(path: Path, doc: dict) -> None:
 
 
 def _checkpoint(name: str, width: float) -> str:
-    """The checkpoint tools/bench_search.py uses for this model (trained there once when missing)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from bench_search import base_checkpoint
-
+    """The checkpoint tools.bench_search uses for this model (trained there once when missing)."""
     return str(base_checkpoint(ROOT, name, width, epochs=5, quick=False))
 
 
@@ -247,7 +245,7 @@ def _summarise(doc: dict) -> None:
 
 
 def add_study_args(p: argparse.ArgumentParser, model: str) -> None:
-    """The arguments a `Study` is built from (tools/enumerate_plans.py shares them)."""
+    """The arguments a `Study` is built from (benchmarks.studies.enumerate_plans shares them)."""
     p.add_argument("--model", default=model, help="NAME:WIDTH (a bench_search checkpoint)")
     p.add_argument("--target", type=float, required=True, help="latency target, fraction of dense")
     p.add_argument("--profile", default="host-cpu")
@@ -255,7 +253,8 @@ def add_study_args(p: argparse.ArgumentParser, model: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.study_plans", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_args(p, "vgg19:0.25")
     p.add_argument("--sample", type=int, default=32)
     p.add_argument("--top-screen", type=int, default=3)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Layer-removal study: does removing whole conv layers of a plain VGG beat uniform width pruning at
 equal measured latency, after the product's fine-tune?
 
@@ -17,7 +16,7 @@ asks whether it pays at all:
    per ``--kd-seeds`` seed and its accuracy on the whole test split; the JSON is rewritten after
    each fine-tune and finished ones are skipped when the command is run again.
 
-    .venv/bin/python tools/study_vgg_layers.py --plans @0.4 30,33,36,43,46,49@0.7 \\
+    .venv/bin/python -m benchmarks.studies.study_vgg_layers --plans @0.4 30,33,36,43,46,49@0.7 \\
         --out benchmarks/plan_study/vgg19-w0.25_layers.json
 """
 
@@ -26,15 +25,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 
 def removable_units(features: nn.Sequential) -> list[int]:
@@ -112,7 +108,7 @@ def measure(profile, dense: nn.Module, models: dict[str, nn.Module], shape: tupl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.studies.study_vgg_layers", description=__doc__.splitlines()[0])
     ap.add_argument("--plans", nargs="+", required=True, help="INDICES@SCALE, e.g. @0.4 30,33,36@0.7")
     ap.add_argument("--model", default=None, help="VGG checkpoint (default: the shipped VGG-19 w0.25)")
     ap.add_argument("--profile", default="host-cpu")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How fast are the uniform plans at each channel multiple? (the evidence for host-cpu's multiple)
 
 For each multiple in ``--multiples``: the floor (every group at max(multiple, 10% of its width))
@@ -8,7 +7,7 @@ interleaved windows, 5 sessions 5 s apart counting only sessions at the steady s
 benchmark's statistic, ``latency.campaign.robust_ratios``). Prints one row per plan (parameters,
 ratio to dense, the distinct widths) and writes them as JSON.
 
-    .venv/bin/python tools/uniform_multiples.py --out benchmarks/milan8/uniform_plans_m8_m16.json
+    .venv/bin/python -m benchmarks.studies.uniform_multiples --out benchmarks/milan8/uniform_plans_m8_m16.json
 """
 
 from __future__ import annotations
@@ -16,11 +15,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def uniform_plans(space, multiple: int) -> dict[str, list[int]]:
@@ -36,7 +32,7 @@ def uniform_plans(space, multiple: int) -> dict[str, list[int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.studies.uniform_multiples", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="checkpoint (default: the shipped VGG-19 w0.25)")
     ap.add_argument("--profile", default="host-cpu")
     ap.add_argument("--multiples", default="8,16")

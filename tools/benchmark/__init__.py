@@ -16,15 +16,15 @@ Resumable: cells already in results.json (same settings) are skipped, so rerunni
 after an interruption continues where it stopped. ``--quick`` is a minutes-long smoke run on tiny
 settings (used by tests/test_benchmark_quick.py).
 
-    .venv/bin/python tools/benchmark [--quick] [--models vgg19:0.25,resnet56:0.5,mobilenetv3_large:0.5]
+    .venv/bin/python -m tools.benchmark [--quick] [--models vgg19:0.25,resnet56:0.5,mobilenetv3_large:0.5]
         [--targets 0.7,0.5,0.3] [--seeds 0] [--sparsities 0.2,0.4,0.6,0.8] [--out-dir .] [--list]
 """
 
-from benchmark.cells import run_cli
-from benchmark.cli import main
-from benchmark.plan import METHOD_LABELS, METHODS, CellUnreachable, Settings
-from benchmark.render import FIDELITY_HEADER, PAPER_HEADER, PARETO_HEADER, _paired_lines, render
-from benchmark.store import Results
+from tools.benchmark.cells import run_cli
+from tools.benchmark.cli import main
+from tools.benchmark.plan import METHOD_LABELS, METHODS, CellUnreachable, Settings
+from tools.benchmark.render import FIDELITY_HEADER, PAPER_HEADER, PARETO_HEADER, _paired_lines, render
+from tools.benchmark.store import Results
 
 __all__ = ["FIDELITY_HEADER", "METHODS", "METHOD_LABELS", "PAPER_HEADER", "PARETO_HEADER", "CellUnreachable", "Results",
            "Settings", "_paired_lines", "main", "render", "run_cli"]

@@ -1,11 +1,8 @@
-"""`python tools/benchmark [flags]`: run the benchmark (see benchmark/__init__.py)."""
+"""`python -m tools.benchmark [flags]` from the repository root: run the benchmark (see tools/benchmark/__init__.py)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tools/: the package is `benchmark`
-
-from benchmark.cli import main  # noqa: E402
+from tools.benchmark.cli import main
 
 if __name__ == "__main__":
     try:

@@ -16,9 +16,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from benchmark.plan import Cell, CellUnreachable, ModelSpec, Settings, _say
-from benchmark.store import Results, _write_text
 from rlprune_edge.errors import TargetUnreachable, UserError
+from tools.benchmark.plan import Cell, CellUnreachable, ModelSpec, Settings, _say
+from tools.benchmark.store import Results
 
 
 # --- running the CLI in-process -------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def _compress_argv(cell: Cell, ctx: Context, out: Path) -> list[str]:
             # no per-step KD: every method (the uniform baseline too) gets the same final KD budget
             "--step-kd-batches", "0",
             # this grid compares the RL-Pruner rewards in the paper's step-wise search; the default
-            # plan search is compared with uniform pruning by tools/bench_search.py
+            # plan search is compared with uniform pruning by tools.bench_search
             "--search", "paper"]
     if cell.kind == "paper":
         argv += ["--sparsity", f"{cell.sparsity:g}", "--reward", "accuracy",
@@ -259,6 +259,7 @@ def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
     from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
+    from rlprune_edge.report import write_report
     from rlprune_edge.search.env import accuracy, tensors
 
     s = ctx.settings
@@ -308,7 +309,7 @@ def run_uniform_cell(cell: Cell, ctx: Context) -> dict[str, Any]:
         "distill": {"epochs": s.kd_epochs, "images_per_epoch": s.kd_images, "lr": DistillConfig.lr, "kd_s": kd_s},
         "seed": cell.seed, "wall_s": time.perf_counter() - t_start,
     }
-    _write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
+    write_report(out, report)  # compress's own report writer (checked keys, atomic, finite JSON)
     return {"run_dir": ctx.rel(out), "pruning_ratio": res.pruning_ratio, "round_to": round_to,
             "probes": len(res.probes)} | _from_report(report)
 

@@ -14,8 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.cells import Context, _fmt_s, estimate_s, eta_line, remeasure_common, run_cell
-from benchmark.plan import (
+from rlprune_edge.errors import UserError
+from tools.benchmark.cells import Context, _fmt_s, estimate_s, eta_line, remeasure_common, run_cell
+from tools.benchmark.plan import (
     COMMON_WINDOWS,
     FULL_DEFAULTS,
     METHODS,
@@ -29,14 +30,13 @@ from benchmark.plan import (
     parse_models,
     plan_cells,
 )
-from benchmark.render import _git_commit, render
-from benchmark.store import Results, _write_text
-from rlprune_edge.errors import UserError
+from tools.benchmark.render import _git_commit, render
+from tools.benchmark.store import Results, _write_text
 
 
 # --- main ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/benchmark", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="minutes-long smoke run on tiny settings")
     p.add_argument("--models", default=None, help="NAME:WIDTH list (default vgg19:0.25,resnet56:0.5,mobilenetv3_large:0.5)")
     p.add_argument("--targets", default=None, help="latency targets as fractions of dense (default 0.7,0.5,0.3)")
@@ -108,7 +108,7 @@ def _settings(args: argparse.Namespace, out_dir: Path) -> tuple[Settings, dict[s
 
 
 def _command_text(argv: Sequence[str]) -> str:
-    return " ".join(["tools/benchmark", *argv])
+    return " ".join(["python -m tools.benchmark", *argv])
 
 
 @contextlib.contextmanager

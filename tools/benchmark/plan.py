@@ -76,7 +76,7 @@ QUICK_DEFAULTS = MappingProxyType({
 
 # --quick measures on this profile (this machine's ONNX Runtime CPU, few runs) instead of host-cpu.
 QUICK_PROFILE = """name = "bench-quick-cpu"
-description = "tools/benchmark --quick: ONNX Runtime CPU on this machine, few runs (smoke test only)"
+description = "python -m tools.benchmark --quick: ONNX Runtime CPU on this machine, few runs (smoke test only)"
 [runtime]
 name = "onnxruntime"
 provider = "CPUExecutionProvider"

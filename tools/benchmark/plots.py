@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.plan import METHOD_LABELS, METHOD_STYLE, METHODS
+from tools.benchmark.plan import METHOD_LABELS, METHOD_STYLE, METHODS
 
 
 def _mean(vals: Sequence[float]) -> float:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.cells import _fmt_s, _with_common
-from benchmark.plan import (
+from tools.benchmark.cells import _fmt_s, _with_common
+from tools.benchmark.plan import (
     COMMON_WINDOWS,
     FINISHED,
     FULL_DEFAULTS,
@@ -25,8 +25,8 @@ from benchmark.plan import (
     parse_models,
     plan_cells,
 )
-from benchmark.plots import _fidelity_plot, _mean, _pareto_plot
-from benchmark.store import _write_text
+from tools.benchmark.plots import _fidelity_plot, _mean, _pareto_plot
+from tools.benchmark.store import _write_text
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
@@ -278,8 +278,8 @@ def render(doc: dict[str, Any], out_dir: Path, command: str) -> list[Path]:
            + (f"{min(loads):.1f}–{max(loads):.1f}" if loads else "—") + " (the machine is shared; latency "
            "comparisons are interleaved with the dense model in one window to cancel slow drift common to both "
            "models; drift that affects a large and a small model differently is not cancelled, and cells measured "
-           "in different windows are not strictly comparable: check with `tools/drift_check.py`, re-measure finals "
-           "together with `tools/remeasure_finals.py`).",
+           "in different windows are not strictly comparable: check with `python -m benchmarks.studies.drift_check`, "
+           "re-measure finals together with `python -m tools.remeasure_finals`).",
            f"- Latency: {how}. *Latency / dense* and *speed-up* come from the same interleaved window; the absolute "
            "medians of different cells were measured in different windows.",
            f"- Software: {', '.join(f'{k} {v}' for k, v in pkgs.items())}; commit {_git_commit()}; torch CPU threads "
@@ -428,7 +428,7 @@ def _coverage(cells: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     missing = [c.id for c in grid if c.id not in done]
     return ["## Coverage", "",
             f"> **Partial run: {len(done)} of the {len(grid)} cells of the full default grid have finished.** "
-            "Tables below show only finished cells; rerun `.venv/bin/python tools/benchmark.py` to continue "
+            "Tables below show only finished cells; rerun `.venv/bin/python -m tools.benchmark` to continue "
             "(it resumes from `benchmarks/results.json`).", "",
             "Not yet run: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
 

@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmark.plan import FINISHED, RESULTS_VERSION, Settings
 from rlprune_edge.errors import UserError
+from tools.benchmark.plan import FINISHED, RESULTS_VERSION, Settings
 
 
 # --- results file ---------------------------------------------------------------------------------------
