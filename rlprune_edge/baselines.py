@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.layers import filter_bank, handler_for
 
 
 @dataclass
@@ -76,9 +77,10 @@ def _capped_ratios(model: nn.Module, ratio: float, round_to: int, ignored: Seque
     skip = set(ignored)
     out: dict[nn.Module, float] = {}
     for m in model.modules():
-        if m in skip or not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+        bank = filter_bank(m)
+        if m in skip or bank is None:
             continue
-        channels = m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+        channels = bank.out_channels(m)
         out[m] = max(0.0, min(ratio, 1.0 - (round_to + 0.5) / channels))
     return out
 
@@ -112,15 +114,12 @@ def uniform_taylor_prune(
 
 
 def _shape_key(model: nn.Module) -> tuple:
-    """Architecture signature: every conv/linear/bn width (probes with equal shapes share a measurement)."""
+    """Architecture signature: every layer's checkpoint shape record (probes with equal shapes share a measurement)."""
     key = []
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            key.append((name, m.in_channels, m.out_channels, m.groups))
-        elif isinstance(m, nn.Linear):
-            key.append((name, m.in_features, m.out_features))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            key.append((name, m.num_features))
+        handler = handler_for(m)
+        if handler is not None:
+            key.append((name, tuple(sorted(handler.shape_args(m).items()))))
     return tuple(key)
 
 

@@ -23,6 +23,8 @@ from rlprune_edge.errors import UserError
 from rlprune_edge.fsutil import make_temp_dir, sha256_file
 from rlprune_edge.onnx_io import INPUT_NAME, OUTPUT_NAME
 from rlprune_edge.outputs import kind_of, read_marker
+from rlprune_edge.runtimes import get_runtime
+from rlprune_edge.runtimes.base import FP32_GRAPH, QDQ_INT8
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_TOOL = "rlprune-edge export"  # what makes a directory's manifest.json ours (rlprune_edge.outputs)
@@ -55,14 +57,15 @@ class BundleRequest:
         return int(self.profile.input.batch)
 
     @property
-    def trt(self) -> bool:
-        """True for TensorRT profiles."""
-        return self.profile.runtime.name == "tensorrt"
+    def kind(self) -> str:
+        """What the bundle ships, as the profile's runtime says for this precision (``Runtime.bundles``):
+        the fp32 graph (FP32_GRAPH), a QDQ INT8 graph beside it (QDQ_INT8), or an engine (ENGINE)."""
+        return get_runtime(self.profile.runtime.name).bundle_kind(self.precision) or FP32_GRAPH
 
     @property
     def fp32_name(self) -> str:
-        """File name of the fp32 graph: model_fp32.onnx beside an INT8 model.onnx, else model.onnx."""
-        return "model_fp32.onnx" if (self.precision == "int8" and not self.trt) else "model.onnx"
+        """File name of the fp32 graph: model_fp32.onnx beside a QDQ INT8 model.onnx, else model.onnx."""
+        return "model_fp32.onnx" if self.kind == QDQ_INT8 else "model.onnx"
 
 
 @dataclass

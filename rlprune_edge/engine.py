@@ -39,13 +39,12 @@ def build_engine(
         build_engine_remote(profile, onnx_path, out_path, precision, calib=calib)
         return engine_provenance({}, RemoteBackend(profile).facts())
     from rlprune_edge.board import runner
+    from rlprune_edge.runtimes import get_runtime
 
     argv = ["build-engine", "--onnx", str(onnx_path), "--out", str(out_path), "--precision", precision,
-            "--workspace-mb", str(profile.runtime.workspace_mb)]
+            *get_runtime(profile.runtime.name).engine_args(profile.runtime, local=True)]
     if calib is not None:
         argv += ["--calib", str(calib)]
-    if profile.runtime.timing_cache:
-        argv += ["--timing-cache", str(Path(profile.runtime.timing_cache).expanduser())]
     code, doc = runner.run(argv)
     if code != 0:
         doc = doc if isinstance(doc, dict) else {}

@@ -56,6 +56,7 @@ from rlprune_edge.onnx_io import (
     simplify_onnx,
     verify_onnx,
 )
+from rlprune_edge.runtimes.base import ENGINE, QDQ_INT8
 
 
 def export_bundle(
@@ -163,14 +164,14 @@ def _build(req: BundleRequest, tmp_dir: Path, say: Callable[[str], None]) -> dic
         model_file=req.fp32_name,
     )
 
-    # 3. precision-specific artefacts
-    if req.precision == "int8" and not req.trt:
+    # 3. precision-specific artefacts: what the profile's runtime ships at this precision
+    if req.kind == QDQ_INT8:
         _quantize_step(req, fp32_path, facts, say)
-    elif req.trt and req.precision in ("fp16", "int8"):
+    elif req.kind == ENGINE:
         _engine_step(req, fp32_path, facts, say)
     elif req.measure:
         say(f"timing on {req.profile.name}")
-        facts.latency = _measure(req.profile, fp32_path, "fp32")
+        facts.latency = _measure(req, fp32_path, "fp32")
 
     # 4. metadata in every ONNX file, then the example script and the manifest
     _stamp_metadata(req, fp32_path, facts)
@@ -281,7 +282,7 @@ def _engine_step(req: BundleRequest, fp32_path: Path, facts: BundleFacts, say: C
     facts.files_extra.append(fp32_path)
     facts.accuracy["measured_with"] += "; the TensorRT engine's own accuracy is not measured by export"
     if req.measure:
-        facts.latency = _measure(profile, fp32_path, req.precision)
+        facts.latency = _measure(req, fp32_path, req.precision)
 
 
 def _stamp_metadata(req: BundleRequest, fp32_path: Path, facts: BundleFacts) -> None:
@@ -332,18 +333,20 @@ def _test_batches(data: Any, limit: int | None) -> Iterable[tuple[torch.Tensor, 
 
 
 def _check_precision(profile: Any, precision: str) -> None:
-    runtime = profile.runtime.name
-    if precision not in ("fp32", "fp16", "int8"):
-        raise UserError(f"precision {precision!r} is not one of fp32, fp16, int8; pick one of those.")
-    if precision == "fp16" and runtime != "tensorrt":
+    """`precision` must be one the profile's runtime ships a bundle at (``Runtime.bundles``)."""
+    from rlprune_edge.runtimes import get_runtime, runtime_names
+
+    runtimes = [get_runtime(n) for n in runtime_names()]
+    known = sorted({p for rt in runtimes for p in rt.bundles}, key=lambda p: (p != "fp32", p))
+    if precision not in known:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(known)}; pick one of those.")
+    rt = get_runtime(profile.runtime.name)
+    if rt.bundle_kind(precision) is None:
+        able = " or ".join(r.title for r in runtimes if r.bundle_kind(precision) is not None)
+        article = "an" if able[:1].lower() in "aeiou" else "a"
         raise UserError(
-            f"precision fp16 needs a TensorRT profile, but profile {profile.name!r} runs {runtime}; "
-            "use precision fp32 or int8 for CPU boards."
-        )
-    if precision == "int8" and runtime not in ("onnxruntime", "tensorrt"):
-        raise UserError(
-            f"precision int8 needs an onnxruntime or TensorRT profile, but profile {profile.name!r} runs "
-            f"{runtime}; use precision fp32."
+            f"precision {precision} needs {article} {able} profile, but profile {profile.name!r} runs {rt.name}; "
+            f"use precision {' or '.join(rt.bundles)}."
         )
 
 
@@ -382,12 +385,17 @@ def _count(data: Any, limit: int | None) -> int:
 # latency of the bundle's model on the profile
 
 
-def _measure(profile: Any, onnx_path: Path, precision: str) -> dict[str, Any]:
+def _measure(req: BundleRequest, onnx_path: Path, precision: str) -> dict[str, Any]:
+    """The bundle's model timed on the profile at `precision`: the ONNX file, or the module for module runtimes."""
+    from rlprune_edge.latency.artifacts import materialize, takes_modules
     from rlprune_edge.latency.registry import get_backend
 
+    profile = req.profile
     prof = dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, precision=precision))
     backend = get_backend(prof)
-    m = backend.measure(onnx_path, warmup=profile.measure.warmup, runs=profile.measure.runs)
+    target = (materialize(backend, req.model, onnx_path, req.input_shape, req.batch) if takes_modules(backend)
+              else onnx_path)
+    m = backend.measure(target, warmup=profile.measure.warmup, runs=profile.measure.runs)
     return {
         "median_ms": float(m.median_ms),
         "p90_ms": float(m.p90_ms),

@@ -1,36 +1,28 @@
-"""Multiply-accumulate (MAC) and parameter counts."""
+"""Multiply-accumulate (MAC) and parameter counts (the MACs of each layer type: ``layers.py``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from rlprune_edge.layers import filter_bank
+
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs for one image of `input_shape` (C, H, W): Conv (all dims, grouped) and Linear layers.
+    """MACs for one image of `input_shape` (C, H, W): the filter banks (Conv of all dims, grouped and
+    transposed, and Linear layers; ``layers.Handler.macs``).
 
     Counted with forward hooks on a single zero image in eval mode; element-wise ops (BN, activations,
     pooling, additions) are not counted, as is usual for "FLOPs" tables.
     """
     total = 0
 
-    def conv_hook(m: nn.modules.conv._ConvNd, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
-        kernel = 1
-        for k in m.kernel_size:
-            kernel *= int(k)
-        total += out[0].numel() * (m.in_channels // m.groups) * kernel
+        if inp and isinstance(inp[0], torch.Tensor) and isinstance(out, torch.Tensor):
+            total += filter_bank(m).macs(m, inp[0], out)
 
-    def linear_hook(m: nn.Linear, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    handles = [m.register_forward_hook(hook) for m in model.modules() if filter_bank(m) is not None]
     was_training = model.training
     model.eval()
     try:

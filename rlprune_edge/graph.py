@@ -31,7 +31,7 @@ from rlprune_edge.graph_rules import (
     op_problem,
     tie_kind,
 )
-from rlprune_edge.layers import DEPTHWISE, IN, OUT, handler_for
+from rlprune_edge.layers import DEPTHWISE, IN, OUT, filter_bank, handler_for
 
 # Member kinds in a plan (OUT, IN, DEPTHWISE; defined in ``layers``, imported from here by callers):
 # output channels (rows of a filter bank, per-channel norm params), input channels (columns of a
@@ -112,16 +112,9 @@ def _mapping_problem(name: str, module: nn.Module, item: _RawItem, pruner: objec
 
 def _macs_hook(store: dict[nn.Module, int]):
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if not isinstance(output, torch.Tensor) or output.dim() == 0:
+        if not isinstance(output, torch.Tensor) or output.dim() == 0 or not inputs:
             return
-        per_sample = output[0].numel() if output.dim() > 1 else output.numel()
-        if isinstance(module, nn.modules.conv._ConvNd):
-            k = 1
-            for s in module.kernel_size:
-                k *= s
-            macs = per_sample * (module.in_channels // module.groups) * k
-        else:
-            macs = per_sample * module.in_features
+        macs = handler_for(module).macs(module, inputs[0], output)  # hooked on filter banks only
         store[module] = store.get(module, 0) + int(macs)
 
     return hook
@@ -400,8 +393,7 @@ def prunable_groups(
 
 def _is_root(module: object) -> bool:
     """A filter bank (conv/linear, by its layer handler): its output channels start a group, its MACs count."""
-    handler = handler_for(module)
-    return handler is not None and handler.root
+    return filter_bank(module) is not None
 
 
 def _out_size(module: nn.Module) -> int:

@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from rlprune_edge.layers import handler_for
+from rlprune_edge.layers import IN, OUT, handler_for
 
 # Attribute set on a Torch-Pruning node by SafeDependencyGraph: why pruning through it is refused.
 PROBLEM_ATTR = "_rlprune_problem"
@@ -78,16 +78,15 @@ def _channel_dim_op(grad_fn: object) -> bool | None:
 
 
 def is_depthwise(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.modules.conv._ConvNd)
-        and module.groups > 1
-        and module.groups == module.in_channels == module.out_channels
-    )
+    """A depthwise conv (by its layer handler): input and output channels move together."""
+    handler = handler_for(module)
+    return handler is not None and handler.depthwise(module)
 
 
 def is_grouped(module: nn.Module) -> bool:
     """A grouped conv that is not depthwise (ResNeXt, RegNet): channels move in equal shares per conv group."""
-    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not is_depthwise(module)
+    handler = handler_for(module)
+    return handler is not None and handler.grouped(module)
 
 
 def op_problem(node: tp.Node) -> str | None:
@@ -277,7 +276,7 @@ def channel_blocks(
         if not is_grouped(module):
             continue
         side = "input" if input_side else "output"
-        size = module.in_channels if input_side else module.out_channels
+        size = handler_for(module).size(module, IN if input_side else OUT)
         groups = module.groups
         whole = (
             size == channels == len(idxs) == len(root_idxs)

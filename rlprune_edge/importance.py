@@ -23,6 +23,7 @@ from torch import nn
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.graph import IN, Group, prunable_groups
+from rlprune_edge.layers import filter_bank, handler_for
 
 METHODS = ("taylor", "l1", "random")
 
@@ -40,7 +41,8 @@ def _per_channel(module: nn.Module, kind: str, values: dict[str, torch.Tensor]) 
     """Sum `values` (e.g. w*g or |w| for 'weight'/'bias') per channel of `module` on side `kind`."""
     w = values.get("weight")
     b = values.get("bias")
-    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+    handler = handler_for(module)
+    if handler is not None and handler.root:  # a filter bank: its weight holds a row per output channel
         if w is None:
             return None
         groups = getattr(module, "groups", 1)
@@ -51,7 +53,7 @@ def _per_channel(module: nn.Module, kind: str, values: dict[str, torch.Tensor]) 
             return w.sum(dim=[d for d in range(w.dim()) if d != 1])
         total = w.sum(dim=list(range(1, w.dim()))) if w.dim() > 1 else w
         return total + b if b is not None else total
-    if isinstance(module, nn.PReLU) and module.num_parameters == 1:
+    if handler is not None and handler.out_channels(module) is None:  # no per-channel side (one shared PReLU slope)
         return None
     # per-channel modules (BatchNorm, PReLU): one weight/bias entry per channel
     parts = [t for t in (w, b) if t is not None]
@@ -66,7 +68,7 @@ def _accumulate(
     score = torch.zeros(group.channels, dtype=torch.float64)
     for plan in group.plan:
         module = model.get_submodule(plan.module)
-        if filters_only and (plan.kind == IN or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))):
+        if filters_only and (plan.kind == IN or filter_bank(module) is None):
             continue
         per = _per_channel(module, plan.kind, values_of[module])
         if per is None:

@@ -1,11 +1,14 @@
-"""One handler per supported layer type: channel counts, shrinking, checkpoint shape records.
+"""One handler per supported layer type: channel counts, MACs, shrinking, checkpoint shape records.
 
 In the style of Torch-Pruning's pruner registry, every layer type the package knows has one small
 :class:`Handler`, and :func:`handler_for` is the only place that lists layer types. ``graph_rules``
-asks it which modules the pruner may shrink, ``graph`` which ones are filter banks (conv/linear:
-they start channel groups and carry the MACs), ``pruning`` how to shrink a module to kept channel
-indices, and ``checkpoint`` which constructor shape arguments to record for a pruned model and
-how to rebuild a module from them.
+asks it which modules the pruner may shrink and which convs are depthwise or grouped, ``graph``
+which ones are filter banks (conv/linear: they start channel groups) and their MACs, ``flops``
+and ``commands/inspect`` the MACs and a layer's shape, ``latency/artifacts`` the op and dims a
+module contributes to the latency model, ``importance`` and ``baselines`` the filter banks and
+their channel counts, ``pruning`` how to shrink a module to kept channel indices, and
+``checkpoint`` which constructor shape arguments to record for a pruned model and how to rebuild a
+module from them.
 
 Covered: Conv (1d/2d/3d, incl. depthwise and grouped), ConvTranspose, Linear, BatchNorm (nd),
 GroupNorm, LayerNorm and PReLU. ConvTranspose, GroupNorm and LayerNorm are recorded in checkpoints
@@ -46,6 +49,28 @@ class Handler(ABC):
     types: tuple[type[nn.Module], ...] = ()
     root = False
     prunable = True
+    spatial = False  # works on a spatial map (convs): a 1x1 input means a pooled vector
+
+    def macs(self, m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Multiply-accumulates of one sample, from the module's input `x` and output `y` (batched)."""
+        return 0
+
+    def node_dims(self, m: nn.Module) -> dict[str, int | str]:
+        """What the module fixes of its latency-model node ``{op, cin, cout, groups, k, hw_in, hw_out}``
+        (the rest comes from the tensor shapes; ``op`` defaults to the module's type name)."""
+        return {}
+
+    def depthwise(self, m: nn.Module) -> bool:
+        """A depthwise conv: its input and output channels move together."""
+        return False
+
+    def grouped(self, m: nn.Module) -> bool:
+        """A grouped conv that is not depthwise: channels move in equal shares per conv group."""
+        return False
+
+    def describe(self, m: nn.Module, y: torch.Tensor) -> str:
+        """A short shape description for tables (``in->out``)."""
+        return f"{self.in_channels(m)}->{self.out_channels(m)}"
 
     @abstractmethod
     def out_channels(self, m: nn.Module) -> int | None:
@@ -74,6 +99,19 @@ class Handler(ABC):
     def problem(self, name: str, m: nn.Module) -> str | None:
         """Why the pruner refuses module `name`, or None."""
         return None if self.prunable else f"module {name} ({type(m).__name__}) is not supported by the pruner"
+
+
+def _kernel(m: nn.Module) -> int:
+    """Kernel elements of a conv (k_h * k_w for 2-d)."""
+    k = 1
+    for d in m.kernel_size:
+        k *= int(d)
+    return k
+
+
+def _per_sample(t: torch.Tensor) -> int:
+    """Values of one sample of a batched tensor (all of it when it has one dimension)."""
+    return int(t[0].numel()) if t.dim() > 1 else int(t.numel())
 
 
 def _check_balanced(m: nn.Module, keep: torch.Tensor, size: int, side: str) -> None:
@@ -107,9 +145,27 @@ class ConvHandler(Handler):
 
     types = (nn.modules.conv._ConvNd,)
     root = True
+    spatial = True
+    onnx_op = "Conv"
 
     def out_channels(self, m: nn.Module) -> int:
         return m.out_channels
+
+    def macs(self, m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        return _per_sample(y) * (m.in_channels // m.groups) * _kernel(m)
+
+    def node_dims(self, m: nn.Module) -> dict[str, int | str]:
+        return {"op": self.onnx_op, "cout": int(m.out_channels), "groups": int(m.groups), "k": _kernel(m)}
+
+    def depthwise(self, m: nn.Module) -> bool:
+        return m.groups > 1 and m.groups == m.in_channels == m.out_channels
+
+    def grouped(self, m: nn.Module) -> bool:
+        return m.groups > 1 and not self.depthwise(m)
+
+    def describe(self, m: nn.Module, y: torch.Tensor) -> str:
+        return (f"{m.in_channels}->{m.out_channels} k{'x'.join(map(str, m.kernel_size))} s{m.stride[0]}"
+                f"{f' g{m.groups}' if m.groups > 1 else ''} out {'x'.join(map(str, y.shape[2:]))}")
 
     def in_channels(self, m: nn.Module) -> int:
         return m.in_channels
@@ -150,6 +206,11 @@ class ConvTransposeHandler(ConvHandler):
     types = (nn.modules.conv._ConvTransposeNd,)
     prunable = False
     shrink = Handler.shrink
+    onnx_op = "ConvTranspose"
+
+    def macs(self, m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        """Every input value meets out_channels/groups kernels (the conv formula counts the output side)."""
+        return _per_sample(x) * (m.out_channels // m.groups) * _kernel(m)
 
     def _settings(self, m: nn.Module) -> dict:
         return {**super()._settings(m), "output_padding": m.output_padding}
@@ -158,6 +219,12 @@ class ConvTransposeHandler(ConvHandler):
 class LinearHandler(Handler):
     types = (nn.Linear,)
     root = True
+
+    def macs(self, m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+        return _per_sample(y) * m.in_features
+
+    def node_dims(self, m: nn.Module) -> dict[str, int | str]:
+        return {"op": "Gemm", "cin": int(m.in_features), "cout": int(m.out_features), "hw_in": 1, "hw_out": 1}
 
     def out_channels(self, m: nn.Module) -> int:
         return m.out_features
@@ -263,6 +330,17 @@ HANDLERS: tuple[Handler, ...] = (
     GroupNormHandler(), LayerNormHandler(), PReLUHandler(),
 )
 _BY_TYPE: dict[type, Handler] = {t: h for h in HANDLERS for t in h.types}
+
+
+def leaf_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of every module without children: what per-layer torch times cover."""
+    return [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
+
+
+def filter_bank(module: object) -> Handler | None:
+    """The handler of a conv/linear (a group root that carries MACs), or None for any other module."""
+    handler = handler_for(module)
+    return handler if handler is not None and handler.root else None
 
 
 def handler_for(module: object) -> Handler | None:

@@ -1,7 +1,9 @@
 """Device profiles: one TOML file per named target, validated on load.
 
 A profile names the runtime and its options, the input shape, the channel multiple, the
-measurement protocol, how the device is reached (local or ssh) and optional reward weights.
+measurement protocol, how the device is reached (local or ssh) and optional reward weights. The
+``[runtime]`` keys other than ``name`` are the runtime's own: the runtime plug-in
+(:mod:`rlprune_edge.runtimes`) lists them, their types, defaults and bounds, and its precisions.
 ``load_profile("host-cpu")`` finds a shipped profile by name; a path to a ``.toml`` file works too.
 Extra profile directories can be listed in ``RLPRUNE_EDGE_PROFILES_DIR`` (os.pathsep-separated).
 """
@@ -23,33 +25,52 @@ from rlprune_edge.limits import (
     MAX_BLOCKS,
     MAX_PROFILE_BYTES,
     MAX_RUNS,
-    MAX_THREADS,
     MAX_TIMEOUT_S,
     path_problem,
 )
+from rlprune_edge.runtimes import get_runtime, runtime_names
+from rlprune_edge.runtimes.base import Option
 
-RUNTIMES = ("onnxruntime", "tensorrt", "torch")
-GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
-PRECISIONS = ("fp32", "fp16", "int8")
-TORCH_DEVICES = ("cpu", "cuda")
 CONNECTION_KINDS = ("local", "ssh")
 DEFAULT_LATENCY_COEFF = 1.0  # c_L when a profile gives none
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """Which runtime runs the model and with which options."""
+    """Which runtime runs the model, at which precision, with which of its own options.
+
+    ``settings`` holds every option of the runtime (defaults filled in), in its declared order; read
+    them as attributes (``profile.runtime.threads``) or as the dict ``options``.
+    """
 
     name: str
-    provider: str = "CPUExecutionProvider"
-    threads: int = 0
-    inter_op_threads: int = 1
-    graph_optimization: str = "all"
     precision: str = "fp32"
-    device: str = "cpu"
-    timing_cache: str = ""
-    workspace_mb: int = 1024
-    cuda_graphs: bool = True  # torch on cuda: time CUDA graph replay (false: eager launches)
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The runtime's options: its defaults, overridden by ``settings``."""
+        return {**_runtime_defaults(self.name), **dict(self.settings)}
+
+    def __getattr__(self, key: str) -> Any:  # an option as an attribute: profile.runtime.threads
+        if key.startswith("__") or key in ("name", "precision", "settings"):
+            raise AttributeError(key)
+        options = {**_runtime_defaults(self.__dict__.get("name", "")), **dict(self.__dict__.get("settings", ()))}
+        if key not in options:
+            raise AttributeError(f"runtime {self.__dict__.get('name')!r} has no option {key!r}")
+        return options[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{name, precision, **options}``: the [runtime] table."""
+        return {"name": self.name, "precision": self.precision, **self.options}
+
+
+def _runtime_defaults(name: str) -> dict[str, Any]:
+    """The options of runtime `name` at their defaults ({} for a runtime no longer registered)."""
+    try:
+        return get_runtime(name).defaults()
+    except UserError:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -129,6 +150,7 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (for reports and `profiles show`)."""
         d = dataclasses.asdict(self)
+        d["runtime"] = self.runtime.to_dict()
         d["path"] = str(self.path) if self.path else ""
         d["input"]["shape"] = list(self.input.shape)
         d["connection"]["ssh_options"] = list(self.connection.ssh_options)
@@ -136,7 +158,6 @@ class Profile:
 
 
 _SECTIONS: dict[str, type] = {
-    "runtime": RuntimeSpec,
     "input": InputSpec,
     "pruning": PruningSpec,
     "measure": MeasureSpec,
@@ -144,18 +165,12 @@ _SECTIONS: dict[str, type] = {
     "reward": RewardWeights,
 }
 
+# the checks of the sections every profile has ([runtime] keys: the runtime plug-in's Options)
 _ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("runtime", "name"): RUNTIMES,
-    ("runtime", "graph_optimization"): GRAPH_OPTIMIZATIONS,
-    ("runtime", "precision"): PRECISIONS,
-    ("runtime", "device"): TORCH_DEVICES,
     ("connection", "kind"): CONNECTION_KINDS,
 }
 
 _NON_NEGATIVE = {
-    ("runtime", "threads"),
-    ("runtime", "inter_op_threads"),
-    ("runtime", "workspace_mb"),
     ("measure", "warmup"),
     ("connection", "port"),
 }
@@ -170,9 +185,6 @@ _POSITIVE = {
 }
 # upper bounds: a count or timeout above these is a typo or an attack, and would hang or exhaust memory
 _AT_MOST: dict[tuple[str, str], int] = {
-    ("runtime", "threads"): MAX_THREADS,
-    ("runtime", "inter_op_threads"): MAX_THREADS,
-    ("runtime", "workspace_mb"): 1 << 20,  # 1 TiB
     ("input", "batch"): 65_536,
     ("pruning", "channel_multiple"): 256,
     ("measure", "warmup"): MAX_RUNS,
@@ -217,52 +229,21 @@ def _type_name(value: Any) -> str:
     return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
 
 
-def _check_value(file: str, section: str, key: str, value: Any, default: Any) -> Any:
-    """Validate one value against the type of its default; return it converted."""
-    where = _where(file, section, key)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {_type_name(value)}; fix the profile.")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {_type_name(value)}; fix the profile.")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where} must be a number, got {_type_name(value)}; fix the profile.")
-        try:
-            value = float(value)
-        except OverflowError:  # an integer beyond float range
-            value = math.inf
-        if not math.isfinite(value):
-            raise UserError(f"{where} must be a finite number, got {value!r}; fix the profile.")
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise UserError(f"{where} must be a string, got {_type_name(value)}; fix the profile.")
-    elif isinstance(default, tuple):
-        if not isinstance(value, list):
-            raise UserError(f"{where} must be a list, got {_type_name(value)}; fix the profile.")
-        item_type = int if key == "shape" else str
-        for item in value:
-            if isinstance(item, bool) or not isinstance(item, item_type):
-                raise UserError(
-                    f"{where} must be a list of {'integers' if item_type is int else 'strings'}, "
-                    f"got item {_type_name(item)}; fix the profile."
-                )
-        value = tuple(value)
-    enum = _ENUMS.get((section, key))
-    if enum is not None and value not in enum:
-        close = difflib.get_close_matches(str(value), enum, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"{where} must be one of {', '.join(enum)}, got {value!r}{hint}; fix the profile.")
-    if (section, key) in _NON_NEGATIVE and value < 0:
-        raise UserError(f"{where} must be >= 0, got {value!r}; fix the profile.")
-    if (section, key) in _POSITIVE and value <= 0:
-        raise UserError(f"{where} must be > 0, got {value!r}; fix the profile.")
-    hi = _AT_MOST.get((section, key))
-    if hi is not None and value > hi:
-        unit = " seconds (a day)" if key.endswith("_s") else ""
-        raise UserError(f"{where} must be at most {hi:,}{unit}, got {value!r}; fix the profile.")
-    return value
+def _option(section: str, f: dataclasses.Field) -> Option:
+    """The check of one key of a fixed section, from its field's default and the tables above."""
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        default = f.default_factory()  # type: ignore[misc]
+    key = (section, f.name)
+    return Option(f.name, default, choices=_ENUMS.get(key, ()), non_negative=key in _NON_NEGATIVE,
+                  positive=key in _POSITIVE, at_most=_AT_MOST.get(key), item=int if f.name == "shape" else str)
+
+
+def _unknown_key(file: str, section: str, key: str, known: list[str], note: str = "") -> UserError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UserError(f"{_where(file, section, key)} is not a known key{hint}; known keys{note}: {', '.join(known)}.")
 
 
 def _build_section(file: str, section: str, raw: Any, cls: type) -> Any:
@@ -272,25 +253,36 @@ def _build_section(file: str, section: str, raw: Any, cls: type) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(
-                f"{_where(file, section, key)} is not a known key{hint}; known keys: {', '.join(fields)}."
-            )
-        f = fields[key]
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = ""  # required string (runtime.name)
-        kwargs[key] = _check_value(file, section, key, value, default)
+            raise _unknown_key(file, section, key, list(fields))
+        kwargs[key] = _option(section, fields[key]).check(value, _where(file, section, key))
     return cls(**kwargs)
+
+
+def _build_runtime(file: str, raw: Any) -> RuntimeSpec:
+    """The [runtime] table: a registered runtime's name, a precision it runs, its own options."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: [runtime] must be a table, got {_type_name(raw)}; fix the profile.")
+    names = runtime_names()
+    name = Option("name", "", choices=tuple(names)).check(raw["name"], _where(file, "runtime", "name"))
+    rt = get_runtime(name)
+    precision = Option("precision", "", choices=rt.precisions).check(
+        raw.get("precision", "fp32" if "fp32" in rt.precisions else rt.precisions[0]),
+        f"{_where(file, 'runtime', 'precision')} (runtime {name})")
+    settings = rt.defaults()
+    for key, value in raw.items():
+        opt = rt.option(key)
+        if opt is not None:
+            settings[key] = opt.check(value, _where(file, "runtime", key))
+        elif key not in ("name", "precision"):
+            elsewhere = [n for n in names if n != name and get_runtime(n).option(key) is not None]
+            note = f" for runtime {name} ({key} is an option of {', '.join(elsewhere)})" if elsewhere else f" for runtime {name}"
+            raise _unknown_key(file, "runtime", key, ["name", "precision", *(o.name for o in rt.options)], note)
+    return RuntimeSpec(name=name, precision=precision, settings=tuple(settings.items()))
 
 
 def parse_profile(data: dict[str, Any], file: str, path: Path | None = None) -> Profile:
     """Validate a parsed TOML document and build a :class:`Profile`; `file` names it in errors."""
-    allowed = {"name", "description", *_SECTIONS}
+    allowed = {"name", "description", "runtime", *_SECTIONS}
     for key in data:
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
@@ -307,11 +299,12 @@ def parse_profile(data: dict[str, Any], file: str, path: Path | None = None) -> 
     runtime_raw = data.get("runtime")
     if runtime_raw is None or (isinstance(runtime_raw, dict) and "name" not in runtime_raw):
         raise UserError(
-            f"{file}: [runtime] name is missing; add a [runtime] table with name = one of {', '.join(RUNTIMES)}."
+            f"{file}: [runtime] name is missing; add a [runtime] table with name = one of {', '.join(runtime_names())}."
         )
     data, auto_multiple = _take_auto_multiple(file, data)
     built = {sec: _build_section(file, sec, data[sec], cls) for sec, cls in _SECTIONS.items() if sec in data}
-    profile = Profile(name=name, description=description, path=path, **built)
+    profile = Profile(name=name, description=description, path=path, runtime=_build_runtime(file, runtime_raw),
+                      **built)
     if auto_multiple:
         profile = _with_host_multiple(file, profile)
     _check_numbers(file, profile)
@@ -338,11 +331,10 @@ def _with_host_multiple(file: str, p: Profile) -> Profile:
     on, so only a local CPU runtime may use it."""
     from rlprune_edge.cpu_block import AUTO, host_channel_block
 
-    rt = p.runtime
-    on_cpu = (rt.name == "onnxruntime" and rt.provider == "CPUExecutionProvider") or (rt.name == "torch" and rt.device == "cpu")
-    if p.is_remote or not on_cpu:
+    if p.is_remote or not get_runtime(p.runtime.name).on_host_cpu(p.runtime):
+        cpu = ", or ".join(h for n in runtime_names() if (h := get_runtime(n).cpu_hint))
         raise UserError(f"{_where(file, 'pruning', 'channel_multiple')} = \"{AUTO}\" reads this machine's CPU, so "
-                        "it needs a local CPU runtime (onnxruntime with CPUExecutionProvider, or torch on cpu); set "
+                        f"it needs a local CPU runtime ({cpu}); set "
                         "a number for this device (4 for ARM NEON, 8 for GPU fp16 tensor cores).")
     block = host_channel_block()
     return dataclasses.replace(p, pruning=dataclasses.replace(p.pruning, channel_multiple=block.multiple,
@@ -364,8 +356,12 @@ def _check_consistency(file: str, p: Profile) -> None:
             "set it to an alias from ~/.ssh/config or user@host."
         )
     _check_ssh_connection(file, c)
-    if p.runtime.name == "tensorrt" and p.runtime.precision not in ("fp32", "fp16", "int8"):
-        raise UserError(f"{file}: [runtime] precision {p.runtime.precision!r} is not supported by tensorrt.")
+    rt = get_runtime(p.runtime.name)
+    if c.kind == "ssh" and not rt.on_board:
+        board = ", ".join(n for n in runtime_names() if get_runtime(n).on_board)
+        raise UserError(f'{file}: [runtime] name = "{rt.name}" runs on this machine only, so it cannot measure over '
+                        f'[connection] kind = "ssh"; use kind = "local", or a runtime the board runner has ({board}).')
+    rt.check(p, file)
 
 
 # [reward] weights are coefficients of reward terms: a negative one would reward the slower model
@@ -376,17 +372,16 @@ _SHELL_METACHARACTERS = set(";&|<>`$()")
 
 def _check_numbers(file: str, p: Profile) -> None:
     """Every float key is finite (nan/inf would poison every reward or timeout); reward weights >= 0."""
-    for section in _SECTIONS:
-        spec = getattr(p, section)
-        for f in dataclasses.fields(spec):
-            value = getattr(spec, f.name)
-            if not isinstance(value, float):
-                continue
-            where = _where(file, section, f.name)
-            if not math.isfinite(value):
-                raise UserError(f"{where} must be a finite number, got {value!r}; fix the profile.")
-            if (section, f.name) in _AT_LEAST_ZERO_FLOATS and value < 0:
-                raise UserError(f"{where} must be >= 0, got {value!r}; fix the profile.")
+    values = [(sec, f.name, getattr(getattr(p, sec), f.name)) for sec, cls in _SECTIONS.items()
+              for f in dataclasses.fields(cls)]
+    for section, key, value in [*values, *(("runtime", k, v) for k, v in p.runtime.settings)]:
+        if not isinstance(value, float):
+            continue
+        where = _where(file, section, key)
+        if not math.isfinite(value):
+            raise UserError(f"{where} must be a finite number, got {value!r}; fix the profile.")
+        if (section, key) in _AT_LEAST_ZERO_FLOATS and value < 0:
+            raise UserError(f"{where} must be >= 0, got {value!r}; fix the profile.")
 
 
 def _check_remote_python(file: str, p: Profile) -> None:

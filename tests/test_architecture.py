@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parent.parent / "rlprune_edge"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fsutil", "outputs", "limits", "config", "paths", "progress", "sshopts", "cpu_block"),
     ("board",),  # runs on the board: stdlib + numpy + the runtime only
-    ("flops", "models", "data", "layers", "blocks", "checkpoint", "profiles", "compute", "onnx_io"),
+    ("flops", "models", "data", "layers", "blocks", "checkpoint", "profiles", "runtimes", "compute", "onnx_io"),
     ("graph_rules", "graph"),
     ("importance", "pruning"),
     ("latency",),

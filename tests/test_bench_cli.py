@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from rlprune_edge.cli import main
-from rlprune_edge.latency.onnxruntime import write_tiny_onnx
 from rlprune_edge.onnx_io import export_onnx
+from rlprune_edge.runtimes.backend import write_tiny_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 

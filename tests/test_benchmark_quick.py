@@ -134,9 +134,9 @@ def test_uniform_bisection_picks_smallest_ratio_meeting_the_target(tmp_path):
 
     from rlprune_edge.baselines import bisect_uniform, output_layers
     from rlprune_edge.checkpoint import resolve_model
-    from rlprune_edge.latency.backend import Measurement
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
+    from rlprune_edge.runtimes.backend import Measurement
 
     class SizeBackend:
         name = "fake"

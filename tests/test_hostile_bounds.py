@@ -343,8 +343,8 @@ def test_huge_width_refused_before_building(tmp_path, image_folder, capfd, monke
 ])
 def test_profile_counts_and_timeouts_bounded(tmp_path, capfd, section, key, value, bound):
     path = tmp_path / "p.toml"
-    path.write_text(f"{LOCAL_PROFILE}[{section}]\n{key} = {value}\n" if section != "runtime"
-                    else f"{LOCAL_PROFILE}{key} = {value}\n")
+    base = LOCAL_PROFILE if key != "workspace_mb" else LOCAL_PROFILE.replace('"onnxruntime"', '"tensorrt"')
+    path.write_text(f"{base}[{section}]\n{key} = {value}\n" if section != "runtime" else f"{base}{key} = {value}\n")
     assert main(["profiles", "show", str(path)]) == 2
     err = _one_line_error(capfd)
     assert f"p.toml: [{section}] {key} must be" in err and bound in err
@@ -418,7 +418,7 @@ def test_profile_fifo(tmp_path, capfd, monkeypatch, how):
                      "exit 2 before measuring: '--runs must be an integer in 1..100,000' (was a hang)")
 @pytest.mark.parametrize("flag", ["--runs", "--warmup"])
 def test_bench_runs_bounded(tmp_path, capfd, flag):
-    from rlprune_edge.latency.onnxruntime import write_tiny_onnx
+    from rlprune_edge.runtimes.backend import write_tiny_onnx
 
     path = write_tiny_onnx(tmp_path / "tiny.onnx")
     assert main(["bench", str(path), flag, "99999999999999999999"]) == 2

@@ -326,13 +326,18 @@ def test_registry_names_backends_and_imports_them_on_use():
 
     from rlprune_edge.latency import registry
     from rlprune_edge.profiles import load_profile
+    from rlprune_edge.runtimes import get_runtime, runtime_names
+    from rlprune_edge.runtimes.onnxruntime import OrtBackend
 
-    assert registry.backend_spec(load_profile("host-cpu")) == "rlprune_edge.latency.onnxruntime:OrtBackend"
-    assert registry.backend_spec(load_profile("desktop-gpu-tensorrt")).endswith(":TensorRTBackend")
-    for spec in [*registry.RUNTIME_BACKENDS.values(), *registry.CONNECTION_BACKENDS.values()]:
+    assert {"onnxruntime", "tensorrt", "torch"} <= set(runtime_names())
+    assert isinstance(registry.get_backend(load_profile("host-cpu")), OrtBackend)
+    assert get_runtime("tensorrt").on_board and not get_runtime("torch").on_board
+    for spec in registry.CONNECTION_BACKENDS.values():
         assert isinstance(registry.resolve(spec), type)
-    # importing the interface or the registry loads no backend module
-    code = ("import sys, rlprune_edge.latency.registry, rlprune_edge.latency.backend; "
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith('rlprune_edge.latency.'))))")
+    # importing the interface or the registry loads no backend module, and loading a profile no runtime
+    code = ("import sys, rlprune_edge.latency.registry, rlprune_edge.runtimes.backend; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('rlprune_edge.latency.')))); "
+            "from rlprune_edge.profiles import load_profile; load_profile('cuda-torch'); "
+            "print(' '.join(m for m in ('torch', 'onnxruntime', 'tensorrt', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["rlprune_edge.latency.backend", "rlprune_edge.latency.registry"]
+    assert out.split("\n")[:2] == ["rlprune_edge.latency.registry", ""]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from rlprune_edge.latency import cache
-from rlprune_edge.latency.backend import LayerTime, Measurement
 from rlprune_edge.latency.model import LatencyModel, random_keep
 from rlprune_edge.latency.slots import fit_dim_map, slot_feature, slot_times
+from rlprune_edge.runtimes.backend import LayerTime, Measurement
 
 
 def test_fit_dim_map_single_group_scaled_and_sum():

@@ -116,8 +116,8 @@ def test_bench_remote_json_has_the_local_shape(board, env, capsys):
 
 
 def test_get_backend_measure_and_compare(board, env):
-    from rlprune_edge.latency.backend import LatencyBackend
     from rlprune_edge.latency.registry import get_backend
+    from rlprune_edge.runtimes.backend import LatencyBackend
 
     prof = load_profile(profile_at(board, env, "board.toml"))
     backend = get_backend(prof)
@@ -226,7 +226,12 @@ def test_engine_build_on_a_board_without_tensorrt_names_jetpack(board, env):
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is importable here; the missing-runtime premise does not hold")
-    prof = load_profile(profile_at(board, env, "board.toml"))
+    path = profile_at(board, env, "trt-board.toml")  # the fixture board's profile, on TensorRT
+    path.write_text(path.read_text().replace('name = "onnxruntime"\nprovider = "CPUExecutionProvider"\nthreads = 1\n'
+                                             'inter_op_threads = 1\ngraph_optimization = "all"\n',
+                                             'name = "tensorrt"\nprecision = "fp16"\n'))
+    prof = load_profile(path)
+    assert prof.runtime.name == "tensorrt"
     out = env / "bundle" / "model.engine"
     with pytest.raises(DeviceError) as exc:
         remote.build_engine_remote(prof, tiny(env / "m.onnx"), out, "fp16")

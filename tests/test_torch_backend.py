@@ -22,10 +22,10 @@ from rlprune_edge.latency.artifacts import (
 from rlprune_edge.latency.campaign import check_model, fit_latency_model
 from rlprune_edge.latency.model import uniform_keep
 from rlprune_edge.latency.registry import get_backend
-from rlprune_edge.latency.torch_backend import _run_times
 from rlprune_edge.models import build_model
 from rlprune_edge.onnx_io import export_onnx
 from rlprune_edge.profiles import load_profile, parse_profile
+from rlprune_edge.runtimes.torch_backend import _run_times
 
 TORCH_CPU = {"name": "torch-cpu-test", "runtime": {"name": "torch", "device": "cpu", "threads": 1},
              "pruning": {"channel_multiple": 2}, "measure": {"warmup": 2, "runs": 12, "blocks": 3}}

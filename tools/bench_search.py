@@ -53,6 +53,7 @@ LABELS = {"plan": "plan search (ours, default)", "uniform": "uniform plan (proje
 START, END = "<!-- bench_search:start -->", "<!-- bench_search:end -->"
 COMMON_WINDOWS = 5
 COMMON_SESSIONS = 5
+DEFAULT_PROFILE = "host-cpu"
 QUICK_SESSIONS = (2, 0.5)  # --quick (a smoke run of the workflow): sessions and pause of the common measurements
 
 
@@ -121,9 +122,10 @@ def targets_from_floor(f: float) -> dict[str, float]:
     return {lvl: round(round((f + k * (1.0 - f)) / 0.05) * 0.05, 2) for lvl, k in LEVELS.items()}
 
 
-def run_compress(ckpt: Path, target: float, seed: int, method: str, out: Path, extra: list[str]) -> dict[str, Any]:
+def run_compress(ckpt: Path, target: float, seed: int, method: str, out: Path, extra: list[str],
+                 profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
     argv = ["compress", "--model", str(ckpt), "--target-latency", f"{target:g}x", "--seed", str(seed),
-            "--out", str(out), "--no-bundle", "--quiet", *extra]
+            "--out", str(out), "--no-bundle", "--quiet", "--profile", profile, *extra]
     if method == "uniform":
         argv += ["--search", "uniform"]
     resume = (out / "search" / "plan_state.json").is_file() and not (out / "report.json").is_file()
@@ -137,7 +139,7 @@ def run_compress(ckpt: Path, target: float, seed: int, method: str, out: Path, e
 
 
 def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: int | None,
-                   kd_images: int | None = None, iterations: int = 6) -> dict[str, Any]:
+                   kd_images: int | None = None, iterations: int = 6, profile_name: str = DEFAULT_PROFILE) -> dict[str, Any]:
     """Torch-Pruning's uniform Taylor pruning bisected on measured latency, then compress's default KD."""
     import torch
 
@@ -154,7 +156,7 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    profile = load_profile("host-cpu")
+    profile = load_profile(profile_name)
     backend = get_backend(profile)
     data = load_data("fashion-mnist", seed=seed)
     dense, info = load_checkpoint(ckpt)
@@ -185,7 +187,8 @@ def run_tp_uniform(ckpt: Path, target: float, seed: int, out: Path, kd_epochs: i
             "onnx": str(out / "model.onnx")}
 
 
-def remeasure(ckpt: Path, cells: dict[str, dict], sessions: int = COMMON_SESSIONS, pause_s: float = 5.0) -> dict[str, float]:
+def remeasure(ckpt: Path, cells: dict[str, dict], sessions: int = COMMON_SESSIONS, pause_s: float = 5.0,
+              profile_name: str = DEFAULT_PROFILE) -> dict[str, float]:
     """Every final of one (model, target, seed) with the dense model in the same common windows."""
     from rlprune_edge.checkpoint import load_checkpoint
     from rlprune_edge.latency.campaign import robust_ratios
@@ -194,7 +197,7 @@ def remeasure(ckpt: Path, cells: dict[str, dict], sessions: int = COMMON_SESSION
     from rlprune_edge.onnx_io import export_onnx
     from rlprune_edge.profiles import load_profile
 
-    profile = load_profile("host-cpu")
+    profile = load_profile(profile_name)
     dense, info = load_checkpoint(ckpt)
     names = sorted(cells)
     with tempfile.TemporaryDirectory(prefix="bench-common-") as tmp:
@@ -333,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run of the workflow: tiny training, short searches, "
                    "1 KD epoch of 512 images, a 4-variant latency model, 3 bisection steps for Torch-Pruning, "
                    "common measurements in 2 sessions 0.5 s apart (its figures mean nothing)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE,
+                   help=f"device profile every method is measured on (default {DEFAULT_PROFILE}; the recorded tables are host-cpu)")
     p.add_argument("--work", default=str(ROOT), help="where benchmarks/ and BENCHMARKS.md are (default: the repository)")
     args = p.parse_args(argv)
     fixed = fixed_levels(args.level)
@@ -360,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         m = doc["models"].setdefault(label, {"checkpoint": str(ckpt), "cells": {}})
         if "floor" not in m:
             _say(f"{label}: measuring the floor")
-            m["floor"] = measure_floor(ckpt, "host-cpu", *protocol)
+            m["floor"] = measure_floor(ckpt, args.profile, *protocol)
             m["targets"] = targets_from_floor(m["floor"]["floor_ratio"])
             _save(path, doc)
         m["targets"].update(fixed)
@@ -392,16 +397,16 @@ def main(argv: list[str] | None = None) -> int:
                     out = work / "benchmarks" / "runs" / "search" / cid.replace("/", "_")
                     if meth == "tp-uniform":
                         cell[meth] = run_tp_uniform(ckpt, tgt, seed, out, 1 if args.quick else None,
-                                                    512 if args.quick else None, 3 if args.quick else 6)
+                                                    512 if args.quick else None, 3 if args.quick else 6, args.profile)
                     else:
-                        cell[meth] = run_compress(ckpt, tgt, seed, meth, out, extra)
+                        cell[meth] = run_compress(ckpt, tgt, seed, meth, out, extra, args.profile)
                     cell[meth]["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
                     doc["log"].append(f"{cid} {cell[meth]['finished']} load {os.getloadavg()[0]:.2f}")
                     _save(path, doc)
                 done = [k for k in METHODS if k in cell]
                 if done and any("common_ratio" not in cell[k] for k in done):
                     _say(f"{label}/{key}: re-measuring {', '.join(done)} together")
-                    for k, r in remeasure(ckpt, {k: cell[k] for k in done}, *protocol).items():
+                    for k, r in remeasure(ckpt, {k: cell[k] for k in done}, *protocol, args.profile).items():
                         cell[k]["common_ratio"] = r
                     _save(path, doc)
     write_section(render(doc), work)

@@ -17,6 +17,7 @@ Exit codes: 0 ok; 2 bad input ({"error": ...}); 3 missing runtime ({"error": "mi
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any
@@ -52,6 +53,21 @@ def _shape(text: str) -> list[int]:
     return dims
 
 
+# --runtime NAME -> (the board module that measures it, the flags that become its options dict). The host
+# side builds these flags from the runtime plug-in (rlprune_edge.runtimes: Runtime.runner_args); a
+# runtime the runner does not list here runs on the host only.
+MEASURERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "onnxruntime": ("ort_measure", ("provider", "threads", "inter_op_threads", "graph_optimization")),
+    "tensorrt": ("trt_measure", ("precision", "workspace_mb", "timing_cache")),
+}
+
+
+def _measurer(runtime: str) -> Any:
+    """The board module measuring `runtime` (beside this file when run as a plain script in a copied folder)."""
+    name = MEASURERS[runtime][0]
+    return importlib.import_module(f"{__package__}.{name}" if __package__ else name)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise protocol.BoardError("bad_arguments", message)
@@ -63,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     m = sub.add_parser("measure")
     m.add_argument("--model", required=True)
-    m.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    m.add_argument("--runtime", default="onnxruntime", choices=list(MEASURERS))
     m.add_argument("--provider", default="CPUExecutionProvider")
     m.add_argument("--threads", type=int, default=0)
     m.add_argument("--inter-op-threads", type=int, default=1)
@@ -95,19 +111,8 @@ def measure_args(args: argparse.Namespace) -> Any:
     """Run `measure` for parsed arguments; returns the JSON-able result."""
     if args.runs < 1 or args.warmup < 0 or args.blocks < 1:
         raise protocol.BoardError("bad_arguments", "--runs and --blocks must be >= 1 and --warmup >= 0")
-    if args.runtime == "onnxruntime":
-        try:
-            from . import ort_measure as backend
-        except ImportError:
-            import ort_measure as backend  # type: ignore[no-redef]
-        opts = {"provider": args.provider, "threads": args.threads, "inter_op_threads": args.inter_op_threads,
-                "graph_optimization": args.graph_optimization}
-    else:
-        try:
-            from . import trt_measure as backend
-        except ImportError:
-            import trt_measure as backend  # type: ignore[no-redef]
-        opts = {"precision": args.precision, "workspace_mb": args.workspace_mb, "timing_cache": args.timing_cache}
+    backend = _measurer(args.runtime)
+    opts = {key: getattr(args, key) for key in MEASURERS[args.runtime][1]}
     facts = collect_facts()
     if args.compare:
         out = backend.compare([args.model, *args.compare], opts, blocks=args.blocks, warmup=args.warmup,

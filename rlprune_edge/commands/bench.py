@@ -13,8 +13,9 @@ from rlprune_edge.limits import MAX_RUNS, check_count
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="measure a model's latency on a device profile",
                               description="Measure end-to-end (and per-layer) latency of an ONNX model on the "
-                                          "runtime a profile names (torch profiles also take a checkpoint or model name).")
-    p.add_argument("model", help="an .onnx file (torch profiles: a checkpoint path or model name)")
+                                          "runtime a profile names (runtimes that measure modules, such as torch, "
+                                          "take a checkpoint or model name).")
+    p.add_argument("model", help="an .onnx file (module runtimes such as torch: a checkpoint path or model name)")
     p.add_argument("--profile", default="host-cpu", help="profile name or path to a .toml file (default host-cpu)")
     p.add_argument("--runs", type=int, default=None, help="timed runs (default: the profile's)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: the profile's)")
@@ -25,8 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rlprune_edge.latency.artifacts import takes_modules
     from rlprune_edge.latency.registry import get_backend
     from rlprune_edge.profiles import load_profile
+    from rlprune_edge.runtimes import get_runtime
 
     check_count(args.runs, "--runs", 1, MAX_RUNS, "leave it out for the profile's")
     check_count(args.warmup, "--warmup", 0, MAX_RUNS, "leave it out for the profile's")
@@ -35,10 +38,11 @@ def run(args: argparse.Namespace) -> int:
     runs = profile.measure.runs if args.runs is None else args.runs
     warmup = profile.measure.warmup if args.warmup is None else args.warmup
     target: object = args.model
-    if profile.runtime.name == "torch":
+    if takes_modules(backend):
         if args.model.endswith(".onnx"):
-            raise UserError(f"profile {profile.name} runs PyTorch and measures modules, not ONNX files; give the "
-                            f"checkpoint or model name {args.model} came from, or use an ONNX Runtime profile.")
+            raise UserError(f"profile {profile.name} runs {get_runtime(profile.runtime.name).title} and measures "
+                            f"modules, not ONNX files; give the checkpoint or model name {args.model} came from, "
+                            "or use an ONNX Runtime profile.")
         from rlprune_edge.checkpoint import resolve_model
 
         module, info = resolve_model(args.model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from rlprune_edge.errors import UserError
 
@@ -32,26 +31,20 @@ def _fmt(n: float) -> str:
 def layer_table(model, input_shape: tuple[int, int, int]) -> list[tuple[str, str, str, int]]:
     """(name, type, shape description, MACs) for every conv/linear layer, in execution order."""
     import torch
-    from torch import nn
+
+    from rlprune_edge.layers import filter_bank
 
     rows: list[tuple[str, str, str, int]] = []
     handles = []
 
     def hook_for(name: str):
         def hook(m, inp, out):
-            if isinstance(m, nn.modules.conv._ConvNd):
-                k = math.prod(int(v) for v in m.kernel_size)
-                macs = out[0].numel() * (m.in_channels // m.groups) * k
-                desc = (f"{m.in_channels}->{m.out_channels} k{'x'.join(map(str, m.kernel_size))} "
-                        f"s{m.stride[0]}{f' g{m.groups}' if m.groups > 1 else ''} out {'x'.join(map(str, out.shape[2:]))}")
-            else:
-                macs = out[0].numel() * m.in_features
-                desc = f"{m.in_features}->{m.out_features}"
-            rows.append((name, type(m).__name__, desc, int(macs)))
+            bank = filter_bank(m)
+            rows.append((name, type(m).__name__, bank.describe(m, out), int(bank.macs(m, inp[0], out))))
         return hook
 
     for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+        if filter_bank(m) is not None:
             handles.append(m.register_forward_hook(hook_for(name)))
     model.eval()
     try:

@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from rlprune_edge.profiles import list_profiles, load_profile, profile_dirs
+    from rlprune_edge.runtimes import runtime_names
 
     if args.action == "list":
         profiles = list_profiles()
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         for p in profiles:
             where = p.connection.destination if p.is_remote else "local"
             print(f"{p.name:<{width}}  {p.runtime.name:<11} {where:<28} {p.description}")
-        print(f"(searched: {', '.join(str(d) for d in profile_dirs())})")
+        print(f"(searched: {', '.join(str(d) for d in profile_dirs())}; runtimes: {', '.join(runtime_names())})")
         return 0
     profile = load_profile(args.name)
     if args.action == "show":
@@ -65,11 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_profile(profile) -> dict:
-    """Local: the backend's self-test. ssh: `rlprune_edge.latency.remote.check_remote(profile)`."""
-    if profile.is_remote:
-        from rlprune_edge.latency.remote import check_remote
-
-        return dict(check_remote(profile))
+    """The backend's self-test: the runtime's own backend locally; over ssh the board's facts, runtime
+    versions and a tiny model timed there (`rlprune_edge.latency.remote.check_remote`)."""
     from rlprune_edge.latency.registry import get_backend
 
-    return get_backend(profile).self_test()
+    return dict(get_backend(profile).self_test())

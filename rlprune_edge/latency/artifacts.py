@@ -1,8 +1,9 @@
 """What a backend measures, and the layer dimensions the latency model is fitted on.
 
-File backends (ONNX Runtime, TensorRT, a board over ssh) measure an exported ``.onnx`` file; the
-torch backend measures the ``nn.Module`` itself (no ONNX in between, so what is timed is what a
-PyTorch deployment runs). ``materialize`` gives a backend the form it takes, and ``node_dims``
+A runtime says what its backend measures (``Runtime.artifact``): file runtimes (ONNX Runtime,
+TensorRT, and any board over ssh) an exported ``.onnx`` file; module runtimes (torch) the
+``nn.Module`` itself (no ONNX in between, so what is timed is what a PyTorch deployment runs).
+``materialize`` gives a backend the form it takes, and ``node_dims``
 describes that form's compute nodes in one shape for both: per node ``{op, cin, cout, groups, k,
 hw_out, hw_in}``, keyed by the ONNX node name or the module's qualified name (the same names the
 backend's per-layer times carry in ``LayerTime.onnx_nodes``).
@@ -17,14 +18,19 @@ from typing import Any
 
 import numpy as np
 
-# torch leaf module type -> the ONNX op it computes (the latency model's op families)
-_TORCH_OPS = {"Conv1d": "Conv", "Conv2d": "Conv", "Conv3d": "Conv", "ConvTranspose2d": "ConvTranspose",
-              "Linear": "Gemm"}
+from rlprune_edge.runtimes import get_runtime
+from rlprune_edge.runtimes.base import MODULE, ONNX_FILE
 
 
 def takes_modules(backend: Any) -> bool:
-    """True when the backend measures ``nn.Module`` objects rather than ONNX files."""
-    return getattr(backend, "takes", "onnx") == "module"
+    """True when the backend measures ``nn.Module`` objects rather than ONNX files: its own ``takes``
+    when it says, else its profile's runtime's ``artifact`` (a board over ssh always takes files)."""
+    takes = getattr(backend, "takes", None)
+    if takes is None:
+        profile = getattr(backend, "profile", None)
+        local = profile is not None and not profile.is_remote
+        takes = get_runtime(profile.runtime.name).artifact if local else ONNX_FILE
+    return takes == MODULE
 
 
 def materialize(backend: Any, model: Any, path: str | Path, input_shape: Sequence[int], batch: int) -> Any:
@@ -49,14 +55,14 @@ def node_dims(artifact: Any, input_shape: Sequence[int] | None = None, batch: in
     return module_node_dims(artifact, shape, batch)
 
 
-def leaf_modules(module: Any) -> list[tuple[str, Any]]:
-    """(qualified name, module) of every module without children: what per-layer torch times cover."""
-    return [(n, m) for n, m in module.named_modules() if n and not list(m.children())]
-
-
 def module_node_dims(module: Any, input_shape: Sequence[int], batch: int = 1) -> dict[str, dict[str, Any]]:
-    """Per leaf module, from one forward pass with hooks; a module called twice keeps its first call."""
+    """Per leaf module, from one forward pass with hooks; a module called twice keeps its first call.
+
+    The shapes give channels and spatial sizes; a layer handler (``layers.Handler.node_dims``) gives
+    what the module itself fixes: the ONNX op a filter bank exports as, its groups and kernel size."""
     import torch
+
+    from rlprune_edge.layers import handler_for, leaf_modules
 
     out: dict[str, dict[str, Any]] = {}
     handles = []
@@ -66,20 +72,14 @@ def module_node_dims(module: Any, input_shape: Sequence[int], batch: int = 1) ->
             if name in out or not inputs or not isinstance(inputs[0], torch.Tensor) or not isinstance(output, torch.Tensor):
                 return
             x, y = inputs[0], output
-            kind = type(mod).__name__
-            op = _TORCH_OPS.get(kind, kind)
-            d: dict[str, Any] = {"op": op, "groups": 1, "k": 1}
+            handler = handler_for(mod)
+            d: dict[str, Any] = {"op": type(mod).__name__, "groups": 1, "k": 1}
             d["cin"] = int(x.shape[1]) if x.dim() > 1 else int(x.numel())
             d["cout"] = int(y.shape[1]) if y.dim() > 1 else int(y.numel())
             d["hw_in"] = int(np.prod(x.shape[2:])) if x.dim() > 2 else 1
             d["hw_out"] = int(np.prod(y.shape[2:])) if y.dim() > 2 else 1
-            if op in ("Conv", "ConvTranspose"):
-                d["groups"] = int(mod.groups)
-                d["k"] = int(np.prod(mod.kernel_size))
-                d["cout"] = int(mod.out_channels)
-            elif op == "Gemm":
-                d["cin"], d["cout"] = int(mod.in_features), int(mod.out_features)
-                d["hw_in"] = d["hw_out"] = 1
+            if handler is not None:  # filter banks fix their op (Conv, ConvTranspose, Gemm), groups, kernel, channels
+                d.update(handler.node_dims(mod))
             out[name] = d
         return record
 

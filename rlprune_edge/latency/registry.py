@@ -1,8 +1,10 @@
-"""Which latency backend measures for a profile: a registry of ``"module:Class"`` names.
+"""Which latency backend measures for a profile.
 
 A profile reached over a connection with its own transport (``kind = "ssh"``) gets that transport's
-backend whatever its runtime; a local profile gets its runtime's backend. Classes are imported when
-a backend is asked for, so this module imports no backend and no backend imports it.
+backend, which runs the board runner with the arguments the profile's runtime gives
+(``Runtime.runner_args``); a local profile gets its runtime plug-in's own backend
+(``Runtime.backend``, :mod:`rlprune_edge.runtimes`). Transport classes are imported when a backend is
+asked for, so this module imports no backend.
 """
 
 from __future__ import annotations
@@ -11,17 +13,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from rlprune_edge.profiles import Profile, load_profile
+from rlprune_edge.runtimes import get_runtime
 
 if TYPE_CHECKING:
-    from rlprune_edge.latency.backend import LatencyBackend
+    from rlprune_edge.runtimes.backend import LatencyBackend
 
-# [runtime] name -> the local backend class
-RUNTIME_BACKENDS: dict[str, str] = {
-    "onnxruntime": "rlprune_edge.latency.onnxruntime:OrtBackend",
-    "tensorrt": "rlprune_edge.latency.tensorrt:TensorRTBackend",
-    "torch": "rlprune_edge.latency.torch_backend:TorchBackend",
-}
-# [connection] kind -> the backend that measures on the other end (any runtime)
+# [connection] kind -> the backend that measures on the other end (any runtime the board runner has)
 CONNECTION_BACKENDS: dict[str, str] = {
     "ssh": "rlprune_edge.latency.remote:RemoteBackend",
 }
@@ -33,13 +30,10 @@ def resolve(spec: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def backend_spec(profile: Profile) -> str:
-    """The ``"module:Class"`` of the backend for a loaded profile."""
-    spec = CONNECTION_BACKENDS.get(profile.connection.kind)
-    return spec or RUNTIME_BACKENDS.get(profile.runtime.name, RUNTIME_BACKENDS["torch"])
-
-
 def get_backend(profile: Profile | str) -> LatencyBackend:
-    """The backend for a profile (name, path or Profile); remote profiles get the ssh backend."""
+    """The backend for a profile (name, path or Profile): the connection's for remote profiles, else the runtime's."""
     p = load_profile(profile) if not isinstance(profile, Profile) else profile
-    return resolve(backend_spec(p))(p)
+    transport = CONNECTION_BACKENDS.get(p.connection.kind)
+    if transport is not None:
+        return resolve(transport)(p)
+    return get_runtime(p.runtime.name).backend(p)

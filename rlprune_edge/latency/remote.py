@@ -1,4 +1,8 @@
-"""Measure on a remote board: the latency-backend protocol over ssh.
+"""Measure on a remote board: the latency-backend protocol over ssh, for any runtime the board runner has.
+
+What the runner is asked to do comes from the profile's runtime plug-in (:mod:`rlprune_edge.runtimes`):
+the ``measure`` flags (``Runtime.runner_args``), the ``build-engine`` flags (``Runtime.engine_args``)
+and how to install a package the board lacks (``Runtime.install_hint``).
 
 The transport (OpenSSH client, option checks, ssh's own failure reasons, retries) is
 :mod:`rlprune_edge.latency.ssh`; the runner folder and each model are copied content-addressed under
@@ -22,12 +26,17 @@ from typing import Any
 
 from rlprune_edge.errors import DeviceError, UserError
 from rlprune_edge.latency import upload
-from rlprune_edge.latency.backend import Measurement, measurements_from_runner, runner_args
-from rlprune_edge.latency.onnxruntime import check_onnx_file, write_tiny_onnx
 from rlprune_edge.latency.remote_cache import ResultCache
 from rlprune_edge.latency.ssh import SshResult, SshTransport, remote_command_expr
 from rlprune_edge.latency.upload import Blob
 from rlprune_edge.profiles import Profile
+from rlprune_edge.runtimes import get_runtime
+from rlprune_edge.runtimes.backend import (
+    Measurement,
+    check_onnx_file,
+    measurements_from_runner,
+    write_tiny_onnx,
+)
 
 MISSING_EXIT = 86  # our remote wrapper: the runner or a model is not on the board yet
 MISSING_MARK = "RLPRUNE_EDGE_MISSING"
@@ -50,6 +59,7 @@ class RemoteBackend:
                 f'profile {profile.name!r}: [connection] needs kind = "ssh" and a destination for a remote board.'
             )
         self.profile = profile
+        self.runtime = get_runtime(profile.runtime.name)
         self.name = f"{profile.runtime.name}@ssh"
         self.ssh = SshTransport(conn, where=f"profile {profile.name!r}: [connection]", ssh_config=ssh_config)
         self.host = self.ssh.host
@@ -180,16 +190,10 @@ class RemoteBackend:
         return doc if isinstance(doc, dict) and "error" in doc else None
 
     def _missing_runtime(self, package: str) -> DeviceError:
-        if package in ("tensorrt", "pycuda", "cuda-python") or self.profile.runtime.name == "tensorrt":
-            how = (
-                f"TensorRT ships with JetPack: `sudo apt install python3-libnvinfer` (and `pip install {package}` "
-                "for pycuda/cuda-python) on the board"
-                if package != "tensorrt"
-                else "TensorRT ships with JetPack: install it on the board with `sudo apt install python3-libnvinfer`"
-            )
-        elif package == "numpy":
+        how = self.runtime.install_hint(package)
+        if how is None and package == "numpy":
             how = "install it on the board with `sudo apt install python3-numpy` (or `pip install numpy`)"
-        else:
+        elif how is None:
             how = f"install it on the board with `pip install {package}` (see devices/README.md)"
         py = self.profile.connection.python
         return DeviceError(
@@ -208,7 +212,7 @@ class RemoteBackend:
         m = self.profile.measure
         w = m.warmup if warmup is None else int(warmup)
         r = m.runs if runs is None else int(runs)
-        return [*runner_args(self.profile), "--warmup", str(w), "--runs", str(r)]
+        return [*self.runtime.runner_args(self.profile), "--warmup", str(w), "--runs", str(r)]
 
     def _model_blob(self, onnx_path: str | os.PathLike) -> Blob:
         return upload.blob(check_onnx_file(onnx_path))
@@ -289,18 +293,16 @@ class RemoteBackend:
         precision: str,
         calib: str | os.PathLike | None = None,
     ) -> dict[str, Any]:
-        """Build a TensorRT engine on the board (``runner.py build-engine``) and bring it back to `out_path`.
+        """Build an engine on the board (``runner.py build-engine``, TensorRT) and bring it back to `out_path`.
 
         Returns the runner's build report (TensorRT version, GPU, ...) plus ``engine`` (the local
         path) and ``built_on`` (the host). `calib` is an optional calibration file copied along.
         """
         blobs = [upload.blob(onnx_path)]
-        rt, inp = self.profile.runtime, self.profile.input
+        inp = self.profile.input
         engine_rel = f"engines/{blobs[0].sha256[:32]}-{precision}-{self.runner_id}.engine"
         args = ["build-engine", "--onnx", "{blob:0}", "--out", f"{{path:{engine_rel}}}", "--precision", precision]
-        args += ["--workspace-mb", str(rt.workspace_mb)]
-        if rt.timing_cache:
-            args += ["--timing-cache", rt.timing_cache]
+        args += self.runtime.engine_args(self.profile.runtime, local=False)
         if inp.shape:
             args += ["--batch", str(inp.batch), "--shape", ",".join(map(str, inp.shape))]
         if calib is not None:

@@ -254,15 +254,15 @@ def follower_groups(model: object, example_inputs: object, groups: Sequence[obje
     fraction. The producer is the group whose channels the follower's layer consumes.
     """
     import torch
-    from torch import nn
 
     from rlprune_edge.graph import IN
+    from rlprune_edge.layers import handler_for
 
     model = model  # type: ignore[assignment]
     spatial: dict[str, tuple[int, ...]] = {}
     hooks = []
     for name, mod in model.named_modules():  # type: ignore[attr-defined]
-        if isinstance(mod, nn.modules.conv._ConvNd):
+        if getattr(handler_for(mod), "spatial", False):  # a conv: records the spatial size it sees
             hooks.append(mod.register_forward_hook(
                 lambda _m, inp, _o, name=name: spatial.__setitem__(name, tuple(inp[0].shape[2:]))))
     try:

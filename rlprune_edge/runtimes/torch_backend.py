@@ -1,7 +1,7 @@
-"""Torch backend: an ``nn.Module`` timed in PyTorch on the CPU, or on a CUDA GPU as graph replay.
+"""PyTorch: its profile options and its backend, an ``nn.Module`` timed on the CPU or as CUDA graph replay.
 
-It measures modules, not files (``takes = "module"``; ``artifacts.materialize`` hands it a copy of
-the model). On CUDA the default is what a GPU deployment runs: the forward pass captured once as a
+It measures modules, not files (``Torch.artifact = MODULE``; ``latency.artifacts.materialize`` hands
+it a copy of the model), on this machine only (the board runner has no torch). On CUDA the default is what a GPU deployment runs: the forward pass captured once as a
 CUDA graph and replayed (``[runtime] cuda_graphs = true``); eager launches are launch-bound for
 small CNNs at batch 1 (measured on an H100: 1.05 ms at any width) and hide what pruning does.
 ``cuda_graphs = false`` times eager launches.
@@ -27,9 +27,9 @@ import numpy as np
 
 from rlprune_edge.board import protocol
 from rlprune_edge.errors import DeviceError, UserError
-from rlprune_edge.latency.artifacts import leaf_modules
-from rlprune_edge.latency.backend import LayerTime, Measurement
-from rlprune_edge.profiles import Profile
+from rlprune_edge.limits import MAX_THREADS
+from rlprune_edge.runtimes.backend import LayerTime, Measurement
+from rlprune_edge.runtimes.base import FP32_GRAPH, MODULE, Option, Runtime
 
 DEFAULT_INPUT_SHAPE = (3, 32, 32)
 PER_LAYER_CUDA_RUNS = 50
@@ -39,14 +39,13 @@ class TorchBackend:
     """Latency of an nn.Module in PyTorch on the profile's device (CPU, or CUDA graph replay)."""
 
     name = "torch"
-    takes = "module"
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Any) -> None:
         import torch
 
         self.profile = profile
         self.device = profile.runtime.device
-        self.graphs = bool(getattr(profile.runtime, "cuda_graphs", True)) and self.device == "cuda"
+        self.graphs = bool(profile.runtime.cuda_graphs) and self.device == "cuda"
         self._cycles_per_ms: float | None = None  # torch.cuda._sleep calibration
         self._event_cost: float | None = None  # GPU ms one timing event costs (per-layer correction)
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -188,6 +187,8 @@ class TorchBackend:
         end-to-end time (ms): of the same hooked runs on the CPU; on CUDA of unhooked runs interleaved
         with them, and each event's own GPU cost (measured) is taken off the layer times."""
         import torch
+
+        from rlprune_edge.layers import leaf_modules
 
         cuda = self.device == "cuda"
         stamps: list[tuple[str, str, Any]] = []
@@ -356,3 +357,28 @@ def _run_times(stamps: list[tuple[str, str, Any]], t0: Any, elapsed
         calls[name] = calls.get(name, 0) + 1
         last_end = t
     return own, wall, calls
+
+
+class Torch(Runtime):
+    """PyTorch on this machine: eager on the CPU, CUDA graph replay (or eager launches) on a GPU."""
+
+    name = "torch"
+    label = "PyTorch"
+    options = (
+        Option("device", "cpu", choices=("cpu", "cuda")),
+        Option("threads", 0, non_negative=True, at_most=MAX_THREADS, help="intra-op threads on the CPU, 0 = torch's"),
+        Option("cuda_graphs", True, help="on cuda: time CUDA graph replay (false: eager launches)"),
+    )
+    precisions = ("fp32", "fp16")
+    artifact = MODULE
+    bundles = {"fp32": FP32_GRAPH}
+    cpu_hint = "torch on cpu"
+
+    def on_host_cpu(self, runtime: Any) -> bool:
+        return runtime.device == "cpu"
+
+    def backend(self, profile: Any) -> TorchBackend:
+        return TorchBackend(profile)
+
+
+RUNTIME = Torch()

@@ -1,9 +1,10 @@
 """The latency backend interface: one `Measurement` shape for every runtime, local or remote.
 
-This module imports no backend. ``rlprune_edge.latency.registry.get_backend(profile)`` returns the
-backend a profile names: ONNX Runtime, TensorRT or torch on this machine, or
-``rlprune_edge.latency.remote.RemoteBackend`` when the profile's connection is ssh. Local backends
-run the same board code (``rlprune_edge.board``) the remote runner runs.
+Every runtime plug-in (:mod:`rlprune_edge.runtimes`) builds a backend with this interface for a
+profile on this machine; a profile reached over ssh gets ``rlprune_edge.latency.remote.RemoteBackend``,
+which runs the board runner with the arguments its runtime gives. ``rlprune_edge.latency.registry
+.get_backend(profile)`` picks one. The shared helpers of file backends live here too: checking that a
+path is an ONNX file, and the tiny ONNX model self-tests time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from rlprune_edge.errors import DeviceError, UserError
-from rlprune_edge.profiles import Profile
+from rlprune_edge.fsutil import atomic_path
+from rlprune_edge.limits import require_regular_file
 
 
 @dataclass
@@ -104,16 +106,17 @@ def measurements_from_runner(doc: Any) -> list[Measurement]:
 
 @runtime_checkable
 class LatencyBackend(Protocol):
-    """What every backend (local or remote) provides."""
+    """What every backend (local or remote) provides. `model` is what the runtime measures: an ONNX
+    path for file runtimes, an ``nn.Module`` for module runtimes (``Runtime.artifact``)."""
 
     name: str
-    profile: Profile
+    profile: Any
 
-    def measure(self, onnx_path: str | Path, *, warmup: int, runs: int, per_layer: bool = False) -> Measurement:
+    def measure(self, model: Any, *, warmup: int, runs: int, per_layer: bool = False) -> Measurement:
         """Warm up, time `runs` inferences, optionally per-layer times."""
         ...
 
-    def compare(self, onnx_paths: list[str | Path], *, blocks: int, warmup: int, runs: int) -> list[Measurement]:
+    def compare(self, models: list[Any], *, blocks: int, warmup: int, runs: int) -> list[Measurement]:
         """Measure models in interleaved blocks in one window; each result's ``ratio`` is vs the first."""
         ...
 
@@ -122,35 +125,7 @@ class LatencyBackend(Protocol):
         ...
 
 
-def board_options(profile: Profile) -> dict[str, Any]:
-    """The runner's option dict for a profile's runtime."""
-    rt = profile.runtime
-    if rt.name == "onnxruntime":
-        return {"provider": rt.provider, "threads": rt.threads, "inter_op_threads": rt.inter_op_threads,
-                "graph_optimization": rt.graph_optimization}
-    if rt.name == "tensorrt":
-        return {"precision": rt.precision, "workspace_mb": rt.workspace_mb, "timing_cache": rt.timing_cache}
-    return {"device": rt.device, "precision": rt.precision, "threads": rt.threads}
-
-
-def runner_args(profile: Profile) -> list[str]:
-    """Command-line options for ``runner.py measure`` that carry the profile's runtime and input settings."""
-    rt = profile.runtime
-    args = ["--runtime", rt.name, "--precision", rt.precision]
-    if rt.name == "onnxruntime":
-        args += ["--provider", rt.provider, "--threads", str(rt.threads), "--inter-op-threads",
-                 str(rt.inter_op_threads), "--graph-optimization", rt.graph_optimization]
-    elif rt.name == "tensorrt":
-        args += ["--workspace-mb", str(rt.workspace_mb)]
-        if rt.timing_cache:
-            args += ["--timing-cache", rt.timing_cache]
-    args += ["--batch", str(profile.input.batch)]
-    if profile.input.shape:
-        args += ["--shape", ",".join(str(d) for d in profile.input.shape)]
-    return args
-
-
-def board_error_to_user(exc: Exception, profile: Profile, where: str = "this machine") -> UserError:
+def board_error_to_user(exc: Exception, profile: Any, where: str = "this machine") -> UserError:
     """Convert a runner BoardError into a one-sentence UserError/DeviceError."""
     kind = getattr(exc, "kind", "")
     message = getattr(exc, "message", str(exc))
@@ -160,3 +135,43 @@ def board_error_to_user(exc: Exception, profile: Profile, where: str = "this mac
     if kind == "dynamic_shape":
         return UserError(f"{message.rstrip('.')}; add `shape = [C, H, W]` under [input] in profile {profile.name}.")
     return UserError(f"profile {profile.name}: {message}.")
+
+
+def check_onnx_file(path: str | Path) -> Path:
+    """A UserError unless `path` is an existing ONNX file."""
+    p = require_regular_file(path, "model file", "give the path of an .onnx file.")
+    with p.open("rb") as fh:
+        head = fh.read(64)
+    # ONNX ModelProto starts with field 1 (ir_version, varint) -> tag byte 0x08
+    if not head or head[0] != 0x08:
+        raise UserError(f"{p} is not an ONNX model (export one with `rlprune-edge export` or torch.onnx.export).")
+    return p
+
+
+def write_tiny_onnx(path: str | Path, channels: int = 8, size: int = 16) -> Path:
+    """A tiny Conv+Relu+GlobalAveragePool model built with onnx.helper (for smoke tests)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(channels, np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["output"], name="gap"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, 1, 1])],
+        [w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    with atomic_path(path, suffix=".onnx") as tmp:
+        onnx.save(model, str(tmp))
+    return path

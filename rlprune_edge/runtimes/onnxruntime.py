@@ -1,4 +1,8 @@
-"""ONNX Runtime backend on this machine: runs the board's ort_measure in-process."""
+"""ONNX Runtime: its profile options and its backend on this machine (the board's ort_measure, in-process).
+
+On a board over ssh the same ``ort_measure`` runs under ``runner.py measure`` with the flags
+:meth:`OnnxRuntime.runner_args` gives. INT8 bundles are QDQ graphs (``quantize.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from rlprune_edge.board import ort_measure, protocol
-from rlprune_edge.errors import DeviceError, UserError
-from rlprune_edge.fsutil import atomic_path
-from rlprune_edge.latency.backend import (
+from rlprune_edge.limits import MAX_THREADS
+from rlprune_edge.runtimes.backend import (
     Measurement,
     board_error_to_user,
-    board_options,
+    check_onnx_file,
     measurements_from_runner,
+    write_tiny_onnx,
 )
-from rlprune_edge.limits import require_regular_file
-from rlprune_edge.profiles import Profile
+from rlprune_edge.runtimes.base import FP32_GRAPH, QDQ_INT8, Option, Runtime
 
-
-def check_onnx_file(path: str | Path) -> Path:
-    """A UserError unless `path` is an existing ONNX file."""
-    p = require_regular_file(path, "model file", "give the path of an .onnx file.")
-    with p.open("rb") as fh:
-        head = fh.read(64)
-    # ONNX ModelProto starts with field 1 (ir_version, varint) -> tag byte 0x08
-    if not head or head[0] != 0x08:
-        raise UserError(f"{p} is not an ONNX model (export one with `rlprune-edge export` or torch.onnx.export).")
-    return p
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 class OrtBackend:
@@ -36,13 +30,13 @@ class OrtBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Any) -> None:
         self.profile = profile
         try:
             ort_measure.import_ort()
         except protocol.BoardError as exc:
             raise board_error_to_user(exc, profile) from None
-        self._opts = board_options(profile)
+        self._opts = RUNTIME.board_options(profile.runtime)
         self._batch = profile.input.batch
         self._shape = list(profile.input.shape) or None
 
@@ -96,33 +90,29 @@ class OrtBackend:
                 "smoke_median_ms": m.median_ms}
 
 
-def write_tiny_onnx(path: str | Path, channels: int = 8, size: int = 16) -> Path:
-    """A tiny Conv+Relu+GlobalAveragePool model built with onnx.helper (for smoke tests)."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+class OnnxRuntime(Runtime):
+    """ONNX Runtime with an execution provider (CPU by default), locally or on a board."""
 
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((channels, 3, 3, 3)).astype(np.float32), "w")
-    b = numpy_helper.from_array(np.zeros(channels, np.float32), "b")
-    nodes = [
-        helper.make_node("Conv", ["input", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
-        helper.make_node("GlobalAveragePool", ["r"], ["output"], name="gap"),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, 1, 1])],
-        [w, b],
+    name = "onnxruntime"
+    options = (
+        Option("provider", CPU_PROVIDER, help="execution provider"),
+        Option("threads", 0, non_negative=True, at_most=MAX_THREADS, help="intra-op threads, 0 = runtime default"),
+        Option("inter_op_threads", 1, non_negative=True, at_most=MAX_THREADS),
+        Option("graph_optimization", "all", choices=("disable", "basic", "extended", "all")),
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(path)
-    with atomic_path(path, suffix=".onnx") as tmp:
-        onnx.save(model, str(tmp))
-    return path
+    precisions = ("fp32", "int8")  # int8: the bundle is a QDQ graph
+    on_board = True
+    bundles = {"fp32": FP32_GRAPH, "int8": QDQ_INT8}
+    cpu_hint = f"onnxruntime with {CPU_PROVIDER}"
+
+    def on_host_cpu(self, runtime: Any) -> bool:
+        return runtime.provider == CPU_PROVIDER
+
+    def board_options(self, runtime: Any) -> dict[str, Any]:
+        return dict(runtime.options)  # ort_measure takes no precision: the graph's own types run
+
+    def backend(self, profile: Any) -> OrtBackend:
+        return OrtBackend(profile)
 
 
-__all__ = ["OrtBackend", "check_onnx_file", "write_tiny_onnx", "DeviceError"]
+RUNTIME = OnnxRuntime()
