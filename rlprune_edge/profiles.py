@@ -21,13 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.limits import (
-    MAX_BLOCKS,
-    MAX_PROFILE_BYTES,
-    MAX_RUNS,
-    MAX_TIMEOUT_S,
-    path_problem,
-)
+from rlprune_edge.limits import MAX_BLOCKS, MAX_PROFILE_BYTES, MAX_RUNS, MAX_TIMEOUT_S, path_problem
 from rlprune_edge.runtimes import get_runtime, runtime_names
 from rlprune_edge.runtimes.base import Option
 
@@ -94,14 +88,20 @@ class PruningSpec:
 class MeasureSpec:
     """Measurement protocol: warm-up runs, timed runs, interleaved blocks for comparisons.
 
-    ``rounds``: separate windows a latency-model fit or check spreads each model's runs over
-    (median over windows), so slow machine drift averages out instead of landing on one variant.
+    ``rounds``: windows a latency-model fit or check spreads each model's runs over (drift averages
+    out). ``decision_*``: a measurement that decides (a plan's fit, a final's ratio) takes at least
+    ``decision_runs`` runs over ``decision_windows`` windows, in ``decision_sessions`` sessions
+    ``decision_pause_s`` apart (:func:`rlprune_edge.latency.campaign.robust_ratios`).
     """
 
     warmup: int = 20
     runs: int = 100
     blocks: int = 5
     rounds: int = 1
+    decision_runs: int = 1200
+    decision_windows: int = 5
+    decision_sessions: int = 3
+    decision_pause_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,7 @@ _ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
 
 _NON_NEGATIVE = {
     ("measure", "warmup"),
+    ("measure", "decision_pause_s"),
     ("connection", "port"),
 }
 _POSITIVE = {
@@ -180,6 +181,9 @@ _POSITIVE = {
     ("measure", "runs"),
     ("measure", "blocks"),
     ("measure", "rounds"),
+    ("measure", "decision_runs"),
+    ("measure", "decision_windows"),
+    ("measure", "decision_sessions"),
     ("connection", "connect_timeout_s"),
     ("connection", "command_timeout_s"),
 }
@@ -191,6 +195,10 @@ _AT_MOST: dict[tuple[str, str], int] = {
     ("measure", "runs"): MAX_RUNS,
     ("measure", "blocks"): MAX_BLOCKS,
     ("measure", "rounds"): MAX_BLOCKS,
+    ("measure", "decision_runs"): MAX_RUNS,
+    ("measure", "decision_windows"): MAX_BLOCKS,
+    ("measure", "decision_sessions"): MAX_BLOCKS,
+    ("measure", "decision_pause_s"): MAX_TIMEOUT_S,
     ("connection", "port"): 65_535,
     ("connection", "connect_timeout_s"): MAX_TIMEOUT_S,
     ("connection", "command_timeout_s"): MAX_TIMEOUT_S,

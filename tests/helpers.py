@@ -38,7 +38,8 @@ def randomize_bn(model, seed: int):
 def tiny_profile(name: str, runtime: str = 'name = "onnxruntime"\nprovider = "CPUExecutionProvider"') -> str:
     """A test profile's TOML: `runtime` lines, one thread, channel multiple 2, a few short runs."""
     return (f'name = "{name}"\ndescription = "test profile: few runs"\n[runtime]\n{runtime}\nthreads = 1\n'
-            "[pruning]\nchannel_multiple = 2\n[measure]\nwarmup = 2\nruns = 8\nblocks = 2\n")
+            "[pruning]\nchannel_multiple = 2\n[measure]\nwarmup = 2\nruns = 8\nblocks = 2\n"
+            "decision_runs = 32\ndecision_windows = 2\ndecision_sessions = 2\ndecision_pause_s = 0\n")
 
 
 

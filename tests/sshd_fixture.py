@@ -66,6 +66,10 @@ graph_optimization = "all"
 warmup = {warmup}
 runs = {runs}
 blocks = {blocks}
+decision_runs = 32
+decision_windows = 2
+decision_sessions = 2
+decision_pause_s = 0
 
 [connection]
 kind = "ssh"

@@ -172,8 +172,9 @@ def test_uniform_search_with_a_latency_target_measures_and_reports(env):
     assert rep["measured_ratio"] > 0 and "windows" in rep["latency_statistic"]
     # every latency decision says how many of its sessions ran at the steady speed
     steady = rep["steady_speed"]
-    assert steady["used_sessions"] >= 1 and steady["sessions"] >= 3 and steady["reference_dense_ms"] > 0
-    assert all("steady" in m and m["steady"]["sessions"] >= 3 for m in s["measurements"])
+    sessions = 2  # the test profile's [measure] decision_sessions (helpers.tiny_profile)
+    assert steady["used_sessions"] >= 1 and steady["sessions"] >= sessions and steady["reference_dense_ms"] > 0
+    assert all("steady" in m and m["steady"]["sessions"] >= sessions for m in s["measurements"])
 
 
 def _free_port() -> int:

@@ -34,6 +34,7 @@ from rlprune_edge.latency.model import (
 from rlprune_edge.latency.slots import WEIGHTED, slot_times
 from rlprune_edge.latency.steady import SteadyGate
 from rlprune_edge.limits import MAX_RUNS, MAX_VARIANTS, check_count
+from rlprune_edge.profiles import MeasureSpec
 
 
 def interleave_blocks(profile: Any, runs: int) -> int:
@@ -56,7 +57,9 @@ def decision_protocol(profile: Any) -> tuple[int, int]:
     model here (100 runs a window); four times the runs over at least 5 windows costs seconds on
     sub-millisecond models and narrows that to the few-percent interleaved-ratio noise.
     """
-    return max(4 * int(profile.measure.runs), 1200), max(5, profile_rounds(profile))
+    measure = profile.measure
+    return (max(4 * int(measure.runs), int(getattr(measure, "decision_runs", MeasureSpec.decision_runs))),
+            max(int(getattr(measure, "decision_windows", MeasureSpec.decision_windows)), profile_rounds(profile)))
 
 
 LOW_QUANTILE = 20  # percentile of the timing samples used for latency ratios (see robust_compare)
@@ -90,7 +93,7 @@ def robust_compare(backend: Any, paths: Sequence[Any], profile: Any, tries: int 
 
 
 def robust_ratios(backend: Any, profile: Any, dense_path: Any, paths: Sequence[Any], *,
-                  sessions: int = 3, pause_s: float = 0.25,
+                  sessions: int | None = None, pause_s: float | None = None,
                   gate: SteadyGate | None = None) -> tuple[list[float], float, list[list[float]]]:
     """Each model's latency ratio to dense: the median over `sessions` decision-protocol measurements.
 
@@ -107,6 +110,11 @@ def robust_ratios(backend: Any, profile: Any, dense_path: Any, paths: Sequence[A
     used, per-session ratios of the sessions used).
     """
     runs, windows = decision_protocol(profile)
+    measure = profile.measure
+    if sessions is None:
+        sessions = int(getattr(measure, "decision_sessions", MeasureSpec.decision_sessions))
+    if pause_s is None:
+        pause_s = float(getattr(measure, "decision_pause_s", MeasureSpec.decision_pause_s))
     per: list[list[float]] = []
     dense: list[float] = []
     wanted = max(1, sessions)
@@ -114,7 +122,7 @@ def robust_ratios(backend: Any, profile: Any, dense_path: Any, paths: Sequence[A
     for i in range(budget):
         if i >= wanted and (gate is None or sum(gate.steady(d) for d in dense) >= wanted):
             break
-        wait = pause_s if i < wanted or gate is None else max(pause_s, gate.pause_s)
+        wait = pause_s if i < wanted or gate is None or pause_s == 0 else max(pause_s, gate.pause_s)
         if i and wait > 0:
             time.sleep(wait)
         r, d, _ = ratios_over_windows(backend, profile, dense_path, paths, runs=runs,
