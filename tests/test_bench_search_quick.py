@@ -25,7 +25,7 @@ def test_quick_run_fills_every_method_and_the_section(tmp_path, monkeypatch):
     profile.write_text(tiny_profile("tiny-bench"))
     (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n\nolder text\n")
     args = ["--quick", "--models", "vgg11:0.125", "--seeds", "0", "--levels", "moderate", "--work", str(tmp_path),
-            "--profile", str(profile)]
+            "--profile", str(profile), "--threads", "1"]
     assert mod.main(args) == 0
     first = json.loads((tmp_path / "benchmarks" / "search_results.json").read_text())
     assert mod.main([*args, "--redo", "/plan$"]) == 0  # the plan search alone again

@@ -336,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run of the workflow: tiny training, short searches, "
                    "1 KD epoch of 512 images, a 4-variant latency model, 3 bisection steps for Torch-Pruning, "
                    "common measurements in 2 sessions 0.5 s apart (its figures mean nothing)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for training, search and KD (default 2: "
+                   "the recorded runs; latency is measured with the profile's own threads)")
     p.add_argument("--profile", default=DEFAULT_PROFILE,
                    help=f"device profile every method is measured on (default {DEFAULT_PROFILE}; the recorded tables are host-cpu)")
     p.add_argument("--work", default=str(ROOT), help="where benchmarks/ and BENCHMARKS.md are (default: the repository)")
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     path = work / "benchmarks" / "search_results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = json.loads(path.read_text()) if path.exists() else {"version": 1, "models": {}, "log": []}
