@@ -124,6 +124,16 @@ def _kd_epoch(module: nn.Module, teacher: nn.Module, batches: Iterable, opt: Any
     return total, n
 
 
+def _end_epoch(bar: Any, summary: str) -> None:
+    """Close an epoch's progress: in a log its summary line is the epoch's one line; a terminal bar erases
+    itself, so the epoch's result is printed after it."""
+    from rlprune_edge.progress import is_terminal
+
+    bar.close()
+    if is_terminal():
+        print(f"{summary} ({bar.format_dict.get('elapsed', 0.0):.0f}s)", file=sys.stderr)
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -175,7 +185,7 @@ def distill(
             batches: Iterable = loader
             bar = None
             if show:
-                from rlprune_edge.progress import is_terminal, progress_bar
+                from rlprune_edge.progress import progress_bar
 
                 bar = progress_bar(loader, total=_num_batches(loader), desc=f"distill {epoch + 1}/{config.epochs}",
                                    unit="batch")
@@ -184,10 +194,7 @@ def distill(
                 batches = _with_logits(batches, teacher_logits)
             total, n = _kd_epoch(module, teacher, batches, opt, sched, config, device, (rank, world), bar, fmt)
             if bar is not None:
-                bar.close()  # in a log that is the epoch's one line; a terminal bar erases itself, so say it
-            if bar is not None and is_terminal():
-                print(f"distill epoch {epoch + 1}/{config.epochs}: loss {total / max(1, n):.4f} "
-                      f"({bar.format_dict.get('elapsed', 0.0):.0f}s)", file=sys.stderr)
+                _end_epoch(bar, f"distill epoch {epoch + 1}/{config.epochs}: loss {total / max(1, n):.4f}")
         if world > 1:  # running BN stats were updated locally by the last forward: take rank 0's
             with torch.no_grad():
                 for buf in student.buffers():
