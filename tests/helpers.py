@@ -70,3 +70,14 @@ def fake_latency_model(tmp_path, monkeypatch, model, x):
     backend = FakeBackend()
     lm = cache.get_or_fit(model, x, groups, backend, load_profile("host-cpu"), n_variants=3, seed=0, runs=2)
     return lm, backend, groups
+
+
+def one_line_error(capture) -> str:
+    """The one stderr line a refused command printed (`capture`: capsys, or capfd for a runtime's own
+    log lines); fails on a traceback, an "unexpected failure" or more than one line."""
+    err = capture.readouterr().err
+    assert "Traceback" not in err, err
+    assert "unexpected failure" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]

@@ -26,6 +26,9 @@ import torch
 from rlprune_edge.cli import main
 from rlprune_edge.models import build_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import one_line_error as _one_line_error  # noqa: E402
+
 LOCAL_PROFILE = 'name = "bounds"\n[runtime]\nname = "onnxruntime"\n'
 CLI = [sys.executable, "-m", "rlprune_edge"]
 
@@ -45,16 +48,6 @@ def deadline():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, before)
-
-
-def _one_line_error(capfd) -> str:
-    """The single stderr line (fd-level, so a runtime's C++ log line counts too)."""
-    err = capfd.readouterr().err
-    assert "Traceback" not in err, err
-    assert "unexpected failure" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ it proves in docs/robustness.md.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +18,11 @@ import torch
 from rlprune_edge.checkpoint import resolve_model, save_checkpoint
 from rlprune_edge.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import one_line_error as _one_line_error  # noqa: E402
+
 LOCAL_PROFILE = 'name = "hostile"\n[runtime]\nname = "onnxruntime"\n'
 SSH_PROFILE = LOCAL_PROFILE + '[connection]\nkind = "ssh"\ndestination = "board.invalid"\n'
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    assert "unexpected failure" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _profile(tmp_path: Path, body: str, name: str = "p.toml") -> Path:

@@ -20,6 +20,7 @@ from rlprune_edge.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import needs_fashion_mnist  # noqa: E402
+from helpers import one_line_error as _one_line_error  # noqa: E402
 from helpers import tiny_profile  # noqa: E402
 
 VICTIM = b"the user's precious file\n"
@@ -28,14 +29,6 @@ TINY_COMPRESS = [*ARCH, "--latency-variants", "2", "--kd-images", "128", "--pare
                  "--test-images", "200", "--no-bundle", "--quiet", "--probe-batches", "2", "--screen-batches", "1",
                  "--select-size", "64", "--confirm-size", "64", "--per-round", "2", "--candidates", "2",
                  "--kd-epochs", "1", "--device", "cpu"]
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "unexpected failure" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:
