@@ -23,6 +23,7 @@ from torch import nn
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.graph_rules import (
+    CROSS_COUPLED_REASON,
     PROBLEM_ATTR,
     SafeDependencyGraph,
     channel_blocks,
@@ -177,6 +178,7 @@ class _RawItem:
     handler: object
     idxs: list[int]
     root_idxs: list[int]
+    conflict: bool = False  # one of its channels follows two different group channels
 
 
 def _coupled(dg: tp.DependencyGraph, module: nn.Module, pruning_fn: object, channels: int) -> list[_RawItem]:
@@ -212,12 +214,15 @@ def _coupled(dg: tp.DependencyGraph, module: nn.Module, pruning_fn: object, chan
             if not getattr(dep.target, PROBLEM_ATTR, None):  # a channel shuffle: the group ends (refused) here
                 stack.append((dep.target, dep.handler, new))
     merged: dict[tuple[tp.Node, object], dict[int, int]] = {}
+    conflicts: set[tuple[tp.Node, object]] = set()
     for node, fn, idxs in items:
         slot = merged.setdefault((node, fn), {})
         for h in idxs:
-            slot.setdefault(h.idx, h.root_idx)
+            if slot.setdefault(h.idx, h.root_idx) != h.root_idx:
+                conflicts.add((node, fn))
     return [
-        _RawItem(node=node, handler=fn, idxs=list(slot), root_idxs=list(slot.values()))
+        _RawItem(node=node, handler=fn, idxs=list(slot), root_idxs=list(slot.values()),
+                 conflict=(node, fn) in conflicts)
         for (node, fn), slot in merged.items()
     ]
 
@@ -305,7 +310,8 @@ def _members(raw: list, dg: Any, names: dict, out_fns: set) -> tuple[list[Member
             produces_output = True
         if _is_root(module):
             (in_layers if kind == IN else out_layers).append(mname)
-        problem = module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
+        problem = (module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
+                   or (CROSS_COUPLED_REASON.format(mname) if item.conflict else None))
         if problem:
             problems.append(problem)
             continue

@@ -44,6 +44,10 @@ REDUCTIONS = frozenset({"Mean", "Sum", "Amax", "Amin"})
 SHUFFLE_REASON = "channels pass through a channel shuffle (view/transpose), which pruning would scramble"
 SPLIT_REASON = "channels pass through a channel split (chunk/split), whose sizes are fixed in the model code"
 SLICE_REASON = "channels pass through a channel slice (x[:, a:b]), whose bounds are fixed in the model code"
+CROSS_COUPLED_REASON = (
+    "channels of {} follow two different channels of this group (e.g. a concat of a layer with its own "
+    "depthwise copy, GhostNet's cheap operation): removing one without the other would misalign them"
+)
 
 
 def grad_fn_name(grad_fn: object) -> str:
@@ -213,6 +217,46 @@ def _near_transpose(node: tp.Node, hops: int = 3) -> bool:
     return False
 
 
+BATCH_NORM_OPS = frozenset({"NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"})
+
+
+def _same_storage(saved: object, tensor: object) -> bool:
+    return (isinstance(saved, torch.Tensor) and isinstance(tensor, torch.Tensor) and saved.numel() > 0
+            and saved.data_ptr() == tensor.data_ptr() and saved.shape == tensor.shape)
+
+
+def _norm_of_module(node: tp.Node, hops: int = 4) -> nn.Module | None:
+    """The BatchNorm module whose own per-channel tensors a batch_norm op node uses, or None.
+
+    A BatchNorm subclass that also applies an activation or dropout (timm's ``BatchNormAct2d``) calls
+    ``F.batch_norm`` itself; Torch-Pruning then sees the module's node at its last op (the activation)
+    and the batch_norm as a separate op. That op is per-channel and its weight/bias/running stats are
+    shrunk with the module when the batch_norm saved exactly that module's tensors and the module's
+    node follows it through a chain of single ops (each of which is checked on its own) and the
+    module's own last op (the one its node stands for) is known to keep channel i in channel i. Anything
+    else (a functional batch_norm on tensors of no module) is left to the usual refusal.
+    """
+    grad_fn = node.grad_fn
+    saved = [getattr(grad_fn, f"_saved_{a}", None) for a in ("weight", "running_mean")]
+    cur = node
+    for _ in range(hops):
+        if len(cur.outputs) != 1:
+            return None
+        cur = cur.outputs[0]
+        module = cur.module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = (getattr(module, "weight", None), getattr(module, "running_mean", None))
+            ok = any(s is not None and o is not None for s, o in zip(saved, own, strict=True)) and all(
+                _same_storage(s, o) for s, o in zip(saved, own, strict=True) if s is not None or o is not None
+            )
+            # the module's node stands for its last op (the activation): that op must keep channels too
+            last = grad_fn_name(cur.grad_fn)
+            return module if ok and (last in BATCH_NORM_OPS or last in CHANNEL_PRESERVING_OPS) else None
+        if cur.type != tp.ops.OPTYPE.ELEMENTWISE:  # another module or a concat/split/reshape: not ours
+            return None
+    return None
+
+
 class SafeDependencyGraph(tp.DependencyGraph):
     """Torch-Pruning's graph with reshapes sorted before index maps are derived from them.
 
@@ -231,6 +275,10 @@ class SafeDependencyGraph(tp.DependencyGraph):
                 setattr(node, PROBLEM_ATTR, SPLIT_REASON)
             elif node.type == tp.ops.OPTYPE.SLICE and _channel_dim_op(node.grad_fn):
                 setattr(node, PROBLEM_ATTR, SLICE_REASON)
+        for node in module2node.values():  # the batch_norm inside a norm-act module (timm's BatchNormAct2d)
+            if node.type == tp.ops.OPTYPE.ELEMENTWISE and grad_fn_name(node.grad_fn) in BATCH_NORM_OPS:
+                if _norm_of_module(node) is not None:
+                    setattr(node, IDENTITY_ATTR, True)
         reshapes = [n for n in module2node.values() if n.type == tp.ops.OPTYPE.RESHAPE]
         for node in reshapes:
             verdict = classify_reshape(node.grad_fn)

@@ -35,6 +35,26 @@ def randomize_bn(model, seed: int):
     return model
 
 
+def param_count(model) -> int:
+    """Number of parameters of `model`."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def ort_relative_error(model, x: torch.Tensor, path) -> float:
+    """max |ORT - torch| / max |torch| on `x` for the model exported by rlprune_edge.onnx_io."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from rlprune_edge.onnx_io import export_onnx
+
+    onnx_path = export_onnx(model, path, tuple(x.shape[1:]))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+
+
 def tiny_profile(name: str, runtime: str = 'name = "onnxruntime"\nprovider = "CPUExecutionProvider"') -> str:
     """A test profile's TOML: `runtime` lines, one thread, channel multiple 2, a few short runs."""
     return (f'name = "{name}"\ndescription = "test profile: few runs"\n[runtime]\n{runtime}\nthreads = 1\n'

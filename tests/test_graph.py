@@ -286,3 +286,78 @@ def test_walk_matches_torch_pruning_get_pruning_group(name: str) -> None:
         assert sorted(key(i.node, i.handler, i.idxs, i.root_idxs) for i in raw) == sorted(
             key(it.dep.target, it.dep.handler, it.idxs, it.root_idxs) for it in ref
         )
+
+
+class _NormAct(nn.BatchNorm2d):
+    """A BatchNorm2d subclass that calls F.batch_norm and an activation itself (like timm's BatchNormAct2d)."""
+
+    def __init__(self, n: int, act: nn.Module) -> None:
+        super().__init__(n)
+        self.drop, self.act = nn.Identity(), act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                     self.training, self.momentum, self.eps)
+        return self.act(self.drop(x))
+
+
+class _ChannelMix(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(1)
+
+
+def _norm_act_net(act: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), _NormAct(8, act), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.LazyLinear(3))
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(inplace=True), nn.SiLU(), nn.Hardswish(), nn.ReLU6(), nn.Identity()])
+def test_batchnorm_subclass_with_activation_is_a_batchnorm(act: nn.Module) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    model = _norm_act_net(act)
+    model(x)
+    model.eval()
+    group = _by_name(prunable_groups(model, x))["0"]
+    assert group.prunable, group.reason
+    assert ("1", OUT) in group.members
+    pruned = prune(model, x, keep={"0": 5}, importance="l1")
+    assert pruned[1].num_features == 5 and pruned[1].running_mean.shape == (5,)
+    with torch.no_grad():
+        assert pruned(x).shape == (1, 3)
+
+
+def test_batchnorm_subclass_with_channel_mixing_activation_is_refused() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    model = _norm_act_net(_ChannelMix())
+    model(x)
+    group = _by_name(prunable_groups(model.eval(), x))["0"]
+    assert not group.prunable and "may mix or reorder channels" in group.reason
+
+
+class _Ghost(nn.Module):
+    """GhostNet's module: a conv concatenated with its own depthwise copy (channel i pairs with i + 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.primary = nn.Conv2d(3, 4, 1)
+        self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.dw = nn.Conv2d(8, 8, 3, groups=8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary(x)
+        return self.head(self.dw(torch.cat([x1, self.cheap(x1)], dim=1)))
+
+
+def test_concat_with_own_depthwise_copy_then_depthwise_is_refused() -> None:
+    """Rooted at the depthwise conv after the concat, channel j of the primary conv follows group
+    channels j and j + 4: no keep count can prune it consistently (was a model failing at forward)."""
+    x = torch.randn(1, 3, 8, 8)
+    model = _Ghost().eval()
+    groups = prunable_groups(model, x)
+    coupled = [g for g in groups if g.name in ("primary", "cheap", "dw")]
+    assert coupled and not any(g.prunable for g in coupled), groups
+    for g in groups:
+        if g.prunable:
+            with torch.no_grad():
+                prune(model, x, keep={g.name: 1}, importance="l1", groups=groups)(x)

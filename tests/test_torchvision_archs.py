@@ -12,7 +12,6 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -36,6 +35,8 @@ ARCHS = {
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import ort_relative_error as _ort_relative_error  # noqa: E402
+from helpers import param_count as _params  # noqa: E402
 from helpers import randomize_bn  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -51,10 +52,6 @@ def _dense(name: str) -> tuple[nn.Module, list, torch.Tensor]:
     size = ARCHS[name]
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(2))
     return model, rpe.prunable_groups(model, x), x
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _by_name(groups: list) -> dict:
@@ -77,20 +74,6 @@ def _zero_channels(model: nn.Module, groups: list, removed: dict[str, torch.Tens
                     if m.bias is not None:
                         m.bias[idx] = 0
     return model
-
-
-def _ort_relative_error(model: nn.Module, x: torch.Tensor, path) -> float:
-    """max |ORT - torch| / max |torch| on `x` for the model exported by rlprune_edge.onnx_io."""
-    import onnxruntime as ort
-
-    from rlprune_edge.onnx_io import export_onnx
-
-    onnx_path = export_onnx(model, path, tuple(x.shape[1:]))
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        want = model(x).numpy()
-    return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
 
 
 @pytest.mark.hostile(
