@@ -5,6 +5,7 @@ Public API (stable names)::
     groups = rlprune_edge.prunable_groups(model, example_inputs)
     pruned = rlprune_edge.prune(model, example_inputs, keep={g.name: k}, importance="taylor", calib=loader)
     model, info = rlprune_edge.load_checkpoint(path)
+    model, info = rlprune_edge.load_checkpoint(path, arch="mynet.py:EdgeNet")  # a checkpoint of your own class
     rlprune_edge.save_checkpoint(path, model, info)
 """
 

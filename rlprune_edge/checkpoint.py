@@ -28,6 +28,7 @@ from rlprune_edge.blocks import drop_blocks, removed_blocks
 from rlprune_edge.errors import UserError
 from rlprune_edge.layers import handler_for
 from rlprune_edge.limits import check_tensor_kinds
+from rlprune_edge.models.user import build_from_record, check_arch, check_record
 from rlprune_edge.outputs import check_file_output, quote, write_file
 from rlprune_edge.paths import cache_root
 
@@ -54,6 +55,7 @@ class ModelInfo:
     layer_shapes: dict[str, dict[str, int]] | None = None
     meta: dict = field(default_factory=dict)
     removed_blocks: list[str] | None = None  # residual blocks, plain units replaced by identity (rlprune_edge.blocks)
+    source: dict | None = None  # your own model class: spec, factory, args, sha256 (rlprune_edge.models.user)
 
     def to_dict(self) -> dict:
         """Plain-type dict (lists instead of tuples) for the checkpoint file."""
@@ -77,6 +79,7 @@ class ModelInfo:
             layer_shapes=d.get("layer_shapes"),
             meta=dict(d.get("meta") or {}),
             removed_blocks=[str(b) for b in d["removed_blocks"]] if d.get("removed_blocks") else None,
+            source=dict(d["source"]) if d.get("source") else None,
         )
 
 
@@ -164,9 +167,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo, 
     when it is an rlprune-edge checkpoint, or with `force`; links, special files and the files in
     `inputs` never are (UserError).
     """
-    from rlprune_edge.models import build_model
-
-    reference = build_model(info.model, info.width, info.num_classes)
+    reference = _dense_model(info)
     info.removed_blocks = removed_blocks(model, reference) or None
     shapes = module_shapes(model)
     dense = module_shapes(reference)
@@ -177,7 +178,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo, 
     def check_written(tmp: Path) -> None:
         if not verify:
             return
-        reloaded, _ = load_checkpoint(tmp)
+        reloaded, _ = load_checkpoint(tmp, arch=info.source["spec"] if info.source else None)
         got = reloaded.state_dict()
         if set(got) != set(state) or not all(torch.equal(got[k], v) for k, v in state.items()):
             raise RuntimeError(f"the checkpoint written for {path} does not reload to the same weights "
@@ -278,6 +279,9 @@ def check_header(payload: dict, path: str | os.PathLike) -> tuple[ModelInfo, dic
     blocks = raw.get("removed_blocks")
     if blocks is not None and not (isinstance(blocks, (list, tuple)) and all(isinstance(b, str) and b for b in blocks)):
         raise bad("info.removed_blocks", "a list of block names", blocks)
+    source = raw.get("source")
+    if source is not None and not check_record(source):
+        raise bad("info.source", "a record of kind, file, module, factory, args, sha256 and spec", source)
     meta = raw.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise bad("info.meta", "a dict", meta)
@@ -293,10 +297,23 @@ def check_header(payload: dict, path: str | os.PathLike) -> tuple[ModelInfo, dic
         raise UserError(f"checkpoint {path} has a malformed header ({exc}); re-create it.") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the model recorded in `path` (weights_only load); UserError naming the file on any problem."""
+def _dense_model(info: ModelInfo, arch: str | None = None, path: object = None) -> nn.Module:
+    """The dense model `info` describes: by name, or (own class) by the spec `arch` checked against the record."""
     from rlprune_edge.models import build_model
 
+    if info.source is None:
+        return build_model(info.model, info.width, info.num_classes)
+    record = info.source if path is None else check_arch(info.source, arch, path)
+    return build_from_record(record)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    arch: str | None = None) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the model recorded in `path` (weights_only load); UserError naming the file on any problem.
+
+    A checkpoint of your own model class (``info.source``) needs its spec again as `arch` (``--arch``),
+    checked against the record before any code is imported; a checkpoint alone never imports code.
+    """
     path = Path(path)
     if not path.is_file():
         what = _not_a_file(path)
@@ -315,8 +332,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         f"`rlprune-edge import {quote(path)} --model ARCH --out model.pt` if it holds weights you trained.")
     info, state = check_header(payload, path)
     check_tensor_kinds(state, path)  # sparse, quantized, complex, float8: named, not a shape mismatch
+    if arch is not None and info.source is None:
+        raise UserError(f"checkpoint {path} holds the built-in model {info.model}; --arch is only for checkpoints "
+                        "of your own model class, so leave it out.")
+    if info.source is not None:
+        model = _dense_model(info, arch, path)  # refused before any import without a matching --arch
     try:
-        model = build_model(info.model, info.width, info.num_classes)
+        if info.source is None:
+            model = _dense_model(info)
         try:
             drop_blocks(model, info.removed_blocks or [])
         except ValueError as exc:
@@ -358,11 +381,14 @@ FASHION_MNIST_STD = (0.3318, 0.3318, 0.3318)
 
 
 def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None, data=None,
-                  name: str = "model") -> tuple[nn.Module, ModelInfo]:
-    """A checkpoint path, or a zoo/torchvision name built fresh (random init) with the data's stats.
+                  name: str = "model", model_args: str | dict | None = None,
+                  arch: str | None = None) -> tuple[nn.Module, ModelInfo]:
+    """A checkpoint path, or a zoo/torchvision name or your own ``FILE.py:FACTORY`` /
+    ``package.module:FACTORY`` (with `model_args`) built fresh with the data's stats.
 
     `data` is an optional :class:`rlprune_edge.data.DataBundle` giving num_classes, mean, std and class
-    names for a fresh model; without it Fashion-MNIST statistics and 10 classes are assumed.
+    names for a fresh model; without it Fashion-MNIST statistics and 10 classes are assumed. `arch` is
+    the spec of a checkpoint of your own model class (:func:`load_checkpoint`).
     """
     from rlprune_edge.models import (
         TORCHVISION_PREFIX,
@@ -372,9 +398,21 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
         model_input_shape,
         valid_names_sentence,
     )
+    from rlprune_edge.models.user import is_user_spec, looks_like_source_without_factory, parse_model_args
 
     if not spec.strip():
         raise UserError(f"{name} is empty; give a checkpoint (.pt) path or one of {valid_names_sentence()}.")
+    if looks_like_source_without_factory(spec):
+        raise UserError(f"{name} {spec} names a source file without its factory; give {spec}:FACTORY (a class or "
+                        "a function returning the model).")
+    if model_args is not None and not is_user_spec(spec):
+        raise UserError(f"--model-args applies only to a model class of your own (FILE.py:FACTORY), not to {spec}.")
+    if is_user_spec(spec):
+        if arch is not None:
+            raise UserError(f"--arch is for reloading a checkpoint of your own model class; {name} {spec} already "
+                            "names the class, so leave --arch out.")
+        args = model_args if isinstance(model_args, dict) else parse_model_args(model_args)
+        return _user_model(spec, args, width, num_classes, data)
     if spec in ZOO_NAMES or spec.startswith(TORCHVISION_PREFIX):
         if num_classes is None:
             num_classes = data.num_classes if data is not None else 10
@@ -391,14 +429,38 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
     path = Path(spec)
     if not path.exists():
         raise UserError(f"model {spec!r} is neither an existing checkpoint file nor a model name; "
-                        f"give a .pt path or one of {valid_names_sentence()}.")
+                        f"give a .pt path or one of {valid_names_sentence()}, or FILE.py:FACTORY for your own class.")
     if not path.is_file():
         raise UserError(f"model {spec!r} {_not_a_file(path)}; give the path of a .pt checkpoint file "
                         "written by rlprune-edge.")
-    model, info = load_checkpoint(path)
+    model, info = load_checkpoint(path, arch=arch)
     if num_classes is not None and num_classes != info.num_classes:
         raise UserError(f"checkpoint {path} predicts {info.num_classes} classes but the data has {num_classes}; "
                         "use a checkpoint trained on this dataset.")
+    return model, info
+
+
+def _user_model(spec: str, args: dict, width: float, num_classes: int | None, data) -> tuple[nn.Module, ModelInfo]:
+    """Your own model class built by its factory, checked to give (N, classes) logits at the input size."""
+    from rlprune_edge.models import model_input_shape
+    from rlprune_edge.models.user import build_user_model, check_classifier
+
+    if width not in (None, 1.0):
+        raise UserError(f"--width applies only to the built-in zoo, not to {spec}; pass your own "
+                        "width through --model-args.")
+    model, record = build_user_model(spec, args)
+    shape = tuple(data.input_shape) if data is not None else model_input_shape(model)
+    if num_classes is None and data is not None:
+        num_classes = data.num_classes
+    num_classes = check_classifier(model, shape, num_classes, spec)  # type: ignore[arg-type]
+    model.input_shape = shape
+    if data is not None:
+        mean, std, names = tuple(data.mean), tuple(data.std), list(data.class_names)
+    else:
+        mean, std, names = FASHION_MNIST_MEAN, FASHION_MNIST_STD, [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    info = ModelInfo(spec, 1.0, num_classes, shape, mean, std, names, source=record)  # type: ignore[arg-type]
     return model, info
 
 

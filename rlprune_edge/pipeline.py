@@ -93,6 +93,8 @@ class CompressConfig:
 
     model: str | None = None  # checkpoint path or model name; None: the shipped VGG-19 w0.25
     width: float = 1.0
+    model_args: str | None = None  # k=v,... for your own model class (model "FILE.py:FACTORY")
+    arch: str | None = None  # the spec of your own model class, to reload a checkpoint of it
     data: str | None = None
     profile: str = "host-cpu"
     target_latency: str | None = None  # "0.5x" or "3ms"; default 0.5x unless sparsity is given
@@ -283,13 +285,13 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     model_spec = c.model or str(ensure_default_model(progress=not c.quiet))
     info_data = None
     if Path(model_spec).is_file():
-        _, probe = load_checkpoint(model_spec)
+        _, probe = load_checkpoint(model_spec, arch=c.arch)
         info_data = (probe.meta or {}).get("data")
     data_spec = c.data or info_data or "fashion-mnist"
     data = load_data(data_spec, seed=c.seed)
     torch.manual_seed(c.seed)  # a model *name* is built with random init: make it the same on resume
     dense, info = resolve_model(model_spec, width=c.width, num_classes=data.num_classes, data=data,
-                                name=c.name("model"))
+                                name=c.name("model"), model_args=c.model_args, arch=c.arch)
     if tuple(info.input_shape) != tuple(data.input_shape):
         raise UserError(f"model {model_spec} takes inputs {tuple(info.input_shape)} but data {data_spec} gives "
                         f"{tuple(data.input_shape)}; use a model trained on this dataset.")

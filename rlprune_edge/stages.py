@@ -75,7 +75,7 @@ def _paper_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool] | None
     config = replace(a.paper, seed=a.seed)
     dense_fig = {"val_acc": env.evaluate(job.dense), "latency_ms": job.dense_ms,
                  "flops": env.flops(job.dense), "params": env.params(job.dense)}
-    fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
+    fingerprint = {"model": _model_key(job), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
                    "reward": a.reward, "val_size": a.env.val_size, "step_kd": a.env.step_kd_batches,
                    "channel_multiple": env.channel_multiple}
     result = run_search(env, job.dense, job.target, job.weights, dense_fig, config, job.state_dir, resume=a.resume,
@@ -122,7 +122,7 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
     config = replace(a.plan, probe_top=a.plan.probe_top if a.plan.probe_batches > 0 else 0,
                      uniform_only=a.search == "uniform", seed=a.seed)
     base = Baseline(job.dense_ms, float(proxy.flops(job.dense)), float(proxy.params(job.dense)))
-    fingerprint = {"model": str(job.model_spec), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
+    fingerprint = {"model": _model_key(job), "width": a.width, "data": job.data_spec, "profile": job.profile.name,
                    "reward": a.reward, "select": a.proxy.select_size, "confirm": a.proxy.confirm_size,
                    "min_keep": a.min_keep, "channel_multiple": job.space.multiple}
     dense_keep = job.space.as_dict(job.space.full_keep())
@@ -154,6 +154,12 @@ def _plan_search(job: CompressJob) -> tuple[Any, list[dict], dict, bool | None] 
             "followers": {job.space.names[f]: job.space.names[p] for f, p in job.space.followers.items()},
             "plans": result.records}
     return result.model, steps, info, result.reached
+
+
+def _model_key(job: CompressJob) -> str:
+    """The model as a resumed run must find it again: the spec, and for your own class its arguments and source hash."""
+    src = job.info.source
+    return str(job.model_spec) if not src else f"{job.model_spec} {src['args']} {src['sha256'][:16]}"
 
 
 def search_distil_report(job: CompressJob, announce: Callable[[dict | None], None]) -> dict | None:
@@ -249,7 +255,7 @@ def _distil(job: CompressJob, model: Any, announce: Callable[[dict | None], None
     # the other ranks (torchrun) wait for this, then distil together with this one
     announce({"searched": str(searched_path), "model_spec": str(job.model_spec), "data_spec": job.data_spec,
               "kd_lr": kd_lr, "device": a.device})
-    student, _ = load_checkpoint(searched_path)
+    student, _ = load_checkpoint(searched_path, arch=job.info.source["spec"] if job.info.source else None)
     torch.manual_seed(a.seed + 12345)
     t_kd = time.perf_counter()
     distill(student, job.dense, job.data, replace(a.kd, seed=a.seed), progress=not a.quiet,

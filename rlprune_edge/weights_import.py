@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlprune_edge.checkpoint import FORMAT, ModelInfo, check_width, save_checkpoint
+from rlprune_edge.checkpoint import FORMAT, ModelInfo, check_width, resolve_model, save_checkpoint
 from rlprune_edge.data import DataBundle
 from rlprune_edge.errors import UserError
 from rlprune_edge.limits import check_tensor_kinds, require_regular_file
 from rlprune_edge.models import ZOO_NAMES, adopt_input_shape, build_model, is_model_name, valid_names_sentence
+from rlprune_edge.models.user import is_user_spec
 from rlprune_edge.train import evaluate
 
 # Keys under which training scripts commonly store the state_dict, in the order they are tried.
@@ -142,6 +143,8 @@ def align_keys(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict
 
 def _classifier_keys(model_name: str, width: float, num_classes: int, reference: nn.Module) -> set[str]:
     """Keys whose shape depends on the number of classes (the classifier), found by building with one more."""
+    if is_user_spec(model_name):
+        return set()  # your own class: the factory's arguments, not ours, set the class count
     other = build_model(model_name, width, num_classes + 1).state_dict()
     return {k for k, v in reference.state_dict().items() if k in other and other[k].shape != v.shape}
 
@@ -222,7 +225,13 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], model_name:
 
 
 def check_architecture(model_name: str, width: float) -> None:
-    """UserError unless `model_name` is a zoo or torchvision name and `width` a valid multiplier."""
+    """UserError unless `model_name` is a zoo or torchvision name (or your own FILE.py:FACTORY) and `width`
+    a valid multiplier."""
+    if is_user_spec(model_name):
+        if width != 1.0:
+            raise UserError(f"--width applies only to the built-in zoo, not to {model_name}; pass your own width "
+                            "through --model-args.")
+        return
     if not is_model_name(model_name):
         if Path(model_name).is_file():
             raise UserError(f"--model takes an architecture name, not a file ({model_name}); give one of "
@@ -233,7 +242,8 @@ def check_architecture(model_name: str, width: float) -> None:
 
 def import_weights(weights: str | os.PathLike, model_name: str, width: float, data: DataBundle,
                    evaluate_split: str | None = "test",
-                   read: tuple[dict[str, torch.Tensor], str | None] | None = None) -> ImportedWeights:
+                   read: tuple[dict[str, torch.Tensor], str | None] | None = None,
+                   model_args: str | dict | None = None) -> ImportedWeights:
     """Rebuild `model_name` with the weights of `weights` for `data`, and (by default) its test accuracy.
 
     `read` is :func:`read_state_dict`'s result when the caller already read the file. The checkpoint
@@ -242,14 +252,21 @@ def import_weights(weights: str | os.PathLike, model_name: str, width: float, da
     """
     check_architecture(model_name, width)
     state, wrapper = read if read is not None else read_state_dict(weights)
-    model = build_model(model_name, width, data.num_classes)
-    adopt_input_shape(model, tuple(data.input_shape), model_name)
+    source = None
+    if is_user_spec(model_name):  # your own class, built by its factory and checked on the data's size
+        model, own = resolve_model(model_name, width, data=data, model_args=model_args, name="--model")
+        source = own.source
+    else:
+        if model_args is not None:
+            raise UserError(f"--model-args applies only to a model class of your own (FILE.py:FACTORY), not to {model_name}.")
+        model = build_model(model_name, width, data.num_classes)
+        adopt_input_shape(model, tuple(data.input_shape), model_name)
     state, prefix = align_keys(state, set(model.state_dict()))
     notes = fit_state_dict(model, state, model_name, width, data.num_classes, Path(weights))
     info = ModelInfo(model_name, float(width), data.num_classes, tuple(data.input_shape), tuple(data.mean),
                      tuple(data.std), list(data.class_names),
                      meta={"data": data.spec, "imported_from": Path(weights).name, "wrapper_key": wrapper,
-                           "stripped_prefix": prefix})
+                           "stripped_prefix": prefix}, source=source)
     result = ImportedWeights(model.eval(), info, wrapper, prefix, notes)
     _check_finite_outputs(model, info.input_shape, Path(weights))
     if evaluate_split is not None:
@@ -278,12 +295,12 @@ def _check_finite_outputs(model: nn.Module, input_shape: tuple[int, ...], source
 def import_checkpoint(weights: str | os.PathLike, model_name: str, width: float, data: DataBundle,
                       out: str | os.PathLike,
                       read: tuple[dict[str, torch.Tensor], str | None] | None = None,
-                      force: bool = False) -> ImportedWeights:
+                      force: bool = False, model_args: str | dict | None = None) -> ImportedWeights:
     """:func:`import_weights`, then write `out` under the output rule (:mod:`rlprune_edge.outputs`: the
     weights file is never replaced, another file only with `force`) and check that it reloads to the
     same outputs."""
     start = time.perf_counter()
-    result = import_weights(weights, model_name, width, data, read=read)
+    result = import_weights(weights, model_name, width, data, read=read, model_args=model_args)
     result.info.meta["wall_s"] = round(time.perf_counter() - start, 1)
     x = _probe_input(result.info.input_shape)
     with torch.no_grad():

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rlprune_edge.commands import add_own_model_flags
 from rlprune_edge.pipeline import DEFAULT_TARGET, DEVICES, REWARDS, SEARCHES, CompressConfig
 
 _DEFAULTS = CompressConfig()  # the flags' defaults (set_defaults below): the library's, the one source
@@ -27,6 +28,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="checkpoint path or model name (default: the shipped VGG-19 w0.25)")
     p.add_argument("--width", type=float, help="width multiplier for a model name (default %(default)s)")
+    add_own_model_flags(p)
     p.add_argument("--data", help="data spec (default: the checkpoint's data, else fashion-mnist)")
     p.add_argument("--profile", help="device profile name or TOML path (default %(default)s)")
     tgt = p.add_mutually_exclusive_group()
@@ -173,8 +175,9 @@ def _follow_rank0(args: argparse.Namespace) -> int:
         return 0
     data = load_data(job["data_spec"], seed=args.seed)
     torch.manual_seed(args.seed)  # as rank 0 did: a model name is then built with the same weights
-    dense, _ = resolve_model(job["model_spec"], width=args.width, num_classes=data.num_classes, data=data)
-    student, _ = load_checkpoint(job["searched"])
+    dense, info = resolve_model(job["model_spec"], width=args.width, num_classes=data.num_classes, data=data,
+                                model_args=args.model_args, arch=args.arch)
+    student, _ = load_checkpoint(job["searched"], arch=info.source["spec"] if info.source else None)
     torch.manual_seed(args.seed + 12345)
     kd = CompressConfig.from_namespace(args).kd  # the same flags as rank 0: the same distillation
     distill(student, dense.eval(), data, replace(kd, lr=job["kd_lr"], seed=args.seed),

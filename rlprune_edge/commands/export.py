@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlprune_edge.commands import add_own_model_flags
 from rlprune_edge.errors import UserError
 
 
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17..20 with this torch, default 17)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    add_own_model_flags(p, model_args=False)
     p.set_defaults(func=run)
     return p
 
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     check_opset(args.opset, name="--opset")
     check_out_dir(args.out)  # before the checkpoint, the data and the export: fail in a second, not minutes
     profile = load_profile(args.profile)
-    model, info = load_checkpoint(args.checkpoint)
+    model, info = load_checkpoint(args.checkpoint, arch=args.arch)
     try:
         manifest = export_bundle(
             model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlprune_edge.commands import add_own_model_flags
 from rlprune_edge.outputs import add_force_flag, quote
 
 
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "'module.' are handled), evaluate it on the data it will be compressed with, and write an rlprune-edge "
         "checkpoint atomically. The file is read with torch.load(weights_only=True).")
     p.add_argument("weights", help="the weights file (.pt/.pth) holding a state_dict")
-    p.add_argument("--model", required=True, help="the architecture: a zoo name (vgg19, resnet20, ...) or torchvision:NAME")
+    p.add_argument("--model", required=True, help="the architecture: a zoo name (vgg19, resnet20, ...), torchvision:NAME, "
+                   "or your own FILE.py:FACTORY / package.module:FACTORY")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of a zoo architecture (default 1.0)")
     p.add_argument("--data", default="fashion-mnist",
                    help="the data the model was trained on: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, "
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "the test set the import is checked on")
     p.add_argument("--out", required=True, help="checkpoint path to write (.pt)")
     add_force_flag(p, "an rlprune-edge checkpoint")
+    add_own_model_flags(p)
     p.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)  # tests / smoke runs
     p.set_defaults(func=run)
     return p
@@ -37,15 +40,22 @@ def run(args: argparse.Namespace) -> int:
     from rlprune_edge.data import load_data
     from rlprune_edge.errors import UserError
     from rlprune_edge.flops import count_params
+    from rlprune_edge.models.user import parse_model_args
     from rlprune_edge.weights_import import check_architecture, import_checkpoint, read_state_dict
 
     if args.limit is not None and args.limit < 2:
         raise UserError(f"--limit must be at least 2, got {args.limit}.")
     check_architecture(args.model, args.width)  # bad flags and files are refused before the data loads
+    if args.arch is not None:
+        raise UserError("--arch is for reloading a checkpoint of your own model class; import takes the class as "
+                        "--model FILE.py:FACTORY.")
+    if args.model_args is not None:
+        parse_model_args(args.model_args)  # bad syntax refused before the data loads
     out = check_writable(args.out, flag="--out", force=args.force, inputs=[args.weights])
     read = read_state_dict(args.weights)
     data = load_data(args.data, limit=args.limit)
-    result = import_checkpoint(args.weights, args.model, args.width, data, out, read=read, force=args.force)
+    result = import_checkpoint(args.weights, args.model, args.width, data, out, read=read, force=args.force,
+                               model_args=args.model_args)
     how = []
     if result.wrapper_key:
         how.append(f"state_dict under {result.wrapper_key!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rlprune_edge.commands import add_own_model_flags
 from rlprune_edge.errors import UserError
 
 
@@ -13,9 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                               description="Show a model's layers, parameter count, MACs at its input shape and "
                                           "the prunable channel groups.")
     p.add_argument("--model", default=None,
-                   help="checkpoint path, zoo name or torchvision:NAME (default: the embedded default model)")
+                   help="checkpoint path, zoo name, torchvision:NAME or your own FILE.py:FACTORY "
+                        "(default: the embedded default model)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier for zoo names (default 1.0)")
     p.add_argument("--num-classes", type=int, default=None, help="classes for a fresh model by name (default 10)")
+    add_own_model_flags(p)
     p.add_argument("--layers", action="store_true", help="list every conv/linear layer with its shape and MACs")
     p.set_defaults(func=run)
     return p
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None and not 1 <= args.num_classes <= MAX_CLASSES:
         raise UserError(f"--num-classes must be an integer in 1..{MAX_CLASSES}, got {args.num_classes}.")
     spec = args.model if args.model is not None else str(ensure_default_model())
-    model, info = resolve_model(spec, width=args.width, num_classes=args.num_classes, name="--model")
+    model, info = resolve_model(spec, width=args.width, num_classes=args.num_classes, name="--model",
+                                model_args=args.model_args, arch=args.arch)
     shape = tuple(info.input_shape)
     try:
         macs = count_flops(model, shape)

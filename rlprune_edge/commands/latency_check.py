@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rlprune_edge.commands import add_own_model_flags
 from rlprune_edge.errors import UserError
 from rlprune_edge.outputs import add_force_flag, check_file_output, json_tool_is, write_file
 
@@ -20,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                           "measure N random pruned variants and report predicted vs measured.")
     p.add_argument("--model", required=True, help="checkpoint path or model name (e.g. vgg19)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier for a model name (default 1.0)")
+    add_own_model_flags(p)
     p.add_argument("--profile", default="host-cpu", help="profile name or path to a .toml file")
     p.add_argument("--variants", type=int, default=30, help="random variants to measure (default 30)")
     p.add_argument("--fit-variants", type=int, default=16, help="variants profiled to fit the model (default 16)")
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     out = _check_json_out(Path(args.json_out), args.force)
     profile = load_profile(args.profile)
     backend = get_backend(profile)
-    model, info = resolve_model(args.model, width=args.width, name="--model")
+    model, info = resolve_model(args.model, width=args.width, name="--model", model_args=args.model_args,
+                                arch=args.arch)
     model.eval()
     shape = tuple(profile.input.shape) or tuple(info.input_shape)
     example = torch.randn(1, *shape)

@@ -6,6 +6,7 @@ import argparse
 import math
 import time
 
+from rlprune_edge.commands import add_own_model_flags
 from rlprune_edge.errors import UserError
 from rlprune_edge.outputs import add_force_flag
 
@@ -19,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train a base model", description="Train a model with SGD + cosine LR and save the "
         "best-on-validation checkpoint (atomically; an interrupted run leaves an existing file intact).")
-    p.add_argument("--model", required=True, help="zoo name (vgg19, resnet20, ...) or torchvision:NAME")
+    p.add_argument("--model", required=True, help="zoo name (vgg19, resnet20, ...), torchvision:NAME, or your own "
+                   "FILE.py:FACTORY / package.module:FACTORY (a class or a function returning an nn.Module)")
+    add_own_model_flags(p)
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier for zoo models (default 1.0)")
     p.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, imagefolder:DIR (32x32) or imagefolder@SIZE:DIR "
@@ -42,6 +45,38 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _own_model(args: argparse.Namespace) -> bool:
+    """True for `--model FILE.py:FACTORY` (its --model-args checked before the data loads); UserError for
+    --arch, --width with it, or --model-args without it."""
+    from rlprune_edge.models.user import is_user_spec, parse_model_args
+
+    if args.arch is not None:
+        raise UserError("--arch is for reloading a checkpoint of your own model class; train takes the class as "
+                        "--model FILE.py:FACTORY.")
+    if not is_user_spec(args.model):
+        if args.model_args is not None:
+            raise UserError(f"--model-args applies only to a model class of your own (FILE.py:FACTORY), not to {args.model}.")
+        return False
+    parse_model_args(args.model_args)
+    if args.width != 1.0:
+        raise UserError(f"--width applies only to the built-in zoo, not to {args.model}; pass your own width "
+                        "through --model-args.")
+    return True
+
+
+def _build(args: argparse.Namespace, data, own: bool) -> tuple:
+    """(model at the data's input size, the source record of your own class or None)."""
+    from rlprune_edge.checkpoint import resolve_model
+    from rlprune_edge.models import adopt_input_shape, build_model
+
+    if own:
+        model, info = resolve_model(args.model, data=data, model_args=args.model_args, name="--model")
+        return model, info.source
+    model = build_model(args.model, args.width, data.num_classes)
+    adopt_input_shape(model, tuple(data.input_shape), args.model)
+    return model, None
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate, train, evaluate on test once, save atomically, print the test accuracy."""
     from rlprune_edge.checkpoint import ModelInfo, check_width, check_writable, save_checkpoint
@@ -49,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     from rlprune_edge.limits import MAX_THREADS, check_count
     from rlprune_edge.models import (
         ZOO_NAMES,
-        adopt_input_shape,
         build_model,
         check_weights_fit,
         is_model_name,
@@ -77,14 +111,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if not is_model_name(args.model):
+    own = _own_model(args)  # your own class: checked when it is built on the data
+    if not own and not is_model_name(args.model):
         build_model(args.model, args.width)  # raises UserError listing the valid names, before data loads
-    elif args.model in ZOO_NAMES:
+    elif not own and args.model in ZOO_NAMES:
         check_weights_fit(args.model, float(args.width), 10)  # a width too large for memory, before data loads
     out = check_writable(args.out, flag="--out", force=args.force)
     data = load_data(args.data, seed=args.seed, limit=args.limit)
-    model = build_model(args.model, args.width, data.num_classes)
-    adopt_input_shape(model, tuple(data.input_shape), args.model)
+    model, source = _build(args, data, own)
     print(f"training {args.model} (width {args.width:g}) on {args.data}: {len(data.train)} train, {len(data.val)} val, "
           f"{len(data.test)} test images, {args.epochs} epochs", flush=True)
     start = time.perf_counter()
@@ -98,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                                "wall_s": round(time.perf_counter() - start, 1), "data": args.data, "lr": args.lr,
                                "batch_size": args.batch_size, "seed": args.seed,
                                "torch_threads": torch.get_num_threads(),
-                               "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result["history"]]})
+                               "history": [{k: round(float(v), 5) for k, v in h.items()} for h in result["history"]]},
+                         source=source)
         save_checkpoint(out, model, info, flag="--out", force=args.force)
         return test_acc
 

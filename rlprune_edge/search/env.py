@@ -180,5 +180,5 @@ class PruneEnv:
         save_checkpoint(path, model, self.info)
 
     def load_model(self, path: Path) -> nn.Module:
-        model, _ = load_checkpoint(path)
+        model, _ = load_checkpoint(path, arch=self.info.source["spec"] if self.info.source else None)
         return model.eval()
