@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from rlprune_edge.errors import UserError
+from rlprune_edge.errors import DeviceError, UserError
 
 ONNX_FILE, MODULE = "onnx", "module"  # what a backend measures (Runtime.artifact)
 FP32_GRAPH, QDQ_INT8, ENGINE = "onnx", "qdq", "engine"  # what a bundle ships (Runtime.bundles values)
@@ -181,5 +181,6 @@ class Runtime:
 
     def backend(self, profile: Any) -> Any:
         """The latency backend (``rlprune_edge.runtimes.backend.LatencyBackend``) for a local profile."""
-        raise NotImplementedError(f"runtime {self.name} has no local backend")
+        raise DeviceError(f"runtime {self.name} has no backend on this machine; measure it on its board "
+                          "(a profile with [connection] kind = \"ssh\").")
 
