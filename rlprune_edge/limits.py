@@ -9,6 +9,7 @@ board code (:data:`rlprune_edge.board.protocol.MAX_INPUT_ELEMENTS`), which runs 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -105,13 +106,10 @@ def check_tensor_kinds(state: dict[str, Any], source: str | os.PathLike) -> dict
 
 def available_memory() -> int | None:
     """Bytes of memory available to a new allocation (MemAvailable, else free pages); None when unknown."""
-    try:
-        with open("/proc/meminfo", "rb") as fh:
-            for line in fh.read(1 << 16).splitlines():
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo", "rb") as fh:
+        for line in fh.read(1 << 16).splitlines():
+            if line.startswith(b"MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):

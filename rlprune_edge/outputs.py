@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from rlprune_edge.errors import UserError
-from rlprune_edge.fsutil import default_file_mode, remove_stale_temps, temp_prefix
+from rlprune_edge.fsutil import (
+    atomic_write_json,
+    default_file_mode,
+    probe_writable,
+    remove_stale_temps,
+    temp_prefix,
+)
 
 MAX_MARKER_BYTES = 64 << 10  # a marker or small JSON document of ours is far below this
 MAX_JSON_BYTES = 64 << 20  # the largest JSON output of ours read back to recognise it
@@ -108,9 +114,7 @@ def check_file_output(path: str | os.PathLike, *, flag: str, what: str, recognis
             break
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(path)
     except OSError as exc:
         raise UserError(f"cannot write {shown}: {exc.strerror or exc}; choose a writable output path.") from None
     return path
@@ -235,16 +239,7 @@ def check_plain_entry(directory: str | os.PathLike, name: str, flag: str) -> Non
 
 def write_marker(directory: str | os.PathLike, name: str, content: dict) -> None:
     """Write a marker atomically (temp + rename: a link at the name is replaced, never followed)."""
-    directory = Path(directory)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(content) + "\n")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, directory / name)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    atomic_write_json(Path(directory) / name, content, indent=None)
 
 
 def open_lock(path: str | os.PathLike) -> int:
