@@ -6,7 +6,8 @@ slices, depthwise convs, squeeze-excitation blocks, flatten into Linear). ``prun
 the model once with Torch-Pruning, then turns every group into a plain, picklable description
 with a stable human-readable name (the first conv/linear whose output channels the group
 controls, in ``named_modules`` order) and an index plan: for every member module, which of its
-channels map to which channel of the group. ``prune`` and ``channel_scores`` work from that plan
+channels map to which channel of the group (several of them when the group's channel was copied,
+as by GhostNet's concat of a conv with its own depthwise copy: ``graph_rules.copy_classes``). ``prune`` and ``channel_scores`` work from that plan
 alone, so pruning a candidate needs no fresh trace. What is refused and why (channel shuffles,
 channel splits, ops that mix channels) and how grouped convs are kept consistent: ``graph_rules``.
 """
@@ -23,10 +24,12 @@ from torch import nn
 
 from rlprune_edge.errors import UserError
 from rlprune_edge.graph_rules import (
-    CROSS_COUPLED_REASON,
+    COPIES_UNNAMED_REASON,
     PROBLEM_ATTR,
     SafeDependencyGraph,
     channel_blocks,
+    copies_problem,
+    copy_classes,
     is_depthwise,
     module_problem,
     op_problem,
@@ -97,12 +100,10 @@ def _as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tu
 
 
 def _mapping_problem(name: str, module: nn.Module, item: _RawItem, pruner: object) -> str | None:
-    """Index maps must stay inside the member and, on the output side, be one-to-one."""
+    """Index maps must stay inside the member (several channels per group channel: ``copies_problem``)."""
     out_side = item.handler == pruner.prune_out_channels or is_depthwise(module)
     size = pruner.get_out_channels(module) if out_side else pruner.get_in_channels(module)
     bad = size is not None and (not item.idxs or max(item.idxs) >= size or min(item.idxs) < 0)
-    if out_side and len(set(item.root_idxs)) != len(item.root_idxs):
-        bad = True
     # a (non-depthwise) conv/linear's outputs move as a whole: all of them belong to this group
     if out_side and not is_depthwise(module) and _is_root(module):
         bad = bad or len(set(item.idxs)) != size
@@ -174,11 +175,12 @@ def _trace(
 
 @dataclass(eq=False)
 class _RawItem:
+    """Channel ``idxs[k]`` of a node follows group channel ``root_idxs[k]`` (pairs; an index may repeat)."""
+
     node: tp.Node
     handler: object
     idxs: list[int]
     root_idxs: list[int]
-    conflict: bool = False  # one of its channels follows two different group channels
 
 
 def _coupled(dg: tp.DependencyGraph, module: nn.Module, pruning_fn: object, channels: int) -> list[_RawItem]:
@@ -213,18 +215,44 @@ def _coupled(dg: tp.DependencyGraph, module: nn.Module, pruning_fn: object, chan
             items.append((dep.target, dep.handler, new))
             if not getattr(dep.target, PROBLEM_ATTR, None):  # a channel shuffle: the group ends (refused) here
                 stack.append((dep.target, dep.handler, new))
-    merged: dict[tuple[tp.Node, object], dict[int, int]] = {}
-    conflicts: set[tuple[tp.Node, object]] = set()
+    merged: dict[tuple[tp.Node, object], dict[tuple[int, int], None]] = {}
     for node, fn, idxs in items:
-        slot = merged.setdefault((node, fn), {})
-        for h in idxs:
-            if slot.setdefault(h.idx, h.root_idx) != h.root_idx:
-                conflicts.add((node, fn))
+        merged.setdefault((node, fn), {}).update(dict.fromkeys((h.idx, h.root_idx) for h in idxs))
     return [
-        _RawItem(node=node, handler=fn, idxs=list(slot), root_idxs=list(slot.values()),
-                 conflict=(node, fn) in conflicts)
-        for (node, fn), slot in merged.items()
+        _RawItem(node=node, handler=fn, idxs=[i for i, _ in pairs], root_idxs=[r for _, r in pairs])
+        for (node, fn), pairs in merged.items()
     ]
+
+
+def _merge_copies(raw: list[_RawItem]) -> tuple[list[_RawItem], int]:
+    """`raw` with every group channel replaced by its class (``copy_classes``), one class per member channel."""
+    classes, n = copy_classes([zip(item.idxs, item.root_idxs, strict=True) for item in raw], len(set(raw[0].idxs)))
+    out = []
+    for item in raw:
+        slot = {i: classes[r] for i, r in zip(item.idxs, item.root_idxs, strict=True)}
+        out.append(_RawItem(node=item.node, handler=item.handler, idxs=list(slot), root_idxs=list(slot.values())))
+    return out, n
+
+
+def _relabel_copies(plan: list[MemberPlan], model: nn.Module, channels: int) -> bool:
+    """Number a group's channels after the first filter bank (in `plan`'s order) that owns each of them once.
+
+    That layer then names the group (its output channels are the group's channels, in order). False when
+    no layer does (nothing to name the group after: it stays refused).
+    """
+    full = torch.arange(channels)
+    for p in plan:
+        module = _get(model, p.module)
+        if p.kind == IN or not _is_root(module) or _out_size(module) != channels or len(p.idxs) != channels:
+            continue
+        if torch.equal(torch.sort(p.idxs).values, full) and torch.equal(torch.sort(p.root_idxs).values, full):
+            new = torch.empty(channels, dtype=torch.long)
+            new[p.root_idxs] = p.idxs
+            for q in plan:
+                q.root_idxs = new[q.root_idxs]
+            p.idxs, p.root_idxs = full, full.clone()  # its own channels in order: the identity map that names the group
+            return True
+    return False
 
 
 def _raw_groups(dg: tp.DependencyGraph) -> list[list[_RawItem]]:
@@ -310,8 +338,7 @@ def _members(raw: list, dg: Any, names: dict, out_fns: set) -> tuple[list[Member
             produces_output = True
         if _is_root(module):
             (in_layers if kind == IN else out_layers).append(mname)
-        problem = (module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
-                   or (CROSS_COUPLED_REASON.format(mname) if item.conflict else None))
+        problem = module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
         if problem:
             problems.append(problem)
             continue
@@ -348,9 +375,18 @@ def prunable_groups(
     followers: dict[str, list[str]] = {}
     tied_by: dict[str, set[str]] = {}
     for raw in _raw_groups(dg):
-        channels = len(raw[0].idxs)
-        plan, problems, produces_output, ties, out_layers, in_layers = _members(raw, dg, names, out_fns)
+        root_channels = len(set(raw[0].idxs))
+        items, channels = _merge_copies(raw)
+        plan, problems, produces_output, ties, out_layers, in_layers = _members(items, dg, names, out_fns)
         plan.sort(key=lambda p: (order.get(p.module, 0), p.kind))
+        if channels < root_channels or any(p.kind != IN and len(set(p.root_idxs.tolist())) < len(p.root_idxs)
+                                           for p in plan):  # a channel stands for several of a member's
+            problem = copies_problem([(p.module, p.root_idxs) for p in plan], channels)
+            if problem is None and not _relabel_copies(plan, model, channels):
+                problem = COPIES_UNNAMED_REASON.format(channels)
+            if problem:
+                problems.append(problem)
+                channels = root_channels  # refused: the row keeps its root layer's width
         blocks, block_ids, block_problem = channel_blocks(
             [(p.module, _get(model, p.module), p.kind == IN, p.idxs, p.root_idxs) for p in plan], channels
         )

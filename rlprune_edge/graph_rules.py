@@ -11,7 +11,10 @@ member it meets, whether pruning through it keeps the model exact:
   before Torch-Pruning derives its index maps (its own reshape map divides by zero on a shuffle), and
   the group walk stops at them: the groups reaching one are refused, every other group is unaffected;
 * grouped convolutions (ResNeXt, RegNet): supported when the group holds the conv's whole input or
-  output side; then channels are removed in equal numbers from every conv group (``channel_blocks``).
+  output side; then channels are removed in equal numbers from every conv group (``channel_blocks``);
+* a layer concatenated with its own depthwise copy (GhostNet's cheap operation): a channel of a later
+  member follows two channels of the group, which are then one channel (``copy_classes``), kept only
+  when every member holds the same number of channels of each (``copies_problem``).
 """
 
 from __future__ import annotations
@@ -45,8 +48,13 @@ SHUFFLE_REASON = "channels pass through a channel shuffle (view/transpose), whic
 SPLIT_REASON = "channels pass through a channel split (chunk/split), whose sizes are fixed in the model code"
 SLICE_REASON = "channels pass through a channel slice (x[:, a:b]), whose bounds are fixed in the model code"
 CROSS_COUPLED_REASON = (
-    "channels of {} follow two different channels of this group (e.g. a concat of a layer with its own "
-    "depthwise copy, GhostNet's cheap operation): removing one without the other would misalign them"
+    "channels of {} follow two different channels of this group unevenly (e.g. a concat of a layer with "
+    "its own depthwise copy, GhostNet's cheap operation, read in part): removing one without the other "
+    "would misalign them"
+)
+COPIES_UNNAMED_REASON = (
+    "no layer owns the group's {} channels one each (channels that stand for several channels of every "
+    "member, as after a concat of a layer with its own copy, need one such layer to be counted by)"
 )
 
 
@@ -257,6 +265,55 @@ def _norm_of_module(node: tp.Node, hops: int = 4) -> nn.Module | None:
     return None
 
 
+def _shape_of(grad_fn: object, output_nr: int = 0) -> tuple[int, ...] | None:
+    """The shape of output `output_nr` of the op behind `grad_fn` (None when autograd does not say)."""
+    try:
+        return tuple(int(s) for s in grad_fn._input_metadata[output_nr].shape)  # type: ignore[union-attr]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _whole_view(grad_fn: object) -> bool:
+    """An ``as_strided`` view that is its whole (contiguous) base: same shape, offset 0, row-major strides."""
+    size, stride = getattr(grad_fn, "_saved_size", None), getattr(grad_fn, "_saved_stride", None)
+    offset = getattr(grad_fn, "_saved_storage_offset", None)
+    nxt = getattr(grad_fn, "next_functions", ())
+    if size is None or stride is None or offset != 0 or len(nxt) != 1 or nxt[0][0] is None:
+        return False
+    size = tuple(int(s) for s in size)
+    expect, acc = [], 1
+    for s in reversed(size):
+        expect.append(acc)
+        acc *= s
+    return size == _shape_of(*nxt[0]) and all(
+        int(st) == e for st, e, s in zip(stride, reversed(expect), size, strict=True) if s > 1)
+
+
+def _whole_view_op(node: tp.Node) -> bool:
+    """An in-place op on a view that covers its whole base, or the re-read of that view.
+
+    GhostNet's ``out = cat(...)[:, :C]`` (the whole concat) then ``out += shortcut``: autograd records
+    a ``CopySlices`` (the base with the op applied to the view) and every later read of the view as an
+    ``AsStrided`` of it. Both keep channel i in channel i when the view is the whole base: same shape,
+    the op itself per-channel, and every re-read an offset-0 row-major view of the base's own shape.
+    The base is taken to be row-major: the caller applies this only when the model's parameters and
+    inputs are (a channels_last model stays refused). A view of part of the base, or any other
+    geometry, is left to the usual refusal ("may mix or reorder channels").
+    """
+    grad_fn = node.grad_fn
+    name = grad_fn_name(grad_fn)
+    if name == "AsStrided":
+        return _whole_view(grad_fn)
+    if name != "torch::autograd::CopySlices":
+        return False
+    wrapped = getattr(grad_fn, "_wrapped_node", None)
+    base = _shape_of(grad_fn)
+    if wrapped is None or grad_fn_name(wrapped) not in CHANNEL_PRESERVING_OPS or base != _shape_of(wrapped):
+        return False
+    reads = [o for o in node.outputs if o.grad_fn is not None and grad_fn_name(o.grad_fn) == "AsStrided"]
+    return bool(reads) and len(reads) == len(node.outputs) and all(_whole_view(o.grad_fn) for o in reads)
+
+
 class SafeDependencyGraph(tp.DependencyGraph):
     """Torch-Pruning's graph with reshapes sorted before index maps are derived from them.
 
@@ -278,6 +335,12 @@ class SafeDependencyGraph(tp.DependencyGraph):
         for node in module2node.values():  # the batch_norm inside a norm-act module (timm's BatchNormAct2d)
             if node.type == tp.ops.OPTYPE.ELEMENTWISE and grad_fn_name(node.grad_fn) in BATCH_NORM_OPS:
                 if _norm_of_module(node) is not None:
+                    setattr(node, IDENTITY_ATTR, True)
+        tensors = [t for t in (*model.parameters(), *tp.utils.flatten_as_list(example_inputs))
+                   if isinstance(t, torch.Tensor)]
+        if all(t.is_contiguous() for t in tensors):  # in-place ops on a whole-tensor view (GhostNet's x += s)
+            for node in module2node.values():
+                if node.type == tp.ops.OPTYPE.ELEMENTWISE and _whole_view_op(node):
                     setattr(node, IDENTITY_ATTR, True)
         reshapes = [n for n in module2node.values() if n.type == tp.ops.OPTYPE.RESHAPE]
         for node in reshapes:
@@ -346,3 +409,54 @@ def channel_blocks(
     if int(counts[0]) == 1:
         return 1, None, f"{first} has one channel per conv group here; pruning would remove whole conv groups"
     return len(counts), ids, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Channels copied into several channels of a member (GhostNet's cheap operation)
+
+
+def copy_classes(items: list, channels: int) -> tuple[list[int], int]:
+    """Group channels that are one channel because a member channel follows several of them.
+
+    GhostNet's ``cat([x1, cheap(x1)])``, with ``cheap`` a depthwise conv of ``x1``: concat channels i
+    and C/2 + i both come from x1's channel i. Rooted at a consumer of the concat, x1's channel i
+    follows group channels i and C/2 + i; rooted at x1's conv, the consumer's channels i and C/2 + i
+    both follow group channel i. Either way removing one of them forces removing the other, so they
+    form one class (union-find over every member channel's group channels, through any number of
+    concats, depthwise convs and adds). `items`: for every member, (member channel, group channel)
+    pairs. Returns (class of every group channel, number of classes), classes numbered in the order
+    of their lowest group channel; without such members every channel is its own class, in order.
+    """
+    parent = list(range(channels))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for pairs in items:
+        first: dict[int, int] = {}
+        for idx, root in pairs:
+            a, b = find(first.setdefault(idx, root)), find(root)
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the lowest channel represents its class
+    reps = sorted({find(r) for r in range(channels)})
+    number = {r: i for i, r in enumerate(reps)}
+    return [number[find(r)] for r in range(channels)], len(reps)
+
+
+def copies_problem(members: list[tuple[str, torch.Tensor]], channels: int) -> str | None:
+    """Why a group whose channels stand for several channels of some member cannot be pruned, or None.
+
+    `members`: (name, group channel of each of the member's channels). Removing group channel c
+    removes every member channel that follows c; this keeps the model consistent only when every
+    member holds the same number of channels of every group channel (GhostNet: one in the primary
+    conv, two in every reader of the concat), so that each member loses its copies of c together.
+    A member that reads only some of them (a slice of the concat) or holds them unevenly is refused.
+    """
+    for name, classes in members:
+        counts = torch.bincount(classes, minlength=channels)
+        if int(counts.min()) != int(counts.max()):
+            return CROSS_COUPLED_REASON.format(name)
+    return None

@@ -332,32 +332,3 @@ def test_batchnorm_subclass_with_channel_mixing_activation_is_refused() -> None:
     model(x)
     group = _by_name(prunable_groups(model.eval(), x))["0"]
     assert not group.prunable and "may mix or reorder channels" in group.reason
-
-
-class _Ghost(nn.Module):
-    """GhostNet's module: a conv concatenated with its own depthwise copy (channel i pairs with i + 4)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.primary = nn.Conv2d(3, 4, 1)
-        self.cheap = nn.Conv2d(4, 4, 3, padding=1, groups=4)
-        self.dw = nn.Conv2d(8, 8, 3, groups=8)
-        self.head = nn.Conv2d(8, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.primary(x)
-        return self.head(self.dw(torch.cat([x1, self.cheap(x1)], dim=1)))
-
-
-def test_concat_with_own_depthwise_copy_then_depthwise_is_refused() -> None:
-    """Rooted at the depthwise conv after the concat, channel j of the primary conv follows group
-    channels j and j + 4: no keep count can prune it consistently (was a model failing at forward)."""
-    x = torch.randn(1, 3, 8, 8)
-    model = _Ghost().eval()
-    groups = prunable_groups(model, x)
-    coupled = [g for g in groups if g.name in ("primary", "cheap", "dw")]
-    assert coupled and not any(g.prunable for g in coupled), groups
-    for g in groups:
-        if g.prunable:
-            with torch.no_grad():
-                prune(model, x, keep={g.name: 1}, importance="l1", groups=groups)(x)
