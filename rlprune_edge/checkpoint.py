@@ -13,13 +13,13 @@ weights strictly.
 
 from __future__ import annotations
 
-import math
+import copy
 import os
 import stat
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,59 +28,27 @@ from rlprune_edge.blocks import drop_blocks, removed_blocks
 from rlprune_edge.errors import UserError
 from rlprune_edge.layers import handler_for
 from rlprune_edge.limits import check_tensor_kinds
-from rlprune_edge.models.user import build_from_record, check_arch, check_record
+from rlprune_edge.model_info import (  # noqa: F401 - re-exported: the checkpoint's header
+    FORMAT,
+    MAX_CLASSES,
+    MAX_INPUT_DIM,
+    MAX_WIDTH,
+    VERSION,
+    ModelInfo,
+    check_header,
+    check_width,
+)
+from rlprune_edge.models.live import check_object
+from rlprune_edge.models.onnx_in import build_from_onnx, check_onnx_arch, is_onnx_spec
+from rlprune_edge.models.user import build_from_record, check_arch
 from rlprune_edge.outputs import check_file_output, quote, write_file
 from rlprune_edge.paths import cache_root
 
-FORMAT = "rlprune-edge-checkpoint"
-VERSION = 1
 DEFAULT_MODEL = "vgg19"
 DEFAULT_WIDTH = 0.25
 DEFAULT_DATA = "fashion-mnist"
 DEFAULT_EPOCHS = 10  # the shipped asset's recipe (see docs/foundation.md)
 DEFAULT_FILENAME = "vgg19_w0.25_fashion-mnist.pt"
-
-
-@dataclass
-class ModelInfo:
-    """Everything needed to rebuild a model and feed it correctly."""
-
-    model: str
-    width: float
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: list[str]
-    layer_shapes: dict[str, dict[str, int]] | None = None
-    meta: dict = field(default_factory=dict)
-    removed_blocks: list[str] | None = None  # residual blocks, plain units replaced by identity (rlprune_edge.blocks)
-    source: dict | None = None  # your own model class: spec, factory, args, sha256 (rlprune_edge.models.user)
-
-    def to_dict(self) -> dict:
-        """Plain-type dict (lists instead of tuples) for the checkpoint file."""
-        d = asdict(self)
-        d["input_shape"] = list(self.input_shape)
-        d["mean"] = list(self.mean)
-        d["std"] = list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelInfo:
-        """Inverse of :meth:`to_dict`; raises KeyError/TypeError/ValueError on malformed input."""
-        return cls(
-            model=str(d["model"]),
-            width=float(d["width"]),
-            num_classes=int(d["num_classes"]),
-            input_shape=tuple(int(v) for v in d["input_shape"]),  # type: ignore[arg-type]
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            class_names=[str(c) for c in d["class_names"]],
-            layer_shapes=d.get("layer_shapes"),
-            meta=dict(d.get("meta") or {}),
-            removed_blocks=[str(b) for b in d["removed_blocks"]] if d.get("removed_blocks") else None,
-            source=dict(d["source"]) if d.get("source") else None,
-        )
 
 
 # --- per-module shape records (rlprune_edge.layers: one handler per layer type) ----------------
@@ -158,27 +126,27 @@ def check_writable(path: str | os.PathLike, *, flag: str = "output path", force:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo, *, force: bool = False,
                     flag: str = "checkpoint", inputs: Iterable[str | os.PathLike] = (),
-                    verify: bool = True, check: Callable[[nn.Module], None] | None = None) -> Path:
+                    verify: bool = True, check: Callable[[nn.Module], None] | None = None,
+                    dense: nn.Module | None = None) -> Path:
     """Write model + info under the output rule; records layer_shapes when they differ from the dense build.
 
     The file is written to a temp file beside `path` and, with `verify`, reloaded from there (same
     weights, bit for bit; then `check(reloaded_model)`, which raises to refuse) before it replaces
     anything. An existing file at `path` is replaced only
     when it is an rlprune-edge checkpoint, or with `force`; links, special files and the files in
-    `inputs` never are (UserError).
+    `inputs` never are (UserError). A model passed to compress as an object needs its `dense` model.
     """
-    reference = _dense_model(info)
+    reference = _dense_model(info, dense)
     info.removed_blocks = removed_blocks(model, reference) or None
     shapes = module_shapes(model)
-    dense = module_shapes(reference)
-    info.layer_shapes = shapes if shapes != dense else None
+    info.layer_shapes = shapes if shapes != module_shapes(reference) else None
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "info": info.to_dict(), "state_dict": state}
 
     def check_written(tmp: Path) -> None:
         if not verify:
             return
-        reloaded, _ = load_checkpoint(tmp, arch=info.source["spec"] if info.source else None)
+        reloaded, _ = load_checkpoint(tmp, arch=reload_arch(info, dense))
         got = reloaded.state_dict()
         if set(got) != set(state) or not all(torch.equal(got[k], v) for k, v in state.items()):
             raise RuntimeError(f"the checkpoint written for {path} does not reload to the same weights "
@@ -190,125 +158,31 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: ModelInfo, 
                       recognise=is_checkpoint_file, force=force, inputs=inputs, check=check_written)
 
 
-MAX_INPUT_DIM = 16384  # C, H or W of a checkpoint's input shape (larger ones are corrupt headers, not models)
-MAX_CLASSES = 100_000
-MAX_WIDTH = 64.0  # zoo width multiplier; the same bound as `compress --width`
-
-
-def check_width(width: float, flag: str = "--width") -> float:
-    """A zoo width multiplier from the command line: finite, > 0 and at most MAX_WIDTH (UserError otherwise)."""
-    if not (isinstance(width, (int, float)) and math.isfinite(width) and 0 < width <= MAX_WIDTH):
-        raise UserError(f"{flag} must be a number in (0, {MAX_WIDTH:g}], got {width}; use e.g. {flag} 0.25.")
-    return float(width)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _shown(v: object) -> str:
-    """A short one-line description of a header value for an error message."""
-    if isinstance(v, torch.Tensor):
-        return f"a tensor of shape {list(v.shape)}"
-    text = repr(v)
-    if len(text) <= 60 and "\n" not in text:
-        return text
-    if isinstance(v, (list, tuple, dict)):
-        return f"a {type(v).__name__} of {len(v)} items"
-    text = " ".join(text.split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def check_header(payload: dict, path: str | os.PathLike) -> tuple[ModelInfo, dict]:
-    """Validate a loaded checkpoint dict field by field; return (ModelInfo, state_dict) or raise UserError.
-
-    Every message names the file and the field, so a hand-edited or foreign header never reaches
-    the model builder as a crash.
-    """
-
-    def bad(field_name: str, expected: str, got: object) -> UserError:
-        return UserError(f"checkpoint {path} has a malformed header: {field_name} must be {expected}, got "
-                         f"{_shown(got)}; re-create the checkpoint with `rlprune-edge train`.")
-
-    version = payload.get("version")
-    if not _is_int(version):
-        raise bad("version", "an integer", version)
-    if version > VERSION:
-        raise UserError(f"checkpoint {path} has format version {version}, newer than this "
-                        f"rlprune-edge supports ({VERSION}); upgrade rlprune-edge.")
-    if version < 1:
-        raise bad("version", f"an integer in 1..{VERSION}", version)
-    raw = payload.get("info")
-    if not isinstance(raw, dict):
-        raise bad("info", "a dict of model fields", raw)
-    for key in ("model", "width", "num_classes", "input_shape", "mean", "std", "class_names"):
-        if key not in raw:
-            raise UserError(f"checkpoint {path} has a malformed header: info.{key} is missing; "
-                            "re-create the checkpoint with `rlprune-edge train`.")
-    if not isinstance(raw["model"], str) or not raw["model"]:
-        raise bad("info.model", "a model name", raw["model"])
-    if not (_is_number(raw["width"]) and 0 < raw["width"] <= MAX_WIDTH):
-        raise bad("info.width", f"a number in (0, {MAX_WIDTH:g}]", raw["width"])
-    if not (_is_int(raw["num_classes"]) and 1 <= raw["num_classes"] <= MAX_CLASSES):
-        raise bad("info.num_classes", f"an integer in 1..{MAX_CLASSES}", raw["num_classes"])
-    shape = raw["input_shape"]
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3
-            and all(_is_int(d) and 1 <= d <= MAX_INPUT_DIM for d in shape)):
-        raise bad("info.input_shape", f"3 positive integers (C, H, W) up to {MAX_INPUT_DIM}", shape)
-    for key in ("mean", "std"):
-        vals = raw[key]
-        if not (isinstance(vals, (list, tuple)) and vals and all(_is_number(v) for v in vals)):
-            raise bad(f"info.{key}", "a non-empty list of finite numbers", vals)
-    if any(v <= 0 for v in raw["std"]):
-        raise bad("info.std", "a list of positive numbers", raw["std"])
-    names = raw["class_names"]
-    if not (isinstance(names, (list, tuple)) and all(isinstance(n, (str, int)) for n in names)):
-        raise bad("info.class_names", "a list of strings", names)
-    shapes = raw.get("layer_shapes")
-    if shapes is not None:
-        if not isinstance(shapes, dict):
-            raise bad("info.layer_shapes", "a dict of layer name -> {argument: positive integer}", shapes)
-        for name, record in shapes.items():
-            if not (isinstance(name, str) and isinstance(record, dict) and record
-                    and all(isinstance(k, str) and _is_int(v) and v >= 1 for k, v in record.items())):
-                raise bad(f"info.layer_shapes[{name!r}]", "a dict of argument name -> positive integer", record)
-    blocks = raw.get("removed_blocks")
-    if blocks is not None and not (isinstance(blocks, (list, tuple)) and all(isinstance(b, str) and b for b in blocks)):
-        raise bad("info.removed_blocks", "a list of block names", blocks)
-    source = raw.get("source")
-    if source is not None and not check_record(source):
-        raise bad("info.source", "a record of kind, file, module, factory, args, sha256 and spec", source)
-    meta = raw.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise bad("info.meta", "a dict", meta)
-    state = payload.get("state_dict")
-    if not isinstance(state, dict):
-        raise bad("state_dict", "a dict of parameter name -> tensor", state)
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise bad(f"state_dict[{key!r}]", "a tensor", value)
-    try:
-        return ModelInfo.from_dict(raw), state
-    except (KeyError, TypeError, ValueError) as exc:  # kept as a last line of defence
-        raise UserError(f"checkpoint {path} has a malformed header ({exc}); re-create it.") from None
-
-
-def _dense_model(info: ModelInfo, arch: str | None = None, path: object = None) -> nn.Module:
-    """The dense model `info` describes: by name, or (own class) by the spec `arch` checked against the record."""
+def _dense_model(info: ModelInfo, arch: Any = None, path: object = None) -> nn.Module:
+    """The dense model `info` describes: by name, or (own class, ONNX file, model object) from `arch`
+    checked against the record (`path` None: the record is trusted, as when it was just written)."""
     from rlprune_edge.models import build_model
 
     if info.source is None:
         return build_model(info.model, info.width, info.num_classes)
-    record = info.source if path is None else check_arch(info.source, arch, path)
-    return build_from_record(record)
+    kind = info.source["kind"]
+    if kind == "object":  # a model object passed from Python: `arch` is a new dense one (models.live)
+        return copy.deepcopy(check_object(info.source, arch, path or "being written"))
+    onnx = kind == "onnx"  # converted from the recorded file (rlprune_edge.models.onnx_in)
+    check, build = (check_onnx_arch, build_from_onnx) if onnx else (check_arch, build_from_record)
+    return build(info.source if path is None else check(info.source, arch, path))
+
+
+def reload_arch(info: ModelInfo, dense: nn.Module | None = None) -> Any:
+    """What `load_checkpoint` needs as `arch` to reload a checkpoint written with `info`: nothing for a
+    model by name, the spec for your own class or an ONNX file, the dense model for a model object."""
+    if info.source is None:
+        return None
+    return dense if info.source["kind"] == "object" else info.source["spec"]
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    arch: str | None = None) -> tuple[nn.Module, ModelInfo]:
+                    arch: Any = None) -> tuple[nn.Module, ModelInfo]:
     """Rebuild the model recorded in `path` (weights_only load); UserError naming the file on any problem.
 
     A checkpoint of your own model class (``info.source``) needs its spec again as `arch` (``--arch``),
@@ -318,6 +192,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         what = _not_a_file(path)
         raise UserError(f"checkpoint {path} {what}; give the path of a .pt file written by rlprune-edge.")
+    if is_onnx_spec(path):  # converted by resolve_model; a checkpoint of it comes from `import`
+        raise UserError(f"{path} is an ONNX model, not an rlprune-edge checkpoint; make it one with `rlprune-edge "
+                        f"import {quote(path)} --out model.pt`, then use model.pt with --arch {quote(path)}.")
     try:
         with warnings.catch_warnings():  # torch's own warnings (sparse tensors, storages): our sentence says it
             warnings.simplefilter("ignore")
@@ -391,10 +268,9 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
     the spec of a checkpoint of your own model class (:func:`load_checkpoint`).
     """
     from rlprune_edge.models import (
-        TORCHVISION_PREFIX,
-        ZOO_NAMES,
         adopt_input_shape,
         build_model,
+        is_named_architecture,
         model_input_shape,
         valid_names_sentence,
     )
@@ -407,13 +283,15 @@ def resolve_model(spec: str, width: float = 1.0, num_classes: int | None = None,
                         "a function returning the model).")
     if model_args is not None and not is_user_spec(spec):
         raise UserError(f"--model-args applies only to a model class of your own (FILE.py:FACTORY), not to {spec}.")
+    if is_onnx_spec(spec):  # an ONNX file, converted by onnx2torch (rlprune_edge.models.onnx_in)
+        return _onnx_model(spec, width, num_classes, data, name, arch)
     if is_user_spec(spec):
         if arch is not None:
             raise UserError(f"--arch is for reloading a checkpoint of your own model class; {name} {spec} already "
                             "names the class, so leave --arch out.")
         args = model_args if isinstance(model_args, dict) else parse_model_args(model_args)
         return _user_model(spec, args, width, num_classes, data)
-    if spec in ZOO_NAMES or spec.startswith(TORCHVISION_PREFIX):
+    if is_named_architecture(spec):
         if num_classes is None:
             num_classes = data.num_classes if data is not None else 10
         model = build_model(spec, width, num_classes)
@@ -462,6 +340,19 @@ def _user_model(spec: str, args: dict, width: float, num_classes: int | None, da
         names = [str(i) for i in range(num_classes)]
     info = ModelInfo(spec, 1.0, num_classes, shape, mean, std, names, source=record)  # type: ignore[arg-type]
     return model, info
+
+
+def _onnx_model(spec: str, width: float, num_classes: int | None, data, name: str,
+                arch: str | None) -> tuple[nn.Module, ModelInfo]:
+    """An ONNX file converted to a module, checked to give (N, classes) logits at the data's input size."""
+    from rlprune_edge.models.onnx_in import onnx_model
+
+    wanted = num_classes if num_classes is not None or data is None else data.num_classes
+    model, record, n = onnx_model(spec, shape=None if data is None else tuple(data.input_shape), num_classes=wanted,
+                                  width=width, arch=arch, name=name)
+    mean, std = (tuple(data.mean), tuple(data.std)) if data is not None else (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    names = list(data.class_names) if data is not None and len(data.class_names) == n else [str(i) for i in range(n)]
+    return model, ModelInfo(spec, 1.0, n, tuple(model.input_shape), mean, std, names, source=record)
 
 
 # --- the embedded default model -----------------------------------------------------------------

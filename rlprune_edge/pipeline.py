@@ -91,7 +91,7 @@ class CompressConfig:
     (``CompressConfig.from_options(kd_epochs=2)``).
     """
 
-    model: str | None = None  # checkpoint path or model name; None: the shipped VGG-19 w0.25
+    model: Any = None  # checkpoint path, model name or spec, or an nn.Module object; None: the shipped VGG-19 w0.25
     width: float = 1.0
     model_args: str | None = None  # k=v,... for your own model class (model "FILE.py:FACTORY")
     arch: str | None = None  # the spec of your own model class, to reload a checkpoint of it
@@ -114,6 +114,7 @@ class CompressConfig:
     threads: int | None = None
     no_bundle: bool = False
     quiet: bool = False
+    time_budget: float = 30.0  # minutes: KD budgets are scaled down when the estimate exceeds it (0: never)
     # the stages' configs (rlprune_edge.config); compress's own budgets where they differ from a stage's standalone default
     kd: DistillConfig = field(default_factory=lambda: DistillConfig(epochs=4))  # the final distillation
     plan: PlanSearchConfig = field(default_factory=PlanSearchConfig)  # plan and uniform search
@@ -228,6 +229,9 @@ class CompressConfig:
         if not all(math.isfinite(v) and -6.0 <= v <= 6.0 for v in self.plan.ramps):
             raise UserError(f"{n('ramps')} is not a comma-separated list of slopes in [-6, 6]; e.g. "
                             f"{n('ramps')}=-0.75,-1.5 (or an empty string for none).")
+        if not (math.isfinite(self.time_budget) and 0 <= self.time_budget <= 100_000):
+            raise UserError(f"{n('time_budget')} {self.time_budget} is not a number of minutes in [0, 100000]; "
+                            f"e.g. {n('time_budget')} 30 (0 runs the full budgets however long they take).")
         if self.channel_multiple is not None and not 1 <= self.channel_multiple <= 256:
             raise UserError(f"{n('channel_multiple')} must be between 1 and 256, got {self.channel_multiple}; "
                             "e.g. 8 for ONNX Runtime on x86, 1 for no rounding.")
@@ -259,7 +263,7 @@ def compress(config: CompressConfig, announce: Callable[[dict | None], None] | N
     config.check()
     target = config.target()
     run_dir = RunDir.open(config.out, resume=config.resume, name=config.name("out"),
-                          inputs=[config.model] if config.model else [])
+                          inputs=[config.model] if isinstance(config.model, str) and config.model else [])
     try:
         report = _run(config, target, run_dir, t_start, announce or (lambda _payload: None))
     except BaseException:
@@ -275,6 +279,7 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
 
     from rlprune_edge.checkpoint import load_checkpoint, resolve_model
     from rlprune_edge.data import load_data
+    from rlprune_edge.models.onnx_in import is_onnx_spec
     from rlprune_edge.profiles import load_profile
     from rlprune_edge.train import ensure_default_model
 
@@ -282,9 +287,14 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     if c.channel_multiple is not None:
         profile = replace(profile, pruning=replace(profile.pruning, channel_multiple=c.channel_multiple,
                                                    basis=f"{c.name('channel_multiple')} {c.channel_multiple}"))
+    if c.model is not None and not isinstance(c.model, str):
+        data_spec = c.data or "fashion-mnist"
+        data = load_data(data_spec, seed=c.seed)
+        dense, info = _live_model(c, data)
+        return profile, data, dense.eval(), info, info.model, data_spec
     model_spec = c.model or str(ensure_default_model(progress=not c.quiet))
     info_data = None
-    if Path(model_spec).is_file():
+    if Path(model_spec).is_file() and not is_onnx_spec(model_spec):
         _, probe = load_checkpoint(model_spec, arch=c.arch)
         info_data = (probe.meta or {}).get("data")
     data_spec = c.data or info_data or "fashion-mnist"
@@ -296,6 +306,37 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
         raise UserError(f"model {model_spec} takes inputs {tuple(info.input_shape)} but data {data_spec} gives "
                         f"{tuple(data.input_shape)}; use a model trained on this dataset.")
     return profile, data, dense.eval(), info, model_spec, data_spec
+
+
+def _live_model(c: CompressConfig, data: Any) -> tuple[Any, Any]:
+    """A model object passed from Python: a copy, checked to give the data's class logits; its
+    checkpoints record the class and the dense fingerprint (:mod:`rlprune_edge.models.live`)."""
+    import copy
+
+    from torch import nn
+
+    from rlprune_edge.checkpoint import ModelInfo
+    from rlprune_edge.models.live import OBJECT_PREFIX, class_path, object_record
+    from rlprune_edge.models.user import check_classifier
+
+    if not isinstance(c.model, nn.Module):
+        raise UserError(f"{c.name('model')} is a {type(c.model).__name__}; give a checkpoint path, a model name or "
+                        "spec, or a torch.nn.Module.")
+    for flag, value in (("model_args", c.model_args), ("arch", c.arch)):
+        if value is not None:
+            raise UserError(f"{c.name(flag)} does not apply to a model object; leave it out.")
+    model = copy.deepcopy(c.model).cpu()
+    shape = tuple(int(d) for d in data.input_shape)
+    own = getattr(c.model, "input_shape", None)
+    if own is not None and tuple(own) != shape:
+        raise UserError(f"the model's input_shape {tuple(own)} differs from data {c.data or 'fashion-mnist'}'s "
+                        f"{shape}; pass data of the size the model takes (imagefolder@SIZE:DIR).")
+    name = OBJECT_PREFIX + class_path(model)
+    check_classifier(model, shape, data.num_classes, name)
+    model.input_shape = shape
+    info = ModelInfo(name, 1.0, data.num_classes, shape, tuple(data.mean), tuple(data.std), list(data.class_names),
+                     source=object_record(model))
+    return model, info
 
 
 def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
@@ -366,11 +407,8 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
                  f"{float(latency_model.predict(space.as_dict(probe_keep))):.3f} ms (uniform plan)")
 
         # --- validated: from here on we write into the run directory ----------------------------------
-        state_dir = run_dir.work / "search"
-        if run_dir.replaces:
-            _say(f"note: {run_dir.out} holds an earlier run; this run works beside it and replaces it only when "
-                 "it ends normally")
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = _state_dir(run_dir)
+        c = _fit_time(c, dense, info, data, profile, dense_ms, device, state_dir / "budget.json", t_start)
         return search_distil_report(CompressJob(
             args=c, target=target, data=data, data_spec=data_spec, dense=dense, info=info, model_spec=model_spec,
             profile=profile, backend=backend, latency_model=latency_model, weights=weights,
@@ -378,6 +416,50 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
             t_start=t_start, groups=groups, space=space, device=device, gate=gate), announce)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _state_dir(run_dir: Any) -> Path:
+    """The run's search state directory, created (the first write into the run directory)."""
+    if run_dir.replaces:
+        _say(f"note: {run_dir.out} holds an earlier run; this run works beside it and replaces it only when "
+             "it ends normally")
+    state_dir = run_dir.work / "search"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return state_dir
+
+
+def _fit_time(c: CompressConfig, dense: Any, info: Any, data: Any, profile: Any, dense_ms: float, device: Any,
+              record: Path, t_start: float) -> CompressConfig:
+    """Print the run's time estimate from a measured step; scale the KD budgets so the whole run
+    (the set-up already spent included) fits ``time_budget`` (the budget chosen is kept in `record`,
+    so a resumed run continues with the same one)."""
+    import json
+
+    from rlprune_edge.estimate import Budget, estimate_run, fit_budget, measure_rates
+    from rlprune_edge.fsutil import atomic_write_json
+
+    n_train, n_val, n_test = len(data.train), len(data.val), len(data.test)
+    rates = measure_rates(dense, tuple(info.input_shape), device, batch=c.proxy.probe_batch_size)
+    est = estimate_run(c, rates, dense_ms, profile, n_train, n_val, n_test)
+    flags = ", ".join(c.name(o) for o in ("time_budget", "kd_images", "screen_batches", "probe_batches", "candidates"))
+    spent = time.perf_counter() - t_start
+    _say(f"time estimate: {est.describe()} after {spent / 60:.1f} min of set-up, at {rates.train_ips:,.0f} images/s "
+         f"training and {rates.forward_ips:,.0f} images/s forward (measured in {rates.measured_s:.0f} s); shorten "
+         f"with {flags}")
+    if c.resume and record.is_file():
+        budget = Budget.from_json(json.loads(record.read_text()))
+    else:
+        budget = fit_budget(c, est, 60.0 * c.time_budget - spent if c.time_budget else 0.0, n_train)
+        atomic_write_json(record, budget.to_json())
+    if budget.scale >= 1.0:
+        return c
+    fitted = budget.apply(c)
+    kd = f"{budget.kd_images:,} images per epoch" if budget.kd_images else "the whole train split"
+    _say(f"over {c.name('time_budget')} {c.time_budget:g} min: KD budgets scaled x{budget.scale:.2f} "
+         f"(screen {budget.screen_batches}, probe {budget.probe_batches}, final {budget.final_batches} batches; "
+         f"final KD {kd}) -> {estimate_run(fitted, rates, dense_ms, profile, n_train, n_val, n_test).describe()}; "
+         f"{c.name('time_budget')} 0 runs the full budgets")
+    return fitted
 
 
 @dataclass

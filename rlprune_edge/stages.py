@@ -191,7 +191,7 @@ def search_distil_report(job: CompressJob, announce: Callable[[dict | None], Non
     final_acc = accuracy(student, test_x, test_y)
     final_info = replace(info, meta={**(info.meta or {}), "compressed_from": str(job.model_spec), "profile": profile.name,
                                      "target": job.target.describe(), "test_acc": final_acc, "data": job.data_spec})
-    save_checkpoint(out / "model.pt", student, final_info)
+    save_checkpoint(out / "model.pt", student, final_info, dense=job.dense)
     export_onnx(copy.deepcopy(student), out / "model.onnx", tuple(info.input_shape), batch=int(profile.input.batch))
     # what the backend measures: the ONNX file just written, or (torch profiles) the module itself
     final_art = (materialize(job.backend, student, out / "model.onnx", tuple(info.input_shape), int(profile.input.batch))
@@ -245,17 +245,17 @@ def _distil(job: CompressJob, model: Any, announce: Callable[[dict | None], None
     """Save the searched model, tell the other torchrun ranks, distil it from the dense model.
 
     Returns (student, learning rate, seconds)."""
-    from rlprune_edge.checkpoint import load_checkpoint, save_checkpoint
+    from rlprune_edge.checkpoint import load_checkpoint, reload_arch, save_checkpoint
     from rlprune_edge.distill import distill
 
     a = job.args
     searched_path = job.state_dir / "searched.pt"
-    save_checkpoint(searched_path, model, job.info)
+    save_checkpoint(searched_path, model, job.info, dense=job.dense)
     kd_lr = a.kd.lr
     # the other ranks (torchrun) wait for this, then distil together with this one
     announce({"searched": str(searched_path), "model_spec": str(job.model_spec), "data_spec": job.data_spec,
               "kd_lr": kd_lr, "device": a.device})
-    student, _ = load_checkpoint(searched_path, arch=job.info.source["spec"] if job.info.source else None)
+    student, _ = load_checkpoint(searched_path, arch=reload_arch(job.info, job.dense))
     torch.manual_seed(a.seed + 12345)
     t_kd = time.perf_counter()
     distill(student, job.dense, job.data, replace(a.kd, seed=a.seed), progress=not a.quiet,
@@ -265,12 +265,13 @@ def _distil(job: CompressJob, model: Any, announce: Callable[[dict | None], None
 
 def _bundle(job: CompressJob, student: Any, final_info: Any) -> str | None:
     """The deployable bundle in OUT/bundle; a failure is a warning (the model and report stand)."""
+    from rlprune_edge.estimate import BUNDLE_TEST, VERIFY_IMAGES
     from rlprune_edge.export import export_bundle
 
     try:
         manifest = export_bundle(student, final_info, job.profile, job.out / "bundle",
                                  precision=job.profile.runtime.precision, data=job.data, measure=False,
-                                 verify_images=200, test_limit=1000, log=None)
+                                 verify_images=VERIFY_IMAGES, test_limit=BUNDLE_TEST, log=None)
     except UserError as exc:
         _say(f"warning: bundle not written: {exc}")
         return None

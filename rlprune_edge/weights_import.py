@@ -8,8 +8,9 @@ by ``torch.save(model.state_dict(), path)`` — possibly wrapped (``{"state_dict
 ``torch.load(weights_only=True)`` (a pickled model object is refused, never executed), maps the keys
 onto the named architecture, refuses anything that does not fit with one sentence saying what to
 change, evaluates the model on the dataset it will be compressed with (the check that the
-normalisation and class order match), and writes the checkpoint atomically. Custom architectures
-(a class of your own) cannot be rebuilt from weights alone and are not supported.
+normalisation and class order match), and writes the checkpoint atomically. A class of your own is
+named by ``--model FILE.py:FACTORY``. An ONNX file carries its architecture: :func:`import_onnx`
+converts it (:mod:`rlprune_edge.models.onnx_in`) and checks the conversion against ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -314,4 +315,40 @@ def import_checkpoint(weights: str | os.PathLike, model_name: str, width: float,
                                "nothing was replaced.")
 
     save_checkpoint(out, result.model, result.info, flag="--out", force=force, inputs=[weights], check=same_outputs)
+    return result
+
+
+def import_onnx(path: str | os.PathLike, data: DataBundle, out: str | os.PathLike, force: bool = False,
+                evaluate_split: str | None = "test") -> ImportedWeights:
+    """An ONNX classifier → a checkpoint at `out`: converted, checked against ONNX Runtime on the file itself
+    (relative error at most ``ORT_MAX_REL_ERROR``) and on the data, then written under the output rule."""
+    from rlprune_edge.models.onnx_in import ORT_MAX_REL_ERROR, ort_relative_error
+
+    start = time.perf_counter()
+    model, info = resolve_model(str(path), data=data, name="import")
+    x = _probe_input(info.input_shape)
+    _check_finite_outputs(model, info.input_shape, Path(path))
+    rel = ort_relative_error(model, info.source, x)
+    if not rel <= ORT_MAX_REL_ERROR:
+        raise UserError(f"the PyTorch conversion of {path} differs from ONNX Runtime on it (relative error {rel:.2g}, "
+                        f"at most {ORT_MAX_REL_ERROR:g} allowed): onnx2torch converts one of its ops differently, so "
+                        "it cannot be imported as is. Nothing was written.")
+    info.meta = {"data": data.spec, "imported_from": Path(path).name, "onnx_sha256": info.source["sha256"],
+                 "ort_rel_error": rel}
+    result = ImportedWeights(model.eval(), info, notes=[f"checked against ONNX Runtime (relative error {rel:.1g})"])
+    if evaluate_split is not None:
+        result.test_acc = evaluate(model, data.loader(evaluate_split, 256))
+        info.meta["test_acc"] = result.test_acc
+    info.meta["wall_s"] = round(time.perf_counter() - start, 1)
+    with torch.no_grad():
+        expected = model(x)
+
+    def same_outputs(reloaded: nn.Module) -> None:  # on the temp file, before it replaces anything
+        with torch.no_grad():
+            got = reloaded.eval()(x)
+        if not torch.allclose(expected, got, rtol=1e-5, atol=1e-5):
+            raise RuntimeError(f"{out} does not reload to the imported model's outputs (a bug; please report it); "
+                               "nothing was replaced.")
+
+    save_checkpoint(out, model, info, flag="--out", force=force, inputs=[path], check=same_outputs)
     return result

@@ -16,11 +16,11 @@ PKG = Path(__file__).resolve().parent.parent / "rlprune_edge"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "fsutil", "outputs", "limits", "config", "paths", "progress", "sshopts", "cpu_block"),
     ("board",),  # runs on the board: stdlib + numpy + the runtime only
-    ("flops", "models", "data", "layers", "blocks", "checkpoint", "profiles", "runtimes", "compute", "onnx_io"),
+    ("flops", "models", "model_info", "data", "layers", "blocks", "checkpoint", "profiles", "runtimes", "compute", "onnx_io"),
     ("graph_rules", "graph"),
     ("importance", "pruning"),
     ("latency",),
-    ("search", "distill", "quantize", "train", "baselines", "weights_import"),
+    ("search", "distill", "quantize", "train", "baselines", "weights_import", "estimate"),
     ("engine", "export", "bundle", "report", "rundir"),
     ("stages",),
     ("pipeline",),

@@ -42,6 +42,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--kd-images", type=int,
                    help="training images per distillation epoch (0 = the whole train split; default %(default)s)")
     p.add_argument("--kd-lr", type=float, help="distillation learning rate (default %(default)s)")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="minutes the run may take by its estimate: above it, every KD budget (search batches, "
+                        "final KD images) is scaled down by one factor (0 = never; default %(default)s)")
     p.add_argument("--search", choices=list(SEARCHES),
                    help="plan: whole plans one-shot from the dense model, judged at equal predicted latency "
                         "(default); uniform: the uniform plan alone through the same pipeline (baseline); "

@@ -1,7 +1,9 @@
-"""Model zoo: the RL-Pruner paper's CIFAR-style CNNs (32x32 input) and any torchvision classifier.
+"""Model zoo: the RL-Pruner paper's CIFAR-style CNNs (32x32 input), any torchvision classifier and
+timm's architectures (the optional ``timm`` extra).
 
     model = build_model("vgg19", width=0.25, num_classes=10)
     model = build_model("torchvision:resnet18", num_classes=10)   # random init, no download
+    model = build_model("timm:mobilenetv3_small_100", num_classes=10)
 
 Every built model carries ``model.input_shape`` (C, H, W), the input size it is meant for.
 """
@@ -19,6 +21,7 @@ from rlprune_edge.models.densenet import build_densenet
 from rlprune_edge.models.googlenet import build_googlenet
 from rlprune_edge.models.mobilenetv3 import build_mobilenetv3
 from rlprune_edge.models.resnet import build_resnet
+from rlprune_edge.models.timm_models import TIMM_PREFIX, build_timm, is_timm_name, is_timm_spec, timm_module
 from rlprune_edge.models.vgg import build_vgg
 
 ZOO_NAMES: tuple[str, ...] = (
@@ -40,7 +43,8 @@ _TORCHVISION_SIZES = (32, 64, 96, 128, 224, 299)
 
 def valid_names_sentence() -> str:
     """Human-readable list of accepted model names."""
-    return ", ".join(ZOO_NAMES) + f", or {TORCHVISION_PREFIX}NAME for a torchvision classification model"
+    return (", ".join(ZOO_NAMES) + f", {TORCHVISION_PREFIX}NAME for a torchvision classification model, or "
+            f"{TIMM_PREFIX}NAME for a timm architecture")
 
 
 def torchvision_names() -> list[str]:
@@ -51,8 +55,8 @@ def torchvision_names() -> list[str]:
 
 
 def is_model_name(name: str) -> bool:
-    """True if `name` is a zoo name or a `torchvision:NAME` with a known classification model."""
-    if name in ZOO_NAMES:
+    """True if `name` is a zoo name, a `torchvision:NAME` classification model or a `timm:NAME` architecture."""
+    if name in ZOO_NAMES or is_timm_name(name):
         return True
     return name.startswith(TORCHVISION_PREFIX) and name[len(TORCHVISION_PREFIX):] in torchvision_names()
 
@@ -71,6 +75,11 @@ def build_model(name: str, width: float = 1.0, num_classes: int = 10) -> nn.Modu
         return model
     if name.startswith(TORCHVISION_PREFIX):
         return _build_torchvision(name[len(TORCHVISION_PREFIX):], float(width), num_classes)
+    if is_timm_spec(name):
+        if width != 1.0:
+            raise UserError(f"a width multiplier applies only to the built-in zoo ({', '.join(ZOO_NAMES)}), not to {name}.")
+        check_weights_fit(name, width, num_classes)
+        return build_timm(name, num_classes)
     raise UserError(f"unknown model {name!r}; choose one of {valid_names_sentence()}.")
 
 
@@ -81,6 +90,8 @@ def parameter_count(name: str, width: float = 1.0, num_classes: int = 10) -> int
         with torch.device("meta"):
             if name in _BUILDERS:
                 model = _BUILDERS[name](name, float(width), num_classes)
+            elif is_timm_spec(name):
+                model = timm_module(name, num_classes)
             else:
                 model = _torchvision_module(name[len(TORCHVISION_PREFIX):], num_classes)
         return sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
@@ -173,5 +184,10 @@ def model_input_shape(model: nn.Module) -> tuple[int, int, int]:
     return tuple(shape) if shape is not None else CIFAR_INPUT_SHAPE  # type: ignore[return-value]
 
 
-__all__ = ["ZOO_NAMES", "accepts_input", "adopt_input_shape", "build_model", "is_model_name", "model_input_shape", "torchvision_names",
+def is_named_architecture(spec: str) -> bool:
+    """A spec the zoo builds by name (zoo, ``torchvision:``, ``timm:``), known or not: never a file."""
+    return spec in ZOO_NAMES or spec.startswith(TORCHVISION_PREFIX) or is_timm_spec(spec)
+
+
+__all__ = ["TIMM_PREFIX", "ZOO_NAMES", "is_named_architecture", "accepts_input", "adopt_input_shape", "build_model", "is_model_name", "model_input_shape", "torchvision_names",
            "valid_names_sentence"]

@@ -29,7 +29,7 @@ MAX_ARGS_TEXT = 4000
 
 def is_user_spec(spec: str | None) -> bool:
     """True for ``FILE.py:FACTORY`` or ``package.module:FACTORY`` (never a zoo or torchvision name)."""
-    if not spec or spec.startswith("torchvision:"):
+    if not spec or spec.startswith(("torchvision:", "timm:")):
         return False
     left, sep, _ = spec.rpartition(":")
     return bool(sep) and (left.endswith(".py") or bool(_DOTTED.match(left)))

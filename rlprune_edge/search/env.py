@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+from rlprune_edge.checkpoint import ModelInfo, load_checkpoint, reload_arch, save_checkpoint
 from rlprune_edge.compute import channels_last
 from rlprune_edge.config import EnvConfig  # noqa: F401 - re-exported, defined with every default in one place
 from rlprune_edge.latency.campaign import low_ms, robust_compare
@@ -177,8 +177,8 @@ class PruneEnv:
 
     # --- persistence -------------------------------------------------------------------------------
     def save_model(self, path: Path, model: nn.Module) -> None:
-        save_checkpoint(path, model, self.info)
+        save_checkpoint(path, model, self.info, dense=self.dense)
 
     def load_model(self, path: Path) -> nn.Module:
-        model, _ = load_checkpoint(path, arch=self.info.source["spec"] if self.info.source else None)
+        model, _ = load_checkpoint(path, arch=reload_arch(self.info, self.dense))
         return model.eval()

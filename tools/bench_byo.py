@@ -1,0 +1,127 @@
+"""Bring-your-own benchmark (issue 48): architectures the zoo does not have, each trained briefly with
+`rlprune-edge train`, then `rlprune-edge compress` with the product's defaults at a 0.5x target on
+host-cpu. One row per architecture: source, prunable groups, dense and final accuracy, measured ratio.
+
+    .venv/bin/python -m tools.bench_byo --work runs/byo [--only timm:lcnet_050] [--epochs 3]
+    .venv/bin/python -m tools.bench_byo --work runs/byo --table   # the Markdown table from results.json
+
+Every command run is printed (and kept in results.json) so any row can be re-run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(ROOT / ".venv" / "bin" / "rlprune-edge")
+EDGENET = ROOT / "tests" / "data" / "edgenet.py"
+
+# (spec, source shown in the table, extra train args); every row: Fashion-MNIST 32x32, 10 classes
+ROWS: tuple[tuple[str, str, list[str]], ...] = (
+    ("timm:mobilenetv3_small_100", "timm", []),
+    ("timm:efficientnet_lite0", "timm", []),
+    ("timm:regnetx_002", "timm", []),
+    ("timm:lcnet_075", "timm", []),
+    ("timm:ghostnet_050", "timm", []),
+    ("timm:mnasnet_small", "timm", []),
+    (f"{EDGENET}:EdgeNet", "own class (file)", ["--model-args", "width=32"]),
+)
+
+
+def run(cmd: list[str], log: Path) -> tuple[int, float]:
+    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, check=False).returncode
+    return rc, time.perf_counter() - t
+
+
+def slug(spec: str) -> str:
+    return spec.rsplit("/", 1)[-1].replace(":", "_").replace(".py", "")
+
+
+def groups_of(ckpt: Path, arch: list[str]) -> tuple[int, int]:
+    """(prunable groups, all groups) of a checkpoint, from `inspect`'s table."""
+    import torch
+
+    from rlprune_edge.checkpoint import load_checkpoint
+    from rlprune_edge.graph import prunable_groups
+
+    model, info = load_checkpoint(ckpt, arch=arch[1] if arch else None)
+    groups = prunable_groups(model, torch.zeros(1, *info.input_shape))
+    return sum(g.prunable for g in groups), len(groups)
+
+
+def bench(spec: str, source: str, train_args: list[str], work: Path, epochs: int, target: str) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    dense = work / f"{slug(spec)}.pt"
+    row: dict = {"spec": spec, "source": source, "commands": []}
+    arch = ["--arch", spec] if source.startswith("own") else []
+    if not dense.is_file():
+        cmd = [CLI, "train", "--model", spec, *train_args, "--epochs", str(epochs), "--out", str(dense), "--quiet"]
+        rc, wall = run(cmd, work / f"{slug(spec)}.train.log")
+        row["commands"].append(cmd)
+        row["train_s"] = wall
+        if rc:
+            return {**row, "error": f"train exit {rc}"}
+    row["prunable_groups"], row["groups"] = groups_of(dense, arch)
+    out = work / slug(spec)
+    cmd = [CLI, "compress", "--model", str(dense), *arch, "--target-latency", target, "--out", str(out), "--quiet"]
+    rc, wall = run(cmd, work / f"{slug(spec)}.compress.log")
+    row["commands"].append(cmd)
+    if rc:
+        return {**row, "error": f"compress exit {rc}", "compress_s": wall}
+    rep = json.loads((out / "report.json").read_text())
+    b, f = rep["base"], rep["final"]
+    row.update({"compress_s": wall, "dense_acc": b["test_acc"], "final_acc": f["test_acc"],
+                "drop_pt": 100 * (b["test_acc"] - f["test_acc"]), "ratio": rep["measured_ratio"],
+                "reached": rep["reached"], "dense_ms": b["latency_ms"], "params": [b["params"], f["params"]],
+                "search": rep["search"].get("method"), "fallback_to_uniform": rep["search"].get("fallback_to_uniform")})
+    print(f"  {spec}: {row['prunable_groups']}/{row['groups']} groups, {100 * b['test_acc']:.2f}% -> "
+          f"{100 * f['test_acc']:.2f}%, {rep['measured_ratio']:.3f}x, {wall / 60:.1f} min", flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| architecture | source | prunable groups | dense acc | final acc (drop) | measured ratio at 0.5× | compress |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["spec"].rsplit("/", 1)[-1]
+        if "error" in r:
+            lines.append(f"| {name} | {r['source']} | {r.get('prunable_groups', '–')} | – | {r['error']} | – | – |")
+            continue
+        lines.append(f"| {name} | {r['source']} | {r['prunable_groups']} of {r['groups']} | "
+                     f"{100 * r['dense_acc']:.2f}% | {100 * r['final_acc']:.2f}% ({r['drop_pt']:+.2f}) | "
+                     f"{r['ratio']:.3f}× | {r['compress_s'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "byo")
+    ap.add_argument("--only", action="append", help="run only these specs (repeatable)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--target", default="0.5x")
+    ap.add_argument("--table", action="store_true", help="print the table of results.json and stop")
+    a = ap.parse_args()
+    results = a.work / "results.json"
+    done = json.loads(results.read_text()) if results.is_file() else []
+    if not a.table:
+        for spec, source, train_args in ROWS:
+            if a.only and spec not in a.only and slug(spec) not in a.only:
+                continue
+            row = bench(spec, source, train_args, a.work, a.epochs, a.target)
+            done = [r for r in done if r["spec"] != spec] + [row]
+            results.write_text(json.dumps(done, indent=1, default=str) + "\n")
+    print(table(done))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
