@@ -9,7 +9,8 @@ controls, in ``named_modules`` order) and an index plan: for every member module
 channels map to which channel of the group (several of them when the group's channel was copied,
 as by GhostNet's concat of a conv with its own depthwise copy: ``graph_rules.copy_classes``). ``prune`` and ``channel_scores`` work from that plan
 alone, so pruning a candidate needs no fresh trace. What is refused and why (channel shuffles,
-channel splits, ops that mix channels) and how grouped convs are kept consistent: ``graph_rules``.
+channel splits, ops that mix channels) and how grouped convs are kept consistent: ``graph_rules``; channels
+tied to the model input, a constant or a parameter used directly (``conv(x) + x``): ``graph_walk``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rlprune_edge.graph_rules import (
     op_problem,
     tie_kind,
 )
+from rlprune_edge.graph_walk import layer_leaf, leaf_reason, op_leaf
 from rlprune_edge.layers import DEPTHWISE, IN, OUT, filter_bank, handler_for
 
 # Member kinds in a plan (OUT, IN, DEPTHWISE; defined in ``layers``, imported from here by callers):
@@ -312,6 +314,7 @@ def _members(raw: list, dg: Any, names: dict, out_fns: set) -> tuple[list[Member
     ties: set[str] = set()
     out_layers: list[str] = []
     in_layers: list[str] = []
+    leaves: list = []  # leaf tensors (model input, constants) the members read on the group's channels
     for item in raw:
         node = item.node
         module = node.module
@@ -321,6 +324,7 @@ def _members(raw: list, dg: Any, names: dict, out_fns: set) -> tuple[list[Member
         mname = names.get(module) if isinstance(module, nn.Module) else None
         if mname is None:
             ties.update(tie_kind(node))
+            leaves.append(op_leaf(node, dg.leaf_operands, item.idxs))
             problem = op_problem(node)
             if problem and getattr(node, PROBLEM_ATTR, None):
                 problems.insert(0, problem)  # the root cause (a shuffle) before its side effects
@@ -338,6 +342,8 @@ def _members(raw: list, dg: Any, names: dict, out_fns: set) -> tuple[list[Member
             produces_output = True
         if _is_root(module):
             (in_layers if kind == IN else out_layers).append(mname)
+        if kind != OUT or not _is_root(module):  # its input side holds the group's channels too
+            leaves.append(layer_leaf(node, dg.leaf_operands, mname))
         problem = module_problem(mname, module) or _mapping_problem(mname, module, item, pruner)
         if problem:
             problems.append(problem)
@@ -350,6 +356,9 @@ def _members(raw: list, dg: Any, names: dict, out_fns: set) -> tuple[list[Member
                 root_idxs=torch.as_tensor(list(item.root_idxs), dtype=torch.long),
             )
         )
+    tie = next((t for t in leaves if t is not None), None)
+    if tie is not None:
+        problems.append(leaf_reason(tie, ties))
     return plan, problems, produces_output, ties, out_layers, in_layers
 
 

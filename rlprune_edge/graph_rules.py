@@ -19,12 +19,11 @@ member it meets, whether pruning through it keeps the model exact:
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from rlprune_edge.graph_walk import LeafRecorder, grad_fn_name, map_leaf_concats, signed_dims
 from rlprune_edge.layers import IN, OUT, handler_for
 
 # Attribute set on a Torch-Pruning node by SafeDependencyGraph: why pruning through it is refused.
@@ -56,24 +55,6 @@ COPIES_UNNAMED_REASON = (
     "no layer owns the group's {} channels one each (channels that stand for several channels of every "
     "member, as after a concat of a layer with its own copy, need one such layer to be counted by)"
 )
-
-
-def grad_fn_name(grad_fn: object) -> str:
-    """Autograd op name without the ``Backward<N>`` suffix ('?' when unknown)."""
-    if grad_fn is None or not hasattr(grad_fn, "name"):
-        return "?"
-    return re.sub(r"Backward\d*$", "", grad_fn.name())
-
-
-def signed_dims(dims: object) -> list[int]:
-    """Autograd stores negative dims as unsigned 64-bit integers; turn them back into Python ints."""
-    if isinstance(dims, int):
-        dims = (dims,)
-    out = []
-    for d in dims:  # type: ignore[union-attr]
-        d = int(d)
-        out.append(d - 2**64 if d >= 2**63 else d)
-    return out
 
 
 def _channel_dim_op(grad_fn: object) -> bool | None:
@@ -325,8 +306,15 @@ class SafeDependencyGraph(tp.DependencyGraph):
     it are refused, and the layers beyond it form groups of their own.
     """
 
+    def build_dependency(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        super().build_dependency(*args, **kwargs)
+        map_leaf_concats(self, self.leaf_operands)  # concats that also take the input or a constant
+        return self
+
     def _trace(self, model, example_inputs, forward_fn, output_transform):  # noqa: ANN001, ANN202
-        module2node = super()._trace(model, example_inputs, forward_fn, output_transform)
+        with LeafRecorder(example_inputs) as recorder:  # the model input, constants: no node of their own
+            module2node = super()._trace(model, example_inputs, forward_fn, output_transform)
+        self.leaf_operands = recorder.records  # grad_fn -> graph_walk.Operands, for graph_walk's checks
         for node in module2node.values():  # channel splits/slices end a group's walk like a shuffle
             if node.type == tp.ops.OPTYPE.SPLIT and _channel_dim_op(node.grad_fn):
                 setattr(node, PROBLEM_ATTR, SPLIT_REASON)

@@ -332,3 +332,200 @@ def test_batchnorm_subclass_with_channel_mixing_activation_is_refused() -> None:
     model(x)
     group = _by_name(prunable_groups(model.eval(), x))["0"]
     assert not group.prunable and "may mix or reorder channels" in group.reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Channels tied to a tensor no layer produces (the model input, a constant, a parameter used directly)
+#
+# Torch-Pruning's graph has no node for the model input, so ``conv(x) + x`` looks like an add with one
+# producer: the conv's group used to be offered, and pruning it broke the model. ``graph_walk`` records
+# the traced forward's leaf operands: such groups are refused; a concat with the input is mapped.
+
+INPUT_ADD = "output channels are tied to the model input by a residual add (the input's channels cannot be removed)"
+
+
+class _Leafy(nn.Module):
+    """A conv (`conv`, cin -> `width`), a 3x3 `stem`, BatchNorms, a depthwise `dw`, a 1x1 `other` (cin ->
+    `other`) and a 1x1 `head` (`head_in` -> 2), wired by `wiring` (which uses some of them)."""
+
+    def __init__(self, wiring: str, width: int = 3, other: int = 3, head_in: int = 3, cin: int = 3) -> None:
+        super().__init__()
+        self.wiring = wiring
+        self.stem = nn.Conv2d(cin, cin, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.dw = nn.Conv2d(cin, cin, 3, padding=1, groups=cin)
+        self.other = nn.Conv2d(cin, other, 1)
+        self.head = nn.Conv2d(head_in, 2, 1)
+        self.register_buffer("shift", torch.randn(1, width, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.wiring
+        if w == "conv(x) + x":
+            h = self.conv(x) + x
+        elif w == "x + bn(conv(x)) after a functional stem":
+            x = torch.relu(x)
+            h = x + self.bn(self.conv(x))
+        elif w == "x * sigmoid(conv(x))":
+            h = x * torch.sigmoid(self.conv(x))
+        elif w == "x2 = x * 2; conv(x2) + x2":
+            x2 = x * 2
+            h = self.conv(x2) + x2
+        elif w == "in-place h += x":
+            h = self.conv(x)
+            h += x
+        elif w == "s = bn0(x); conv(s) + s":
+            s = self.bn0(x)
+            h = self.conv(s) + s
+        elif w == "dw(x) + conv(x)":
+            h = self.dw(x) + self.conv(x)
+        elif w == "cat([x, conv(x)]) + other(x)":
+            h = torch.cat([x, self.conv(x)], 1) + self.other(x)
+        elif w == "spatial cat([x, conv(x)], 2)":
+            h = torch.cat([x, self.conv(x)], 2)
+        elif w == "conv(x) + buffer":
+            h = self.conv(x) + self.shift
+        elif w == "s = stem(x); conv(s) + s":
+            s = self.stem(x)
+            h = self.conv(s) + s
+        elif w == "cat([x, conv(x)])":
+            h = torch.cat([x, self.conv(x)], 1)
+        elif w == "cat([other(x), x, bn(conv(x))])":
+            h = torch.cat([self.other(x), x, self.bn(self.conv(x))], 1)
+        elif w == "cat([conv(x), buffer])":
+            h = torch.cat([self.conv(x), self.shift.expand(x.shape[0], -1, x.shape[2], x.shape[3])], 1)
+        elif w in ("conv(x) * spatial mask + 3", "one-channel input: conv(x) + x"):
+            h = self.conv(x) * x.detach().mean(1, keepdim=True) + 3 if "mask" in w else self.conv(x) + x
+        else:
+            raise AssertionError(w)
+        return self.head(torch.relu(h))
+
+
+def _leafy(wiring: str, **kwargs) -> tuple[nn.Module, list, torch.Tensor]:
+    torch.manual_seed(0)
+    model = _Leafy(wiring, **kwargs).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for bn in (model.bn0, model.bn):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    x = torch.randn(1, kwargs.get("cin", 3), 8, 8, generator=g)
+    return model, prunable_groups(model, x), x
+
+
+@pytest.mark.parametrize(("wiring", "kwargs", "reason"), [
+    ("conv(x) + x", {}, INPUT_ADD),
+    ("x + bn(conv(x)) after a functional stem", {}, INPUT_ADD),
+    ("x * sigmoid(conv(x))", {},
+     "output channels are tied to the model input by an element-wise multiply (the input's channels cannot be removed)"),
+    ("x2 = x * 2; conv(x2) + x2", {}, INPUT_ADD),
+    ("in-place h += x", {}, INPUT_ADD),
+    ("s = bn0(x); conv(s) + s", {}, INPUT_ADD),
+    ("dw(x) + conv(x)", {}, INPUT_ADD),
+    ("cat([x, conv(x)]) + other(x)", {"width": 5, "other": 8, "head_in": 8},
+     "output channels are tied to the model input by a concat (the input's channels cannot be removed)"),
+    ("spatial cat([x, conv(x)], 2)", {},
+     "output channels are tied to the model input by a concat (the input's channels cannot be removed)"),
+    ("conv(x) + buffer", {"width": 4, "head_in": 4}, "output channels are tied to a constant or buffer of the model "
+     "code (shape [1, 4, 1, 1]) by a residual add, which pruning cannot shrink"),
+])
+def test_groups_tied_to_the_model_input_or_a_constant_are_refused(wiring: str, kwargs: dict, reason: str) -> None:
+    _, groups, _ = _leafy(wiring, **kwargs)
+    refused = [(g.name, g.reason) for g in groups if not g.follows and g.name != "head"]
+    assert len(refused) == 1 and refused[0][1] == reason, refused
+    assert not any(g.prunable for g in groups)  # the layers tied to it follow it: nothing is offered
+    assert {f for g in groups for f in g.follows} <= {refused[0][0]}
+
+
+def test_pruning_a_conv_added_to_the_input_breaks_the_model() -> None:
+    """Why ``conv(x) + x`` is refused: removing conv channel 1 everywhere it lives leaves the input's 3 channels."""
+    from rlprune_edge.pruning import _copy_and_shrink
+
+    model, _, x = _leafy("conv(x) + x")
+    one = torch.tensor([1])
+    shrunk = _copy_and_shrink(model, {("conv", OUT): one, ("head", IN): one})
+    with torch.no_grad(), pytest.raises(RuntimeError, match="must match the size"):
+        shrunk(x)
+
+
+def _prunes_exactly(model: nn.Module, groups: list, x: torch.Tensor, tmp_path, seeds: range = range(3)) -> nn.Module:
+    """Every prunable group at random keep counts: the pruned model computes the dense one with the removed
+    channels cut (their filters zeroed, as tests/test_graph_ghost.py does, and their consumers' columns too,
+    so that a constant added on the way does not count) and agrees with ONNX Runtime. Returns the last one."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers import ort_relative_error
+    from test_graph_ghost import _rel, zeroed
+
+    from rlprune_edge.importance import channel_scores
+    from rlprune_edge.pruning import select_channels
+
+    prunable = [g for g in groups if g.prunable]
+    scores = channel_scores(model, x, prunable, method="l1")
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        keep = {g.name: int(torch.randint(1, g.channels, (1,), generator=gen)) for g in prunable}
+        pruned = prune(model, x, keep=keep, groups=groups, scores=scores)
+        removed = select_channels(groups, keep, scores)
+        reference = zeroed(model, groups, removed)
+        with torch.no_grad():
+            for g in prunable:
+                for p in g.plan:
+                    if p.kind == IN:
+                        reference.get_submodule(p.module).weight[:, p.idxs[torch.isin(p.root_idxs, removed[g.name])]] = 0
+            assert _rel(pruned(x), reference(x)) <= 1e-5
+    assert ort_relative_error(pruned, x, tmp_path / "leafy.onnx") <= 1e-4
+    return pruned
+
+
+def test_an_add_after_a_stem_module_stays_prunable_and_the_stem_joins(tmp_path) -> None:
+    model, groups, x = _leafy("s = stem(x); conv(s) + s")
+    by = _by_name(groups)
+    assert by["stem"].prunable and ("conv", OUT) in by["stem"].members and by["conv"].follows == ["stem"]
+    pruned = _prunes_exactly(model, groups, x, tmp_path)
+    assert pruned.stem.out_channels == pruned.conv.out_channels == pruned.head.in_channels < 3
+
+
+@pytest.mark.parametrize(("wiring", "kwargs", "offsets"), [
+    ("cat([x, conv(x)])", {"width": 5, "head_in": 8}, {"conv": 3}),
+    ("cat([other(x), x, bn(conv(x))])", {"width": 5, "other": 4, "head_in": 12}, {"other": 0, "conv": 7}),
+    ("cat([conv(x), buffer])", {"width": 5, "head_in": 10}, {"conv": 0}),
+])
+def test_a_concat_with_the_input_or_a_buffer_maps_the_conv_at_its_offset(wiring: str, kwargs: dict, offsets: dict,
+                                                                         tmp_path) -> None:
+    model, groups, x = _leafy(wiring, **kwargs)
+    by = _by_name(groups)
+    for name, start in offsets.items():
+        g = by[name]
+        assert g.prunable, g.reason
+        head = next(p for p in g.plan if p.module == "head")
+        assert head.kind == IN and head.idxs.tolist() == list(range(start, start + g.channels))
+    pruned = _prunes_exactly(model, groups, x, tmp_path)
+    cut = sum(getattr(model, n).out_channels - getattr(pruned, n).out_channels for n in offsets)
+    assert cut > 0 and pruned.head.in_channels == kwargs["head_in"] - cut
+
+
+@pytest.mark.parametrize(("wiring", "cin"), [("conv(x) * spatial mask + 3", 3), ("one-channel input: conv(x) + x", 1)])
+def test_scalars_spatial_masks_and_a_one_channel_input_do_not_tie_channels(wiring: str, cin: int, tmp_path) -> None:
+    model, groups, x = _leafy(wiring, width=4, head_in=4, cin=cin)
+    assert _by_name(groups)["conv"].prunable, _by_name(groups)["conv"].reason
+    _prunes_exactly(model, groups, x, tmp_path)
+
+
+@pytest.mark.parametrize("wiring", ["conv(x) + x", "s = bn0(x); conv(s) + s", "cat([x, conv(x)])"])
+def test_an_input_read_by_a_call_the_recorder_missed_is_still_refused(wiring: str, monkeypatch) -> None:
+    """Without the recorded operands (a call made where no torch function mode reaches), autograd's own leaves
+    (the input's AccumulateGrad) still tie the group; a concat with the input then stays unmapped."""
+    from rlprune_edge.graph_walk import LeafRecorder
+
+    monkeypatch.setattr(LeafRecorder, "__torch_function__",
+                        lambda self, func, types, args=(), kwargs=None: func(*args, **(kwargs or {})))
+    _, groups, _ = _leafy(wiring, **({"width": 5, "head_in": 8} if "cat" in wiring else {}))
+    conv = _by_name(groups)["conv"]
+    assert not conv.prunable and ("tied to the model input" in conv.reason or "could not be mapped" in conv.reason)
