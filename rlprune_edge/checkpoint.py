@@ -355,6 +355,33 @@ def _onnx_model(spec: str, width: float, num_classes: int | None, data, name: st
     return model, ModelInfo(spec, 1.0, n, tuple(model.input_shape), mean, std, names, source=record)
 
 
+def live_model(model: object, data: Any, name: str = "model", unused: dict | None = None) -> tuple[nn.Module, ModelInfo]:
+    """A model object passed from Python: a copy, checked to give the data's class logits at its input
+    size; its checkpoints record the class and the dense fingerprint (:mod:`rlprune_edge.models.live`).
+    `unused` maps option names to values that must be None for an object (``--model-args``, ``--arch``)."""
+    from rlprune_edge.models.live import OBJECT_PREFIX, class_path, object_record
+    from rlprune_edge.models.user import check_classifier
+
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{name} is a {type(model).__name__}; give a checkpoint path, a model name or spec, or a "
+                        "torch.nn.Module.")
+    for flag, value in (unused or {}).items():
+        if value is not None:
+            raise UserError(f"{flag} does not apply to a model object; leave it out.")
+    shape = tuple(int(d) for d in data.input_shape)
+    own = getattr(model, "input_shape", None)
+    if own is not None and tuple(own) != shape:
+        raise UserError(f"the model's input_shape {tuple(own)} differs from the data's {shape}; pass data of the "
+                        "size the model takes (imagefolder@SIZE:DIR).")
+    copied = copy.deepcopy(model).cpu()
+    spec = OBJECT_PREFIX + class_path(copied)
+    check_classifier(copied, shape, data.num_classes, spec)  # type: ignore[arg-type]
+    copied.input_shape = shape
+    info = ModelInfo(spec, 1.0, data.num_classes, shape, tuple(data.mean), tuple(data.std),  # type: ignore[arg-type]
+                     list(data.class_names), source=object_record(copied))
+    return copied, info
+
+
 # --- the embedded default model -----------------------------------------------------------------
 
 def default_checkpoint_path() -> Path:

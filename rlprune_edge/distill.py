@@ -281,9 +281,11 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=DistillConfig.lr)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default=None, help="the spec of your own model class or ONNX file both checkpoints "
+                   "were saved from (a checkpoint never imports code by itself)")
     args = p.parse_args(argv)
-    student, info = load_checkpoint(args.student)
-    teacher, _ = load_checkpoint(args.teacher)
+    student, info = load_checkpoint(args.student, arch=args.arch)
+    teacher, _ = load_checkpoint(args.teacher, arch=args.arch)
     data = load_data(args.data, seed=args.seed)
     start = time.perf_counter()
     distill(student, teacher, data, DistillConfig(epochs=args.epochs, lr=args.lr, limit=args.limit, seed=args.seed))

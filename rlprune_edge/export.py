@@ -189,11 +189,14 @@ def _export_verified(req: BundleRequest, fp32_path: Path, say: Callable[[str], N
     val = collect_images(req.data, "val", req.verify_images)
     ver, simplified = _simplify_verified(req.model, fp32_path, val, say) if req.simplify else (None, False)
     ver = ver or verify_onnx(req.model, fp32_path, val)
-    say(f"verified on {ver.images} val images: max |logit diff| {ver.max_abs_diff:.2e}, top-1 agreement {ver.top1_agreement:.4f}")
+    scale = f" (largest |logit| {ver.logit_scale:.3g})" if ver.logit_scale > 1 else ""
+    say(f"verified on {ver.images} val images: max |logit diff| {ver.max_abs_diff:.2e}{scale}, top-1 agreement "
+        f"{ver.top1_agreement:.4f}")
     if not ver.passed:
         raise UserError(
             f"the ONNX export does not match PyTorch on {ver.images} validation images (max |logit diff| "
-            f"{ver.max_abs_diff:.3g} > {MAX_ABS_DIFF:g} or top-1 agreement {ver.top1_agreement:.4f} < "
+            f"{ver.max_abs_diff:.3g} > {MAX_ABS_DIFF:g} x max(1, largest |logit| {ver.logit_scale:.3g}) or top-1 "
+            f"agreement {ver.top1_agreement:.4f} < "
             f"{MIN_TOP1_AGREEMENT}); no bundle was written — report this model."
         )
     return ver, simplified

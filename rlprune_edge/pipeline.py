@@ -277,7 +277,7 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     """Profile, data, dense model (eval) and its info, model and data specs."""
     import torch
 
-    from rlprune_edge.checkpoint import load_checkpoint, resolve_model
+    from rlprune_edge.checkpoint import live_model, load_checkpoint, resolve_model
     from rlprune_edge.data import load_data
     from rlprune_edge.models.onnx_in import is_onnx_spec
     from rlprune_edge.profiles import load_profile
@@ -290,7 +290,8 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     if c.model is not None and not isinstance(c.model, str):
         data_spec = c.data or "fashion-mnist"
         data = load_data(data_spec, seed=c.seed)
-        dense, info = _live_model(c, data)
+        dense, info = live_model(c.model, data, c.name("model"), {c.name("model_args"): c.model_args,
+                                                                   c.name("arch"): c.arch})
         return profile, data, dense.eval(), info, info.model, data_spec
     model_spec = c.model or str(ensure_default_model(progress=not c.quiet))
     info_data = None
@@ -308,43 +309,13 @@ def _load(c: CompressConfig) -> tuple[Any, ...]:
     return profile, data, dense.eval(), info, model_spec, data_spec
 
 
-def _live_model(c: CompressConfig, data: Any) -> tuple[Any, Any]:
-    """A model object passed from Python: a copy, checked to give the data's class logits; its
-    checkpoints record the class and the dense fingerprint (:mod:`rlprune_edge.models.live`)."""
-    import copy
-
-    from torch import nn
-
-    from rlprune_edge.checkpoint import ModelInfo
-    from rlprune_edge.models.live import OBJECT_PREFIX, class_path, object_record
-    from rlprune_edge.models.user import check_classifier
-
-    if not isinstance(c.model, nn.Module):
-        raise UserError(f"{c.name('model')} is a {type(c.model).__name__}; give a checkpoint path, a model name or "
-                        "spec, or a torch.nn.Module.")
-    for flag, value in (("model_args", c.model_args), ("arch", c.arch)):
-        if value is not None:
-            raise UserError(f"{c.name(flag)} does not apply to a model object; leave it out.")
-    model = copy.deepcopy(c.model).cpu()
-    shape = tuple(int(d) for d in data.input_shape)
-    own = getattr(c.model, "input_shape", None)
-    if own is not None and tuple(own) != shape:
-        raise UserError(f"the model's input_shape {tuple(own)} differs from data {c.data or 'fashion-mnist'}'s "
-                        f"{shape}; pass data of the size the model takes (imagefolder@SIZE:DIR).")
-    name = OBJECT_PREFIX + class_path(model)
-    check_classifier(model, shape, data.num_classes, name)
-    model.input_shape = shape
-    info = ModelInfo(name, 1.0, data.num_classes, shape, tuple(data.mean), tuple(data.std), list(data.class_names),
-                     source=object_record(model))
-    return model, info
-
-
 def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
          announce: Callable[[dict | None], None]) -> dict | None:
     """Load, measure, check reachability, then the stages (into run_dir.work)."""
     import torch
 
     from rlprune_edge.compute import resolve_device
+    from rlprune_edge.estimate import fit_time
     from rlprune_edge.graph import format_groups_table, prunable_groups
     from rlprune_edge.latency.artifacts import materialize
     from rlprune_edge.latency.cache import get_or_fit
@@ -408,7 +379,7 @@ def _run(c: CompressConfig, target: Any, run_dir: Any, t_start: float,
 
         # --- validated: from here on we write into the run directory ----------------------------------
         state_dir = _state_dir(run_dir)
-        c = _fit_time(c, dense, info, data, profile, dense_ms, device, state_dir / "budget.json", t_start)
+        c = fit_time(c, dense, info, data, profile, dense_ms, device, state_dir / "budget.json", t_start)
         return search_distil_report(CompressJob(
             args=c, target=target, data=data, data_spec=data_spec, dense=dense, info=info, model_spec=model_spec,
             profile=profile, backend=backend, latency_model=latency_model, weights=weights,
@@ -426,40 +397,6 @@ def _state_dir(run_dir: Any) -> Path:
     state_dir = run_dir.work / "search"
     state_dir.mkdir(parents=True, exist_ok=True)
     return state_dir
-
-
-def _fit_time(c: CompressConfig, dense: Any, info: Any, data: Any, profile: Any, dense_ms: float, device: Any,
-              record: Path, t_start: float) -> CompressConfig:
-    """Print the run's time estimate from a measured step; scale the KD budgets so the whole run
-    (the set-up already spent included) fits ``time_budget`` (the budget chosen is kept in `record`,
-    so a resumed run continues with the same one)."""
-    import json
-
-    from rlprune_edge.estimate import Budget, estimate_run, fit_budget, measure_rates
-    from rlprune_edge.fsutil import atomic_write_json
-
-    n_train, n_val, n_test = len(data.train), len(data.val), len(data.test)
-    rates = measure_rates(dense, tuple(info.input_shape), device, batch=c.proxy.probe_batch_size)
-    est = estimate_run(c, rates, dense_ms, profile, n_train, n_val, n_test)
-    flags = ", ".join(c.name(o) for o in ("time_budget", "kd_images", "screen_batches", "probe_batches", "candidates"))
-    spent = time.perf_counter() - t_start
-    _say(f"time estimate: {est.describe()} after {spent / 60:.1f} min of set-up, at {rates.train_ips:,.0f} images/s "
-         f"training and {rates.forward_ips:,.0f} images/s forward (measured in {rates.measured_s:.0f} s); shorten "
-         f"with {flags}")
-    if c.resume and record.is_file():
-        budget = Budget.from_json(json.loads(record.read_text()))
-    else:
-        budget = fit_budget(c, est, 60.0 * c.time_budget - spent if c.time_budget else 0.0, n_train)
-        atomic_write_json(record, budget.to_json())
-    if budget.scale >= 1.0:
-        return c
-    fitted = budget.apply(c)
-    kd = f"{budget.kd_images:,} images per epoch" if budget.kd_images else "the whole train split"
-    _say(f"over {c.name('time_budget')} {c.time_budget:g} min: KD budgets scaled x{budget.scale:.2f} "
-         f"(screen {budget.screen_batches}, probe {budget.probe_batches}, final {budget.final_batches} batches; "
-         f"final KD {kd}) -> {estimate_run(fitted, rates, dense_ms, profile, n_train, n_val, n_test).describe()}; "
-         f"{c.name('time_budget')} 0 runs the full budgets")
-    return fitted
 
 
 @dataclass

@@ -27,11 +27,24 @@ timm = pytest.importorskip("timm")
 # MnasNet, EfficientNet-Lite, TinyNet, GhostNet); the smallest variant of each keeps the test fast
 FAMILIES = ("mobilenetv3_small_050", "efficientnet_lite0", "regnetx_002", "lcnet_050", "mnasnet_small",
             "tinynet_e", "resnet10t", "ghostnet_050")
-TINY_COMPRESS = ["--latency-variants", "2", "--kd-images", "64", "--kd-epochs", "1", "--pareto-test-size", "64",
+TINY_COMPRESS = ["--latency-variants", "2", "--kd-images", "64", "--kd-epochs", "1", "--kd-lr", "0.001", "--pareto-test-size", "64",
                  "--test-images", "64", "--quiet", "--probe-batches", "1", "--screen-batches", "1",
                  "--final-batches", "1", "--probe-top", "0", "--depth-plans", "0", "--ramps", "",
                  "--select-size", "32", "--confirm-size", "32", "--per-round", "2", "--candidates", "1",
                  "--sparsity", "0.4", "--reward", "accuracy", "--device", "cpu"]
+
+
+def _as_if_trained(model: torch.nn.Module) -> torch.nn.Module:
+    """Batch-norm statistics of real activations, as a trained model has (timm's random init leaves
+    running_var at 1, so the logits of its eval mode reach ~1e4 and float32 rounding with them)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # a cumulative average over the passes below
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(16, 3, 32, 32))
+    return model.eval()
 
 
 def _ort_outputs(onnx_path: Path, x: torch.Tensor) -> np.ndarray:
@@ -50,7 +63,7 @@ def test_timm_family_import_compress_export_reload(family, tmp_path, monkeypatch
     torch.manual_seed(0)
     spec = f"timm:{family}"
     weights = tmp_path / "weights.pth"
-    torch.save(timm.create_model(family, num_classes=10).state_dict(), weights)
+    torch.save(_as_if_trained(timm.create_model(family, num_classes=10)).state_dict(), weights)
     ckpt = tmp_path / "imported.pt"
     assert main(["import", str(weights), "--model", spec, "--limit", "64", "--out", str(ckpt)]) == 0
     out = tmp_path / "run"

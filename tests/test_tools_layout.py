@@ -33,6 +33,8 @@ KEPT = {
     "bench_latency_model.py",  # docs/latency.md: latency-model error
     "bench_per_layer.py",  # docs/latency.md, run by gpu_check.sh
     "bench_prune_speed.py",  # docs/pruning.md
+    "bench_byo.py",  # BENCHMARKS.md: bring your own model (architectures the zoo does not have)
+    "make_imagefolder.py",  # BENCHMARKS.md: the 224x224 journey's image folder (from Fashion-MNIST)
     "benchmark/__init__.py",  # BENCHMARKS.md: the reward / Pareto benchmark (python -m tools.benchmark)
     "benchmark/__main__.py",
     "benchmark/cells.py",

@@ -30,7 +30,8 @@ ROWS: tuple[tuple[str, str, list[str]], ...] = (
     ("timm:lcnet_075", "timm", []),
     ("timm:ghostnet_050", "timm", []),
     ("timm:mnasnet_small", "timm", []),
-    (f"{EDGENET}:EdgeNet", "own class (file)", ["--model-args", "width=32"]),
+    (f"{EDGENET}:EdgeNet", "own class (file)", ["--model-args", "width=16"]),
+    ("timm:mobilenetv3_small_075", "ONNX file", []),  # trained here, exported to ONNX, brought back as a file
 )
 
 
@@ -44,6 +45,15 @@ def run(cmd: list[str], log: Path) -> tuple[int, float]:
 
 def slug(spec: str) -> str:
     return spec.rsplit("/", 1)[-1].replace(":", "_").replace(".py", "")
+
+
+def train_epochs(log: Path) -> int | None:
+    """The epochs a dense model was trained for, from the first line of its `train` log."""
+    import re
+
+    first = log.read_text().splitlines()[0] if log.is_file() else ""
+    found = re.search(r"(\d+) epochs?$", first.strip())
+    return int(found.group(1)) if found else None
 
 
 def groups_of(ckpt: Path, arch: list[str]) -> tuple[int, int]:
@@ -70,6 +80,19 @@ def bench(spec: str, source: str, train_args: list[str], work: Path, epochs: int
         row["train_s"] = wall
         if rc:
             return {**row, "error": f"train exit {rc}"}
+    if source == "ONNX file":  # the trained model leaves as an ONNX file and comes back in through `import`
+        onnx_file, dense = work / f"{slug(spec)}.onnx", work / f"{slug(spec)}_from_onnx.pt"
+        if not dense.is_file():
+            for cmd in ([CLI, "export", str(work / f"{slug(spec)}.pt"), "--profile", "host-cpu", "--out",
+                         str(work / f"{slug(spec)}_bundle"), "--no-measure"],
+                        [CLI, "import", str(work / f"{slug(spec)}_bundle" / "model.onnx"), "--out", str(dense)]):
+                rc, _ = run(cmd, work / f"{slug(spec)}.{cmd[1]}.log")
+                row["commands"].append(cmd)
+                if rc:
+                    return {**row, "error": f"{cmd[1]} exit {rc}"}
+        onnx_file = work / f"{slug(spec)}_bundle" / "model.onnx"
+        arch = ["--arch", str(onnx_file)]
+    row["train_epochs"] = train_epochs(work / f"{slug(spec)}.train.log")
     row["prunable_groups"], row["groups"] = groups_of(dense, arch)
     out = work / slug(spec)
     cmd = [CLI, "compress", "--model", str(dense), *arch, "--target-latency", target, "--out", str(out), "--quiet"]
@@ -89,15 +112,16 @@ def bench(spec: str, source: str, train_args: list[str], work: Path, epochs: int
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| architecture | source | prunable groups | dense acc | final acc (drop) | measured ratio at 0.5× | compress |",
+    lines = ["| architecture | source | prunable groups | dense acc (epochs) | final acc (change) | measured ratio at 0.5× | compress |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        name = r["spec"].rsplit("/", 1)[-1]
+        name = r["spec"].rsplit("/", 1)[-1] + (" (as ONNX)" if r["source"] == "ONNX file" else "")
         if "error" in r:
             lines.append(f"| {name} | {r['source']} | {r.get('prunable_groups', '–')} | – | {r['error']} | – | – |")
             continue
         lines.append(f"| {name} | {r['source']} | {r['prunable_groups']} of {r['groups']} | "
-                     f"{100 * r['dense_acc']:.2f}% | {100 * r['final_acc']:.2f}% ({r['drop_pt']:+.2f}) | "
+                     f"{100 * r['dense_acc']:.2f}% ({r.get('train_epochs') or '?'}) | "
+                     f"{100 * r['final_acc']:.2f}% ({-r['drop_pt']:+.2f}) | "
                      f"{r['ratio']:.3f}× | {r['compress_s'] / 60:.1f} min |")
     return "\n".join(lines)
 
@@ -109,6 +133,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--target", default="0.5x")
     ap.add_argument("--table", action="store_true", help="print the table of results.json and stop")
+    ap.add_argument("--redo", action="store_true", help="run rows that already finished again")
     a = ap.parse_args()
     results = a.work / "results.json"
     done = json.loads(results.read_text()) if results.is_file() else []
@@ -116,9 +141,13 @@ def main() -> None:
         for spec, source, train_args in ROWS:
             if a.only and spec not in a.only and slug(spec) not in a.only:
                 continue
+            if not a.redo and any(r["spec"] == spec and "error" not in r for r in done):
+                continue  # finished in an earlier invocation (--redo runs it again)
             row = bench(spec, source, train_args, a.work, a.epochs, a.target)
             done = [r for r in done if r["spec"] != spec] + [row]
             results.write_text(json.dumps(done, indent=1, default=str) + "\n")
+    for r in done:  # rows finished before the column existed
+        r.setdefault("train_epochs", train_epochs(a.work / f"{slug(r['spec'])}.train.log"))
     print(table(done))
     sys.stdout.flush()
 

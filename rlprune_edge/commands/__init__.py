@@ -11,6 +11,7 @@ def add_own_model_flags(p: argparse.ArgumentParser, *, model_args: bool = True) 
         p.add_argument("--model-args", default=None, metavar="K=V,...",
                        help="keyword arguments for your own model's factory (--model FILE.py:FACTORY or "
                             "package.module:FACTORY), as Python literals: num_classes=10,width=0.5")
-    p.add_argument("--arch", default=None, metavar="FILE.py:FACTORY",
-                   help="the spec of your own model class, to reload a checkpoint of it (a checkpoint never "
-                        "imports code by itself; checked against the source recorded in it)")
+    p.add_argument("--arch", default=None, metavar="SPEC",
+                   help="the spec of your own model class (FILE.py:FACTORY) or the ONNX file (FILE.onnx) a "
+                        "checkpoint was saved from, to reload it (a checkpoint never imports code by itself; "
+                        "checked against the source's sha256 recorded in it)")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from rlprune_edge.commands import add_own_model_flags
 from rlprune_edge.errors import UserError
 from rlprune_edge.limits import MAX_RUNS, check_count
 
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default: the profile's)")
     p.add_argument("--per-layer", action="store_true", help="also per-layer times from the runtime's profiler")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    add_own_model_flags(p)
     p.set_defaults(func=run)
     return p
 
@@ -38,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     runs = profile.measure.runs if args.runs is None else args.runs
     warmup = profile.measure.warmup if args.warmup is None else args.warmup
     target: object = args.model
+    if not takes_modules(backend) and (args.model_args is not None or args.arch is not None):
+        raise UserError(f"--model-args and --arch apply to module runtimes (torch profiles); profile {profile.name} "
+                        "measures the ONNX file as it is, so leave them out.")
     if takes_modules(backend):
         if args.model.endswith(".onnx"):
             raise UserError(f"profile {profile.name} runs {get_runtime(profile.runtime.name).title} and measures "
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                             "or use an ONNX Runtime profile.")
         from rlprune_edge.checkpoint import resolve_model
 
-        module, info = resolve_model(args.model)
+        module, info = resolve_model(args.model, model_args=args.model_args, arch=args.arch)
         module.input_shape = tuple(info.input_shape)
         target = module
     m = backend.measure(target, warmup=warmup, runs=runs, per_layer=args.per_layer)

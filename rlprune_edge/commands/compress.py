@@ -26,7 +26,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "ONNX export and a report. With no arguments runs the embedded default (VGG-19 w0.25 on "
         "Fashion-MNIST, host-cpu, target 0.5x).",
     )
-    p.add_argument("--model", help="checkpoint path or model name (default: the shipped VGG-19 w0.25)")
+    p.add_argument("--model", help="checkpoint path, model name (zoo, torchvision:NAME, timm:NAME), your own "
+                   "FILE.py:FACTORY or an .onnx file (default: the shipped VGG-19 w0.25)")
     p.add_argument("--width", type=float, help="width multiplier for a model name (default %(default)s)")
     add_own_model_flags(p)
     p.add_argument("--data", help="data spec (default: the checkpoint's data, else fashion-mnist)")

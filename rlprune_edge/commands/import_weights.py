@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "against ONNX Runtime; its checkpoint reloads with --arch FILE.onnx.")
     p.add_argument("weights", help="the weights file (.pt/.pth) holding a state_dict, or an .onnx classifier")
     p.add_argument("--model", default=None, help="the architecture (required for a weights file): a zoo name (vgg19, "
-                   "resnet20, ...), torchvision:NAME, or your own FILE.py:FACTORY / package.module:FACTORY")
+                   "resnet20, ...), torchvision:NAME, timm:NAME, or your own FILE.py:FACTORY / package.module:FACTORY")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of a zoo architecture (default 1.0)")
     p.add_argument("--data", default="fashion-mnist",
                    help="the data the model was trained on: fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, "
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_onnx(args)
     if args.model is None:
         raise UserError(f"import {args.weights} needs --model ARCH, the architecture the weights belong to (a zoo "
-                        "name, torchvision:NAME or FILE.py:FACTORY); only an .onnx file carries its own.")
+                        "name, torchvision:NAME, timm:NAME or FILE.py:FACTORY); only an .onnx file carries its own.")
     check_architecture(args.model, args.width)  # bad flags and files are refused before the data loads
     if args.arch is not None:
         raise UserError("--arch is for reloading a checkpoint of your own model class; import takes the class as "

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                               description="Show a model's layers, parameter count, MACs at its input shape and "
                                           "the prunable channel groups.")
     p.add_argument("--model", default=None,
-                   help="checkpoint path, zoo name, torchvision:NAME or your own FILE.py:FACTORY "
+                   help="checkpoint path, zoo name, torchvision:NAME, timm:NAME, an .onnx file or your own FILE.py:FACTORY "
                         "(default: the embedded default model)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier for zoo names (default 1.0)")
     p.add_argument("--num-classes", type=int, default=None, help="classes for a fresh model by name (default 10)")

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train a base model", description="Train a model with SGD + cosine LR and save the "
         "best-on-validation checkpoint (atomically; an interrupted run leaves an existing file intact).")
-    p.add_argument("--model", required=True, help="zoo name (vgg19, resnet20, ...), torchvision:NAME, or your own "
+    p.add_argument("--model", required=True, help="zoo name (vgg19, resnet20, ...), torchvision:NAME, timm:NAME, or your own "
                    "FILE.py:FACTORY / package.module:FACTORY (a class or a function returning an nn.Module)")
     add_own_model_flags(p)
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier for zoo models (default 1.0)")
