@@ -10,7 +10,8 @@ channels map to which channel of the group (several of them when the group's cha
 as by GhostNet's concat of a conv with its own depthwise copy: ``graph_rules.copy_classes``). ``prune`` and ``channel_scores`` work from that plan
 alone, so pruning a candidate needs no fresh trace. What is refused and why (channel shuffles,
 channel splits, ops that mix channels) and how grouped convs are kept consistent: ``graph_rules``; channels
-tied to the model input, a constant or a parameter used directly (``conv(x) + x``): ``graph_walk``.
+tied to the model input, a constant or a parameter used directly (``conv(x) + x``): ``graph_walk``;
+a channel count held as a literal of the model code (``x.view(n, 16, -1)``): ``graph_check``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch_pruning as tp
 from torch import nn
 
 from rlprune_edge.errors import UserError
+from rlprune_edge.graph_check import output_shapes, refuse_breaking, shape_sensitive
 from rlprune_edge.graph_rules import (
     COPIES_UNNAMED_REASON,
     PROBLEM_ATTR,
@@ -141,14 +143,16 @@ def _resolve_ignored(model: nn.Module, ignored_layers: Iterable[str | nn.Module]
 
 def _trace(
     model: nn.Module, inputs: tuple[torch.Tensor, ...]
-) -> tuple[tp.DependencyGraph, dict[nn.Module, int], set[object]]:
-    """Build the dependency graph (model in eval mode, modes restored), per-layer MACs, output grad_fns."""
+) -> tuple[tp.DependencyGraph, dict[nn.Module, int], set[object], list[tuple[int, ...]]]:
+    """Build the dependency graph (model in eval mode, modes restored), per-layer MACs, output grad_fns and shapes."""
     modes = {m: m.training for m in model.modules()}
     macs: dict[nn.Module, int] = {}
     out_fns: set[object] = set()
+    shapes: list[tuple[int, ...]] = []
 
     def record_outputs(module: nn.Module, args: tuple, output: object) -> None:
         out_fns.update(t.grad_fn for t in tp.utils.flatten_as_list(output) if isinstance(t, torch.Tensor))
+        shapes[:] = output_shapes(output)
 
     hooks = [
         m.register_forward_hook(_macs_hook(macs))
@@ -172,7 +176,7 @@ def _trace(
         for m, mode in modes.items():
             m.training = mode
     out_fns.discard(None)
-    return dg, macs, out_fns
+    return dg, macs, out_fns, shapes
 
 
 @dataclass(eq=False)
@@ -375,7 +379,7 @@ def prunable_groups(
     """
     inputs = _as_input_tuple(example_inputs)
     ignored = _resolve_ignored(model, ignored_layers)
-    dg, macs, out_fns = _trace(model, inputs)
+    dg, macs, out_fns, out_shapes = _trace(model, inputs)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     total_macs = max(1, sum(macs.values()))
@@ -383,7 +387,7 @@ def prunable_groups(
     rows: list[Group] = []
     followers: dict[str, list[str]] = {}
     tied_by: dict[str, set[str]] = {}
-    for raw in _raw_groups(dg):
+    for raw in (raws := _raw_groups(dg)):
         root_channels = len(set(raw[0].idxs))
         items, channels = _merge_copies(raw)
         plan, problems, produces_output, ties, out_layers, in_layers = _members(items, dg, names, out_fns)
@@ -437,6 +441,8 @@ def prunable_groups(
                 followers.setdefault(n, []).append(name)
                 tied_by.setdefault(n, set()).update(ties)
 
+    shaped = [g for g, raw in zip(rows, raws, strict=True) if g.prunable and shape_sensitive(i.node for i in raw)]
+    refuse_breaking(model, inputs, shaped, out_shapes)  # tried at forward: a channel count held as a literal
     rows += _follower_rows(model, followers, tied_by, macs, total_macs)
     rows.sort(key=lambda g: order.get(g.name, len(order)))
     return rows

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "fsutil", "outputs", "limits", "config", "paths", "progress", "sshopts", "cpu_block"),
     ("board",),  # runs on the board: stdlib + numpy + the runtime only
     ("flops", "models", "model_info", "data", "layers", "blocks", "checkpoint", "profiles", "runtimes", "compute", "onnx_io"),
-    ("graph_walk", "graph_rules", "graph"),
+    ("graph_walk", "graph_rules", "graph_check", "graph"),
     ("importance", "pruning"),
     ("latency",),
     ("search", "distill", "quantize", "train", "baselines", "weights_import", "estimate"),

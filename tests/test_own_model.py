@@ -178,6 +178,15 @@ def test_import_compress_export_reload(tmp_path, netfile, monkeypatch, capsys):
     small, info = load_checkpoint(out / "model.pt", arch=spec)
     assert info.layer_shapes and info.source["spec"] == f"{netfile.resolve()}:EdgeNet"
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in dense.parameters())
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, *info.input_shape)  # the bundle's ONNX has the profile's batch, 1
+    with torch.no_grad():
+        want = small(x).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
 def test_package_module_spec(tmp_path, monkeypatch, capsys):
@@ -272,3 +281,9 @@ def test_model_not_fitting_data_refused(tmp_path, netfile, capsys, factory, args
     assert main(argv) == 2
     assert expect in one_line_error(capsys)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_bench_takes_arch_only_for_module_runtimes(capsys):
+    """`bench --arch/--model-args` rebuild your own class for a torch profile; an ONNX profile measures the file."""
+    assert main(["bench", "model.onnx", "--profile", "host-cpu", "--arch", "mynet.py:EdgeNet"]) == 2
+    assert "apply to module runtimes" in one_line_error(capsys)
