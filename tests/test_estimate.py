@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlprune_edge.estimate import BUDGET_SHARE, MIN_BATCHES, Budget, Rates, estimate_run, fit_budget, measure_rates
+from rlprune_edge.estimate import (
+    BUDGET_SHARE,
+    MIN_BATCHES,
+    Budget,
+    Rates,
+    estimate_run,
+    fit_budget,
+    measure_rates,
+)
 from rlprune_edge.pipeline import CompressConfig
 from rlprune_edge.profiles import load_profile
 

@@ -3,7 +3,7 @@
 host-cpu. One row per architecture: source, prunable groups, dense and final accuracy, measured ratio.
 
     .venv/bin/python -m tools.bench_byo --work runs/byo [--only timm:lcnet_050] [--epochs 3]
-    .venv/bin/python -m tools.bench_byo --work runs/byo --table   # the Markdown table from results.json
+    .venv/bin/python -m tools.bench_byo --work runs/byo --table [--write]   # the table (into BENCHMARKS.md)
 
 Every command run is printed (and kept in results.json) so any row can be re-run by hand.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(ROOT / ".venv" / "bin" / "rlprune-edge")
 EDGENET = ROOT / "tests" / "data" / "edgenet.py"
+START, END = "<!-- byo:start -->", "<!-- byo:end -->"
 
 # (spec, source shown in the table, extra train args); every row: Fashion-MNIST 32x32, 10 classes
 ROWS: tuple[tuple[str, str, list[str]], ...] = (
@@ -45,6 +47,14 @@ def run(cmd: list[str], log: Path) -> tuple[int, float]:
 
 def slug(spec: str) -> str:
     return spec.rsplit("/", 1)[-1].replace(":", "_").replace(".py", "")
+
+
+def _floor(log: Path) -> float | None:
+    """The smallest allowed model's measured ratio from a compress refused as unreachable, else None."""
+    import re
+
+    found = re.search(r"not reachable.*\(([0-9.]+)x\)", log.read_text()) if log.is_file() else None
+    return float(found.group(1)) if found else None
 
 
 def train_epochs(log: Path) -> int | None:
@@ -98,6 +108,13 @@ def bench(spec: str, source: str, train_args: list[str], work: Path, epochs: int
     cmd = [CLI, "compress", "--model", str(dense), *arch, "--target-latency", target, "--out", str(out), "--quiet"]
     rc, wall = run(cmd, work / f"{slug(spec)}.compress.log")
     row["commands"].append(cmd)
+    floor = _floor(work / f"{slug(spec)}.compress.log") if rc else None
+    if floor is not None:  # refused as unreachable: what a user does next, a target just above the floor
+        row["floor_ratio"], target = floor, f"{math.ceil((floor + 0.05) * 20) / 20:g}x"
+        cmd = [*cmd[:cmd.index("--target-latency") + 1], target, *cmd[cmd.index("--target-latency") + 2:]]
+        rc, wall = run(cmd, work / f"{slug(spec)}.compress.log")
+        row["commands"].append(cmd)
+    row["target"] = target
     if rc:
         return {**row, "error": f"compress exit {rc}", "compress_s": wall}
     rep = json.loads((out / "report.json").read_text())
@@ -112,17 +129,22 @@ def bench(spec: str, source: str, train_args: list[str], work: Path, epochs: int
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| architecture | source | prunable groups | dense acc (epochs) | final acc (change) | measured ratio at 0.5× | compress |",
+    lines = ["| architecture | source | prunable groups | dense acc (epochs) | final acc (change) | measured ratio (target) | compress |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = r["spec"].rsplit("/", 1)[-1] + (" (as ONNX)" if r["source"] == "ONNX file" else "")
         if "error" in r:
-            lines.append(f"| {name} | {r['source']} | {r.get('prunable_groups', '–')} | – | {r['error']} | – | – |")
+            groups = f"{r['prunable_groups']} of {r['groups']}" if "groups" in r else "–"
+            why = (f"0.5× refused as unreachable: the smallest allowed model measures {r['floor_ratio']:.2f}×"
+                   if r.get("floor_ratio") else r["error"])
+            lines.append(f"| {name} | {r['source']} | {groups} | – | – | {why} | {r.get('compress_s', 0) / 60:.1f} min |")
             continue
+        floor = f"; 0.5× unreachable: floor {r['floor_ratio']:.2f}×" if r.get("floor_ratio") else ""
         lines.append(f"| {name} | {r['source']} | {r['prunable_groups']} of {r['groups']} | "
                      f"{100 * r['dense_acc']:.2f}% ({r.get('train_epochs') or '?'}) | "
                      f"{100 * r['final_acc']:.2f}% ({-r['drop_pt']:+.2f}) | "
-                     f"{r['ratio']:.3f}× | {r['compress_s'] / 60:.1f} min |")
+                     f"{r['ratio']:.3f}× ({r.get('target', '0.5x').rstrip('x')}×{'' if r.get('reached') else ', over'}{floor}) | "
+                     f"{r['compress_s'] / 60:.1f} min |")
     return "\n".join(lines)
 
 
@@ -134,6 +156,7 @@ def main() -> None:
     ap.add_argument("--target", default="0.5x")
     ap.add_argument("--table", action="store_true", help="print the table of results.json and stop")
     ap.add_argument("--redo", action="store_true", help="run rows that already finished again")
+    ap.add_argument("--write", action="store_true", help="also put the table into BENCHMARKS.md (between its byo markers)")
     a = ap.parse_args()
     results = a.work / "results.json"
     done = json.loads(results.read_text()) if results.is_file() else []
@@ -146,10 +169,18 @@ def main() -> None:
             row = bench(spec, source, train_args, a.work, a.epochs, a.target)
             done = [r for r in done if r["spec"] != spec] + [row]
             results.write_text(json.dumps(done, indent=1, default=str) + "\n")
-    for r in done:  # rows finished before the column existed
+    for r in done:  # rows finished before these columns existed
         r.setdefault("train_epochs", train_epochs(a.work / f"{slug(r['spec'])}.train.log"))
-    print(table(done))
+        if "error" in r and "floor_ratio" not in r:
+            r["floor_ratio"] = _floor(a.work / f"{slug(r['spec'])}.compress.log")
+    text = table(done)
+    print(text)
     sys.stdout.flush()
+    if a.write:
+        doc = ROOT / "BENCHMARKS.md"
+        md = doc.read_text()
+        start, end = md.index(START) + len(START), md.index(END)
+        doc.write_text(md[:start] + "\n" + text + "\n" + md[end:])
 
 
 if __name__ == "__main__":
