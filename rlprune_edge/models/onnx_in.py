@@ -147,14 +147,19 @@ def _check_ops(proto, path: Path) -> None:
     from onnx2torch.node_converters import get_converter
 
     opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in proto.opset_import}
+    def convertible(op_type: str, version: int | None, domain: str) -> bool:
+        if version is None:  # the file declares no opset for the node's domain
+            return False
+        try:
+            get_converter(operation_type=op_type, version=version, domain=domain)
+        except NotImplementedError:  # how onnx2torch says it has no converter
+            return False
+        return True
+
     for i, node in enumerate(proto.graph.node):
         domain = "" if node.domain == "ai.onnx" else node.domain
         version = opsets.get(domain)
-        try:
-            if version is None:
-                raise NotImplementedError
-            get_converter(operation_type=node.op_type, version=version, domain=domain)
-        except NotImplementedError:
+        if not convertible(node.op_type, version, domain):
             where = f" of domain {domain!r}" if domain else ""
             name = node.name or f"#{i}"
             raise UserError(f"{path.name}: node {name!r} uses op {node.op_type}{where} (opset {version or '?'}), which "
