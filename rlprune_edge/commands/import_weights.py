@@ -42,7 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from rlprune_edge.checkpoint import check_writable
     from rlprune_edge.data import load_data
     from rlprune_edge.errors import UserError
-    from rlprune_edge.flops import count_params
     from rlprune_edge.models.onnx_in import is_onnx_spec
     from rlprune_edge.models.user import parse_model_args
     from rlprune_edge.weights_import import check_architecture, import_checkpoint, read_state_dict
@@ -71,16 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if result.stripped_prefix:
         how.append(f"key prefix {result.stripped_prefix!r} removed")
     how.extend(result.notes)
-    n_params = count_params(result.model)
     print(f"imported {args.weights} as {args.model}" + (f" (width {args.width:g})" if args.width != 1.0 else "")
           + (f"; {'; '.join(how)}" if how else ""))
-    print(f"{n_params:,} parameters; test accuracy on {args.data}: {result.test_acc:.4f} "
-          f"({len(data.test):,} images); saved {out}")
-    if result.at_chance:
-        print(f"warning: {result.test_acc:.1%} is close to chance for {data.num_classes} classes: the weights may "
-              f"expect another normalisation (rlprune-edge feeds {args.data} with mean {list(data.mean)}, std "
-              f"{list(data.std)}) or another class order ({', '.join(data.class_names[:3])}, ...).", file=sys.stderr)
-    print(f"next: rlprune-edge compress --model {quote(out)} --profile NAME --target-latency 0.5x")
+    _summary(args, data, result, out, "")
     return 0
 
 
@@ -89,7 +81,6 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from rlprune_edge.checkpoint import check_writable
     from rlprune_edge.data import load_data
     from rlprune_edge.errors import UserError
-    from rlprune_edge.flops import count_params
     from rlprune_edge.models.onnx_in import onnx_record, require_onnx2torch
     from rlprune_edge.weights_import import import_onnx
 
@@ -104,12 +95,18 @@ def _run_onnx(args: argparse.Namespace) -> int:
     data = load_data(args.data, limit=args.limit)
     result = import_onnx(args.weights, data, out, force=args.force)
     print(f"imported {args.weights} (ONNX, converted with onnx2torch; {'; '.join(result.notes)})")
+    _summary(args, data, result, out, f" --arch {quote(result.info.source['spec'])}")
+    return 0
+
+
+def _summary(args: argparse.Namespace, data, result, out, arch: str) -> None:
+    """Parameters, test accuracy, a warning at chance level and the next command (every import route)."""
+    from rlprune_edge.flops import count_params
+
     print(f"{count_params(result.model):,} parameters; test accuracy on {args.data}: {result.test_acc:.4f} "
           f"({len(data.test):,} images); saved {out}")
     if result.at_chance:
-        print(f"warning: {result.test_acc:.1%} is close to chance for {data.num_classes} classes: the model may "
+        print(f"warning: {result.test_acc:.1%} is close to chance for {data.num_classes} classes: the weights may "
               f"expect another normalisation (rlprune-edge feeds {args.data} with mean {list(data.mean)}, std "
               f"{list(data.std)}) or another class order ({', '.join(data.class_names[:3])}, ...).", file=sys.stderr)
-    print(f"next: rlprune-edge compress --model {quote(out)} --arch {quote(result.info.source['spec'])} "
-          "--profile NAME --target-latency 0.5x")
-    return 0
+    print(f"next: rlprune-edge compress --model {quote(out)}{arch} --profile NAME --target-latency 0.5x")
